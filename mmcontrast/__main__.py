@@ -1,0 +1,5 @@
+import sys
+
+from mmcontrast.cli import main
+
+sys.exit(main())

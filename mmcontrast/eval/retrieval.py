@@ -1,0 +1,271 @@
+"""Zero-shot image-text retrieval metrics (recall@k, mean and median rank).
+
+Metric names follow CLIP_benchmark: ``image_retrieval_*`` is text -> image
+retrieval (a caption queries the image gallery) and ``text_retrieval_*`` is
+image -> text retrieval (an image queries the caption gallery).
+
+Ranks are computed by counting, chunk by chunk, so the full similarity matrix is
+never materialised and nothing is sorted except the final rank vectors.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["format_table", "retrieval_metrics", "retrieval_ranks"]
+
+TieRule = Literal["pessimistic", "optimistic"]
+
+
+def _check_inputs(image_features: Tensor, text_features: Tensor, text_to_image: Tensor) -> None:
+    if image_features.ndim != 2 or text_features.ndim != 2:
+        raise ValueError(
+            "image_features and text_features must be 2-D [N, D], got shapes "
+            f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
+        )
+    if image_features.shape[1] != text_features.shape[1]:
+        raise ValueError(
+            f"feature dims differ: images {image_features.shape[1]}, texts {text_features.shape[1]}"
+        )
+    if image_features.shape[0] == 0 or text_features.shape[0] == 0:
+        raise ValueError("need at least one image and one text")
+    if text_to_image.ndim != 1 or text_to_image.shape[0] != text_features.shape[0]:
+        raise ValueError(
+            f"text_to_image must have shape [{text_features.shape[0]}], "
+            f"got {tuple(text_to_image.shape)}"
+        )
+    if text_to_image.dtype.is_floating_point or text_to_image.dtype == torch.bool:
+        raise ValueError(f"text_to_image must be an integer tensor, got {text_to_image.dtype}")
+    lo, hi = int(text_to_image.min()), int(text_to_image.max())
+    if lo < 0 or hi >= image_features.shape[0]:
+        raise ValueError(
+            f"text_to_image values must lie in [0, {image_features.shape[0]}), got [{lo}, {hi}]"
+        )
+    if not (torch.isfinite(image_features).all() and torch.isfinite(text_features).all()):
+        raise ValueError("features contain NaN or Inf")
+
+
+def _rows_per_chunk(n_cols: int, chunk_size: int | None, max_matrix_elements: int) -> int:
+    if max_matrix_elements < 1:
+        raise ValueError(f"max_matrix_elements must be >= 1, got {max_matrix_elements}")
+    rows = max(1, max_matrix_elements // n_cols)
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        rows = min(rows, chunk_size)
+    return rows
+
+
+def _normalize(x: Tensor) -> Tensor:
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return F.normalize(x.detach().to(dtype), dim=-1)
+
+
+@torch.no_grad()
+def retrieval_ranks(
+    image_features: Tensor,
+    text_features: Tensor,
+    text_to_image: Tensor,
+    chunk_size: int | None = None,
+    max_matrix_elements: int = 2**26,
+    ties: TieRule = "pessimistic",
+) -> tuple[Tensor, Tensor]:
+    """Computes the 1-based rank of the best-ranked correct item for every query.
+
+    See :func:`retrieval_metrics` for the argument semantics and the tie rule.
+
+    Returns:
+        ``(text_to_image_ranks, image_to_text_ranks)``: long tensors of shape
+        ``[Nt]`` and ``[Ni]`` on the input device. Images without any caption
+        get rank 0 (they have no correct item).
+    """
+    _check_inputs(image_features, text_features, text_to_image)
+    if ties not in ("pessimistic", "optimistic"):
+        raise ValueError(f"ties must be 'pessimistic' or 'optimistic', got {ties!r}")
+    device = image_features.device
+    images = _normalize(image_features)
+    texts = _normalize(text_features.to(device))
+    dtype = torch.promote_types(images.dtype, texts.dtype)
+    images, texts = images.to(dtype), texts.to(dtype)
+    t2i = text_to_image.to(device=device, dtype=torch.long)
+    n_img, n_txt = images.shape[0], texts.shape[0]
+    pessimistic = ties == "pessimistic"
+
+    # Text -> image: exactly one correct image per text.
+    t2i_ranks = torch.empty(n_txt, dtype=torch.long, device=device)
+    step = _rows_per_chunk(n_img, chunk_size, max_matrix_elements)
+    for start in range(0, n_txt, step):
+        stop = min(start + step, n_txt)
+        sims = texts[start:stop] @ images.T  # [c, Ni]
+        correct = sims.gather(1, t2i[start:stop, None])  # [c, 1], same numbers as in sims
+        if pessimistic:
+            beaten = (sims >= correct).sum(1) - 1  # the correct image itself is counted once
+        else:
+            beaten = (sims > correct).sum(1)
+        t2i_ranks[start:stop] = beaten + 1
+
+    # Image -> text: any of the image's captions counts; texts grouped by image.
+    order = torch.argsort(t2i, stable=True)
+    sorted_img = t2i[order]
+    i2t_ranks = torch.zeros(n_img, dtype=torch.long, device=device)
+    step = _rows_per_chunk(n_txt, chunk_size, max_matrix_elements)
+    for start in range(0, n_img, step):
+        stop = min(start + step, n_img)
+        bounds = torch.tensor([start, stop], device=device)
+        lo, hi = torch.searchsorted(sorted_img, bounds).tolist()
+        if lo == hi:  # no image in this chunk has a caption
+            continue
+        pos_text = order[lo:hi]
+        pos_row = sorted_img[lo:hi] - start
+        sims = images[start:stop] @ texts.T  # [c, Nt]
+        pos_sims = sims[pos_row, pos_text]
+        best = torch.full((stop - start,), -math.inf, dtype=sims.dtype, device=device)
+        best = best.scatter_reduce(0, pos_row, pos_sims, reduce="amax")
+        if pessimistic:
+            # Count every text at least as similar as the best caption, minus the
+            # captions of this image that tie with the best one (they are correct).
+            n_ge = (sims >= best[:, None]).sum(1)
+            tied_pos = torch.zeros_like(n_ge).scatter_add(
+                0, pos_row, (pos_sims >= best[pos_row]).long()
+            )
+            beaten = n_ge - tied_pos
+        else:
+            beaten = (sims > best[:, None]).sum(1)
+        has_caption = torch.isfinite(best)
+        i2t_ranks[start:stop] = torch.where(has_caption, beaten + 1, torch.zeros_like(beaten))
+    return t2i_ranks, i2t_ranks
+
+
+def _median(ranks: Tensor) -> float:
+    v = ranks.sort().values
+    n = v.numel()
+    return (int(v[(n - 1) // 2]) + int(v[n // 2])) / 2
+
+
+def _fraction_at_most(ranks: Tensor, k: int) -> float:
+    # Integer count then Python division: bit-identical on every device.
+    return int((ranks <= k).sum()) / ranks.numel()
+
+
+@torch.no_grad()
+def retrieval_metrics(
+    image_features: Tensor,
+    text_features: Tensor,
+    text_to_image: Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+    max_matrix_elements: int = 2**26,
+    *,
+    ties: TieRule = "pessimistic",
+) -> dict[str, float]:
+    """Computes CLIP-style image-text retrieval metrics from embeddings.
+
+    Features are L2-normalised and compared by cosine similarity (half-precision
+    inputs are upcast to float32). For every query, the rank of its best-ranked
+    correct item is computed by counting competitors, then
+
+    * ``image_retrieval_recall@k`` (text -> image): fraction of texts whose image
+      is among the top-k images; averaged over all texts.
+    * ``text_retrieval_recall@k`` (image -> text): fraction of images with ANY of
+      their captions among the top-k texts; averaged over images that have at
+      least one caption. Images without captions are excluded from all
+      ``text_retrieval_*`` values (CLIP_benchmark would count them as misses).
+    * ``{image,text}_retrieval_{mean,median}_rank``: mean and median of the
+      1-based ranks (median of an even count is the mean of the two middle
+      values, as in ``numpy.median``).
+
+    Tie rule: with the default ``ties="pessimistic"``, the rank of a query is
+    ``1 + (number of incorrect candidates whose similarity is >= the best
+    correct similarity)``, i.e. the correct item loses every tie, the worst case
+    of CLIP_benchmark's ``torch.topk`` (whose tie order is unspecified). A
+    collapsed model (all embeddings equal) therefore scores recall ~k/N, not 1.
+    ``ties="optimistic"`` counts only strictly greater similarities. Both rules
+    are deterministic and do not depend on chunking, as every similarity is
+    compared with the correct one taken from the same matrix product (up to
+    floating-point rounding differences between matmul shapes). On GPU, float32
+    products follow torch's global TF32 setting. Recalls and ranks are
+    aggregated from integer counts, so results are bit-identical across devices
+    whenever the ranks agree.
+
+    Args:
+        image_features: Image embeddings ``[Ni, D]``.
+        text_features: Text embeddings ``[Nt, D]``.
+        text_to_image: Integer tensor ``[Nt]``: the image index of each text.
+            Several texts may share an image; an image may have no text.
+        ks: Cutoffs for recall@k (a k above the gallery size gives recall 1).
+        chunk_size: Optional upper bound on the number of query rows per chunk.
+        max_matrix_elements: Largest number of similarity entries held at once;
+            one full row is the minimum, whatever this value.
+        ties: Tie rule, ``"pessimistic"`` (default) or ``"optimistic"``.
+
+    Returns:
+        Metric name -> Python float, with the keys listed above.
+
+    Raises:
+        ValueError: On inconsistent shapes, out-of-range indices, non-integer
+            ``text_to_image``, non-finite features or non-positive ``ks``.
+    """
+    ks = [int(k) for k in ks]
+    if any(k < 1 for k in ks):
+        raise ValueError(f"ks must be positive, got {ks}")
+    t2i_ranks, i2t_ranks = retrieval_ranks(
+        image_features,
+        text_features,
+        text_to_image,
+        chunk_size=chunk_size,
+        max_matrix_elements=max_matrix_elements,
+        ties=ties,
+    )
+    i2t_ranks = i2t_ranks[i2t_ranks > 0]  # drop images without captions
+    metrics: dict[str, float] = {}
+    for k in ks:
+        metrics[f"image_retrieval_recall@{k}"] = _fraction_at_most(t2i_ranks, k)
+        metrics[f"text_retrieval_recall@{k}"] = _fraction_at_most(i2t_ranks, k)
+    metrics["image_retrieval_mean_rank"] = int(t2i_ranks.sum()) / t2i_ranks.numel()
+    metrics["image_retrieval_median_rank"] = _median(t2i_ranks)
+    metrics["text_retrieval_mean_rank"] = int(i2t_ranks.sum()) / i2t_ranks.numel()
+    metrics["text_retrieval_median_rank"] = _median(i2t_ranks)
+    return metrics
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """Formats retrieval metrics as a plain-text table.
+
+    Rows are text->image (``image_retrieval_*``) and image->text
+    (``text_retrieval_*``); columns are R@k for every k present (in percent),
+    mean rank and median rank. Missing values are shown as ``-``.
+
+    Args:
+        metrics: Output of :func:`retrieval_metrics` (extra keys are ignored).
+
+    Returns:
+        The table, without a trailing newline.
+    """
+    pattern = re.compile(r"^(?:image|text)_retrieval_recall@(\d+)$")
+    ks = sorted({int(m.group(1)) for key in metrics if (m := pattern.match(key))})
+    header = ["", *(f"R@{k}" for k in ks), "mean rank", "median rank"]
+    rows = [header]
+    for label, prefix in (("text->image", "image_retrieval"), ("image->text", "text_retrieval")):
+        cells = [label]
+        for k in ks:
+            value = metrics.get(f"{prefix}_recall@{k}")
+            cells.append("-" if value is None else f"{100 * value:.2f}")
+        for stat in ("mean_rank", "median_rank"):
+            value = metrics.get(f"{prefix}_{stat}")
+            cells.append("-" if value is None else f"{value:.1f}")
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        first = row[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True))
+        lines.append("  ".join([first, *rest]))
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines) + "\n(recall in %)"

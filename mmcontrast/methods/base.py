@@ -1,0 +1,40 @@
+"""The interface every training method implements; the loop knows nothing else.
+
+A method builds its model and data from the config, turns a batch into a dict with a
+``"loss"`` (plus scalars worth logging), and may evaluate itself and update state (EMA
+targets, queues) after each optimiser step. Adding a method is one file in this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from mmcontrast.config import Config
+
+
+class Method(nn.Module):
+    """Base class for training methods (registered in ``METHODS``)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Return ``{"loss": scalar, ...}`` for one batch."""
+        raise NotImplementedError
+
+    def train_data(self) -> tuple[Dataset, Callable[[list[Any]], dict[str, Any]]]:
+        """The training dataset (with ``set_epoch``) and its collate function."""
+        raise NotImplementedError
+
+    def evaluate(self, output_dir: Path | None = None, step: int | None = None) -> dict[str, float]:
+        """Held-out metrics; ``output_dir`` receives JSON and pictures. Default: none."""
+        return {}
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Hook for state updated outside back-propagation (EMA targets, queues)."""

@@ -1,0 +1,67 @@
+"""Image-text contrastive training of a dual encoder with the CLIP or SigLIP loss."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from mmcontrast.config import Config
+from mmcontrast.data.image_text import ImageTextCollator, ImageTextDataset
+from mmcontrast.data.pairs import load_pairs
+from mmcontrast.data.transforms import image_transform
+from mmcontrast.eval.image_text import evaluate_retrieval
+from mmcontrast.losses import LOSS_INIT
+from mmcontrast.methods.base import Method
+from mmcontrast.models.dual_encoder import build_dual_encoder
+from mmcontrast.models.tower import resolved_preprocess
+from mmcontrast.registry import LOSSES, METHODS
+
+NON_MODEL_KEYS = {"skipped"}
+
+
+@METHODS.register("clip", "image-text contrastive training of a dual encoder (loss: clip or siglip)")
+class ImageTextContrastive(Method):
+    """A dual encoder trained on image-text pairs; ``loss.name`` picks CLIP or SigLIP."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.loss_fn = LOSSES.get(cfg.loss.name)(**cfg.loss.kwargs)
+        init_scale, init_bias = LOSS_INIT.get(cfg.loss.name, (math.log(1 / 0.07), None))
+        self.model = build_dual_encoder(cfg.model, init_scale, init_bias)
+        self.loss_inputs = set(inspect.signature(self.loss_fn.forward).parameters)
+        if "logit_bias" in self.loss_inputs and self.model.logit_bias is None:
+            raise ValueError(f"loss {cfg.loss.name!r} needs a logit bias: set model.init_logit_bias (e.g. -10)")
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        inputs = {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+        out = self.model(**inputs)
+        loss = self.loss_fn(**{k: v for k, v in out.items() if k in self.loss_inputs})
+        return {"loss": loss, "logit_scale": out["logit_scale"].detach()}
+
+    def image_transform(self, train: bool) -> Callable[[Any], Tensor]:
+        return image_transform(resolved_preprocess(self.model.vision), self.cfg.data, train=train)
+
+    def train_data(self) -> tuple[ImageTextDataset, ImageTextCollator]:
+        table = load_pairs(self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples)
+        dataset = ImageTextDataset(table, self.image_transform(train=True), seed=self.cfg.train.seed)
+        return dataset, ImageTextCollator(self.model.text.tokenizer())
+
+    def evaluate(self, output_dir: Path | None = None, step: int | None = None) -> dict[str, float]:
+        if not self.cfg.data.eval_split:
+            return {}
+        table = load_pairs(self.cfg.data, self.cfg.data.eval_split, self.cfg.data.max_eval_samples)
+        return evaluate_retrieval(
+            self.model,
+            table,
+            self.image_transform(train=False),
+            self.model.text.tokenizer(),
+            batch_size=self.cfg.eval.batch_size,
+            ks=self.cfg.eval.ks,
+            output_dir=output_dir,
+            grid_queries=self.cfg.eval.grid_queries if self.cfg.eval.grid_png else 0,
+        )

@@ -1,0 +1,203 @@
+"""Towers from Hugging Face transformers: any ``AutoModel`` by Hub id or local directory.
+
+Composite checkpoints (``CLIPModel``, ``SiglipModel``) give their vision or text half;
+encoder-decoder text models (T5) give their encoder. ``pretrained: false`` builds the
+model from its config with random weights; ``name`` may then also be a bare model type
+(``bert``, ``vit``) with sizes in ``config_overrides``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    CONFIG_MAPPING,
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForTextEncoding,
+    AutoTokenizer,
+    PretrainedConfig,
+)
+
+from mmcontrast.config import TowerConfig
+from mmcontrast.models.packaged import resolve_packaged_path
+from mmcontrast.models.tower import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, Tower, pool
+from mmcontrast.registry import TOWERS
+
+# Text towers whose pooled output is the standard sentence feature (EOS / last token).
+POOLER_TEXT_TYPES = {"clip_text_model", "siglip_text_model", "siglip2_text_model"}
+
+
+def _hub_kwargs(cfg: TowerConfig) -> dict[str, Any]:
+    return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+
+
+def load_hf_config(cfg: TowerConfig, modality: str) -> PretrainedConfig:
+    """The tower's config: from its checkpoint, or ``AutoConfig.for_model`` for a bare type."""
+    path = resolve_packaged_path(cfg.name)
+    if not cfg.pretrained and path in CONFIG_MAPPING and not os.path.isdir(path):
+        config = AutoConfig.for_model(path, **cfg.config_overrides)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(path, **_hub_kwargs(cfg))
+        except OSError as err:
+            raise ValueError(
+                f"cannot load Hugging Face model {cfg.name!r} for the {modality} tower: not a local "
+                f"directory with config.json, and not reachable on the Hub ({err.__class__.__name__}). "
+                f"Check the name, or build a random tower with pretrained: false and a model type "
+                f"such as 'bert' or 'vit'."
+            ) from None
+        for key, value in cfg.config_overrides.items():
+            setattr(config, key, value)
+    sub = getattr(config, f"{modality}_config", None)
+    return sub if sub is not None else config
+
+
+def _model_class(config: PretrainedConfig, modality: str) -> Any:
+    if modality == "text" and getattr(config, "is_encoder_decoder", False):
+        return AutoModelForTextEncoding
+    return AutoModel
+
+
+class HFTower(Tower):
+    """A transformers model plus pooling; the tokenizer or image processor comes from ``name``."""
+
+    def __init__(self, cfg: TowerConfig, modality: str) -> None:
+        super().__init__()
+        self.modality = modality
+        self.cfg = cfg
+        config = load_hf_config(cfg, modality)
+        model_cls = _model_class(config, modality)
+        path = resolve_packaged_path(cfg.name)
+        if cfg.pretrained:
+            self.model = model_cls.from_pretrained(path, config=config, **_hub_kwargs(cfg))
+        else:
+            self.model = model_cls.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        self.model_type = str(getattr(self.model.config, "model_type", ""))
+        self.pooling = cfg.pooling if cfg.pooling != "auto" else self._auto_pooling()
+        self.width = self._find_width()
+
+    def _auto_pooling(self) -> str:
+        if self.modality == "text":
+            return "pooler" if self.model_type in POOLER_TEXT_TYPES else "mean"
+        return "pooler" if self._has_pooler() else "mean"
+
+    def _has_pooler(self) -> bool:
+        return any(getattr(self.model, n, None) is not None for n in ("pooler", "post_layernorm", "head"))
+
+    def _find_width(self) -> int:
+        config = self.model.config
+        for key in ("projection_dim_out", "hidden_size", "d_model", "num_features"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and self.model_type not in ("convnext", "resnet", "timm_wrapper"):
+                return value
+        sizes = getattr(config, "hidden_sizes", None)
+        if sizes:
+            return int(sizes[-1])
+        return int(self._dummy_forward().shape[-1])
+
+    @torch.no_grad()
+    def _dummy_forward(self) -> Tensor:
+        was_training = self.training
+        self.eval()
+        if self.modality == "vision":
+            size = self.image_preprocess().size
+            out = self(pixel_values=torch.zeros(1, 3, size, size))
+        else:
+            out = self(input_ids=torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 4, dtype=torch.long))
+        self.train(was_training)
+        return out
+
+    def forward(self, **inputs: Tensor) -> Tensor:
+        outputs = self.model(**inputs)
+        hidden = getattr(outputs, "last_hidden_state", None)
+        pooled = getattr(outputs, "pooler_output", None)
+        return pool(self.pooling, hidden, pooled, inputs.get("attention_mask"))
+
+    def image_preprocess(self) -> ImagePreprocess:
+        if self.modality != "vision":
+            return super().image_preprocess()
+        return _image_preprocess(self.cfg, self.model.config)
+
+    def tokenizer(self) -> Callable[[list[str]], dict[str, Tensor]]:
+        if self.modality != "text":
+            return super().tokenizer()
+        return HFTokenizer(self.cfg, accepted_inputs(self.model))
+
+    def layer_stack(self) -> nn.Module:
+        encoder = getattr(self.model, "encoder", None)
+        for name in ("layer", "layers", "block", "stages"):
+            stack = getattr(encoder, name, None)
+            if isinstance(stack, nn.ModuleList | nn.Sequential):
+                return stack
+        return super().layer_stack()
+
+
+def accepted_inputs(model: nn.Module) -> tuple[str, ...]:
+    """The tokenizer outputs this model's forward accepts."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in params)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(path: str, revision: str | None, trust_remote_code: bool) -> Any:
+    return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+
+
+class HFTokenizer:
+    """Picklable ``captions -> {input_ids, attention_mask}`` for a transformers text tower."""
+
+    def __init__(self, cfg: TowerConfig, inputs: tuple[str, ...]) -> None:
+        self.path = resolve_packaged_path(cfg.tokenizer or cfg.name)
+        self.revision = cfg.revision
+        self.trust_remote_code = cfg.trust_remote_code
+        self.max_length = cfg.max_length
+        self.inputs = inputs
+        self.tokenizer  # load now so a bad name fails at build time  # noqa: B018
+
+    @property
+    def tokenizer(self) -> Any:
+        try:
+            return _load_tokenizer(self.path, self.revision, self.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"cannot load a tokenizer from {self.path!r} ({err.__class__.__name__}: {err}). "
+                f"Set model.text.tokenizer to a directory or Hub id holding tokenizer files."
+            ) from None
+
+    def __call__(self, captions: list[str]) -> dict[str, Tensor]:
+        encoded = self.tokenizer(
+            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: v for k, v in encoded.items() if k in self.inputs}
+
+
+def _image_preprocess(cfg: TowerConfig, config: PretrainedConfig) -> ImagePreprocess:
+    size = getattr(config, "image_size", None)
+    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    if cfg.pretrained or os.path.isdir(resolve_packaged_path(cfg.name)):
+        try:
+            processor = AutoImageProcessor.from_pretrained(resolve_packaged_path(cfg.name), **_hub_kwargs(cfg))
+            mean = list(getattr(processor, "image_mean", None) or mean)
+            std = list(getattr(processor, "image_std", None) or std)
+            crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
+            if isinstance(crop, dict):
+                size = crop.get("height") or crop.get("shortest_edge") or size
+        except (OSError, ValueError, TypeError):
+            pass
+    if isinstance(size, list | tuple):
+        size = size[0]
+    return ImagePreprocess(size=int(size or 224), mean=mean, std=std)
+
+
+@TOWERS.register("hf", "any transformers AutoModel by Hub id, local directory or package:NAME")
+def build_hf_tower(cfg: TowerConfig, modality: str) -> HFTower:
+    return HFTower(cfg, modality)

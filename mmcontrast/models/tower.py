@@ -1,0 +1,171 @@
+"""The tower interface shared by every encoder family, plus pooling and locking.
+
+A tower maps raw inputs (pixel values, or token ids from its own tokenizer) to one
+feature vector per sample of width ``tower.width``. Families live in their own files
+(``hf_tower.py``, ``timm_tower.py``, ``open_clip_tower.py``) and register a builder in
+``TOWERS``; ``build_tower`` picks one by ``TowerConfig.source``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from mmcontrast.config import TowerConfig
+from mmcontrast.registry import TOWERS
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class ImagePreprocess:
+    """What a vision tower expects: square size and per-channel normalisation."""
+
+    size: int = 224
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+
+class Tower(nn.Module):
+    """Base class: ``forward(**inputs) -> [B, width]`` features (not normalised)."""
+
+    width: int
+    modality: str  # "vision" | "text"
+
+    def image_preprocess(self) -> ImagePreprocess:
+        raise NotImplementedError(f"{type(self).__name__} is not a vision tower")
+
+    def tokenizer(self) -> Callable[[list[str]], dict[str, Tensor]]:
+        """A picklable callable turning a list of captions into model inputs."""
+        raise NotImplementedError(f"{type(self).__name__} is not a text tower")
+
+    def layer_stack(self) -> nn.Module:
+        """The module whose children are the tower's layers (used by ``unlocked_layers``)."""
+        return find_layer_stack(self)
+
+
+def build_tower(cfg: TowerConfig, modality: str) -> Tower:
+    """Build the tower described by ``cfg`` for ``modality`` ("vision" or "text")."""
+    if not cfg.name:
+        raise ValueError(
+            f"model.{modality}.name is empty: give a Hub id, a local directory, a timm or "
+            f"open_clip model name, or package:NAME"
+        )
+    builder = TOWERS.get(cfg.source)
+    tower: Tower = builder(cfg, modality)
+    if modality == "vision":
+        pre = tower.image_preprocess()
+        tower.preprocess_override = ImagePreprocess(  # type: ignore[assignment]
+            size=cfg.image_size or pre.size,
+            mean=list(cfg.image_mean or pre.mean),
+            std=list(cfg.image_std or pre.std),
+        )
+    apply_lock(tower, cfg.lock, cfg.unlocked_layers)
+    return tower
+
+
+def resolved_preprocess(tower: Tower) -> ImagePreprocess:
+    """The tower's preprocessing after recipe overrides."""
+    return getattr(tower, "preprocess_override", None) or tower.image_preprocess()
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def pool(
+    pooling: str,
+    last_hidden_state: Tensor | None,
+    pooler_output: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+) -> Tensor:
+    """Reduce token or spatial features to one vector per sample.
+
+    ``cls`` takes the first token; ``mean`` averages tokens (respecting ``attention_mask``)
+    or spatial positions of a [B, C, H, W] map; ``pooler`` returns the model's own pooled
+    output.
+    """
+    if pooling == "pooler":
+        if pooler_output is None:
+            raise ValueError("pooling 'pooler' was asked for but this model has no pooled output; use 'mean' or 'cls'")
+        return pooler_output.flatten(1)
+    if last_hidden_state is None:
+        raise ValueError(f"pooling {pooling!r} needs the model's last_hidden_state")
+    if last_hidden_state.ndim == 4:  # convolutional [B, C, H, W]
+        if pooling == "cls":
+            raise ValueError("pooling 'cls' needs a token sequence; this tower returns a feature map: use 'mean'")
+        return last_hidden_state.mean(dim=(2, 3))
+    if pooling == "cls":
+        return last_hidden_state[:, 0]
+    if pooling == "mean":
+        if attention_mask is None:
+            return last_hidden_state.mean(dim=1)
+        mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+        return (last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    raise ValueError(f"unknown pooling {pooling!r}; choose cls, mean or pooler")
+
+
+# --------------------------------------------------------------------------- locking
+
+
+def find_layer_stack(module: nn.Module) -> nn.Module:
+    """The ``ModuleList``/``Sequential`` holding the most parameters (the layer stack)."""
+    best, best_count = None, -1
+    for sub in module.modules():
+        if isinstance(sub, nn.ModuleList | nn.Sequential) and len(sub) >= 2:
+            count = sum(p.numel() for p in sub.parameters())
+            if count > best_count:
+                best, best_count = sub, count
+    if best is None:
+        raise ValueError(f"cannot find a stack of layers in {type(module).__name__}; use lock without unlocked_layers")
+    return best
+
+
+def apply_lock(tower: Tower, lock: bool, unlocked_layers: int = 0) -> None:
+    """Freeze the tower (LiT), optionally leaving its last ``unlocked_layers`` layers trainable.
+
+    Everything registered after the unlocked layers (final norms, poolers, heads) stays
+    trainable too. Frozen sub-modules are kept in eval mode by ``keep_frozen_in_eval``.
+    """
+    if unlocked_layers and not lock:
+        raise ValueError("unlocked_layers only applies to a locked tower: set lock: true as well")
+    if not lock:
+        return
+    names = [name for name, _ in tower.named_parameters()]
+    for param in tower.parameters():
+        param.requires_grad_(False)
+    if unlocked_layers <= 0:
+        return
+    stack = tower.layer_stack()
+    if unlocked_layers > len(stack):
+        raise ValueError(f"unlocked_layers={unlocked_layers} but the tower has only {len(stack)} layers")
+    first_unlocked = list(stack)[-unlocked_layers]
+    first_param = next(first_unlocked.parameters())
+    start = next(i for i, (_, p) in enumerate(tower.named_parameters()) if p is first_param)
+    params = dict(tower.named_parameters())
+    for name in names[start:]:
+        params[name].requires_grad_(True)
+
+
+def keep_frozen_in_eval(module: nn.Module) -> None:
+    """Put every sub-module whose parameters are all frozen into eval mode (BatchNorm, dropout)."""
+    for sub in module.modules():
+        params = list(sub.parameters())
+        if params and not any(p.requires_grad for p in params):
+            sub.eval()
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, total
+
+
+@torch.no_grad()
+def probe_width(forward: Callable[[], Tensor]) -> int:
+    """Output width found by running a dummy forward."""
+    return int(forward().shape[-1])

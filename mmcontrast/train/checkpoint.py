@@ -1,0 +1,85 @@
+"""Checkpoints: accelerate's full state plus where training stood, and the final weights.
+
+A checkpoint folder holds what ``Accelerator.save_state`` writes (model, optimiser,
+scheduler, grad scaler, every RNG), ``trainer_state.json`` (step, epoch, batches consumed
+in that epoch) and the resolved ``config.yaml``. The newest checkpoint is found by the step
+recorded inside, not by parsing folder names.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmcontrast.config import Config, save_config
+
+STATE_FILE = "trainer_state.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0  # current epoch
+    batches_in_epoch: int = 0  # batches of ``epoch`` already consumed
+
+
+def save_checkpoint(accelerator: Accelerator, cfg: Config, state: TrainerState, keep: int) -> Path:
+    """Write a checkpoint under ``output_dir/checkpoints`` and prune the oldest beyond ``keep``."""
+    root = Path(cfg.train.output_dir) / "checkpoints"
+    folder = root / f"step-{state.step:08d}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        save_config(cfg, folder / "config.yaml")
+        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def read_state(folder: Path) -> TrainerState:
+    return TrainerState(**json.loads((Path(folder) / STATE_FILE).read_text()))
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (by recorded step)."""
+    found = [p for p in Path(root).glob("*/") if (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: read_state(p).step)
+
+
+def find_resume_folder(output_dir: str | Path, resume: str) -> Path:
+    """``resume`` is a checkpoint folder, or ``latest`` for the newest one of ``output_dir``."""
+    if resume != "latest":
+        folder = Path(resume)
+        if not (folder / STATE_FILE).is_file():
+            raise FileNotFoundError(f"{resume!r} is not a checkpoint folder (no {STATE_FILE} inside)")
+        return folder
+    checkpoints = list_checkpoints(Path(output_dir) / "checkpoints")
+    if not checkpoints:
+        raise FileNotFoundError(f"--resume latest: no checkpoint under {output_dir}/checkpoints")
+    return checkpoints[-1]
+
+
+def save_weights(model: nn.Module, cfg: Config, folder: str | Path) -> Path:
+    """Final weights (safetensors) and the resolved config, loadable with ``load_weights``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    save_config(cfg, folder / "config.yaml")
+    return folder / WEIGHTS_FILE
+
+
+def load_weights(model: nn.Module, folder: str | Path) -> None:
+    """Load weights written by ``save_weights`` or ``Accelerator.save_state`` (strict)."""
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {folder}")
+    model.load_state_dict(load_file(str(path)), strict=True)

@@ -1,0 +1,197 @@
+"""The one training loop: accelerate, any method, checkpoints that resume exactly.
+
+Flow: config -> method (model + data) -> DataLoader -> ``accelerator.prepare`` -> for each
+batch ``method(batch)["loss"]`` -> backward / clip / step under ``accelerator.accumulate``
+-> log, checkpoint, evaluate -> final weights and evaluation in ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import mmcontrast.methods  # noqa: F401  (registers methods)
+from mmcontrast.config import Config, save_config, to_dict
+from mmcontrast.eval.retrieval import format_table
+from mmcontrast.methods.base import Method
+from mmcontrast.registry import METHODS
+from mmcontrast.train.checkpoint import TrainerState, find_resume_folder, read_state, save_checkpoint, save_weights
+from mmcontrast.train.optim import build_optimizer, cosine_schedule
+from mmcontrast.train.sampler import EpochShuffleSampler
+
+logger = logging.getLogger("mmcontrast")
+
+
+def build_method(cfg: Config) -> Method:
+    """Instantiate the recipe's method (model, loss and data hooks)."""
+    return METHODS.get(cfg.method)(cfg)
+
+
+def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
+    """Train ``cfg``; ``resume`` is a checkpoint folder or ``latest``. Returns a summary."""
+    output_dir = Path(cfg.train.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        log_with=cfg.train.trackers or None,
+        project_dir=str(output_dir),
+    )
+    set_seed(cfg.train.seed)
+    method = build_method(cfg)
+    dataset, collate = method.train_data()
+    if len(dataset) < cfg.train.batch_size:
+        raise ValueError(f"the training data has {len(dataset)} rows, fewer than train.batch_size={cfg.train.batch_size}")
+    sampler = EpochShuffleSampler(len(dataset), seed=cfg.train.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.train.seed),  # keeps worker seeding off the global RNG
+    )
+    optimizer = build_optimizer(method, cfg.train)
+    method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / cfg.train.gradient_accumulation_steps)
+    total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
+    scheduler = cosine_schedule(optimizer, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimiser step
+
+    state = TrainerState()
+    if resume:
+        folder = find_resume_folder(output_dir, resume)
+        accelerator.load_state(str(folder))
+        state = read_state(folder)
+        accelerator.print(f"resumed from {folder} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})")
+    if accelerator.is_main_process:
+        save_config(cfg, output_dir / "config.yaml")
+    accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
+
+    unwrapped: Method = accelerator.unwrap_model(method)
+    stop_at = min(total_steps, cfg.train.stop_at_step or total_steps)
+    history: list[dict[str, float]] = []
+    skipped: Counter = Counter()
+    samples_per_step = cfg.train.batch_size * accelerator.num_processes * cfg.train.gradient_accumulation_steps
+    bar = tqdm(total=stop_at, initial=state.step, disable=not (cfg.train.progress_bar and accelerator.is_main_process), desc="train")
+    step_losses: list[torch.Tensor] = []
+    tic = time.perf_counter()
+    last_scalars: dict[str, torch.Tensor] = {}
+
+    method.train()
+    while state.step < stop_at:
+        epoch_loader = loader
+        loader.set_epoch(state.epoch)
+        unwrapped_dataset = getattr(loader, "dataset", None)
+        if hasattr(unwrapped_dataset, "set_epoch"):
+            unwrapped_dataset.set_epoch(state.epoch)
+        if state.batches_in_epoch:
+            epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+        for batch in epoch_loader:
+            skipped.update(batch.pop("skipped", {}))
+            with accelerator.accumulate(method):
+                if "pixel_values" in batch or "views" in batch:
+                    out = method(batch)
+                    accelerator.backward(out["loss"])
+                    step_losses.append(out["loss"].detach())
+                    last_scalars = {k: v for k, v in out.items() if k != "loss"}
+                    if accelerator.sync_gradients and cfg.train.max_grad_norm:
+                        accelerator.clip_grad_norm_(method.parameters(), cfg.train.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            unwrapped.after_optimizer_step(state.step, total_steps)
+            bar.update(1)
+            if state.step % cfg.train.log_every == 0 or state.step == stop_at:
+                toc = time.perf_counter()
+                loss = torch.stack(step_losses).mean().item() if step_losses else float("nan")
+                record = {
+                    "step": state.step,
+                    "loss": loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "pairs_per_s": samples_per_step * cfg.train.log_every / max(toc - tic, 1e-9),
+                    **{k: float(v) for k, v in last_scalars.items()},
+                }
+                history.append(record)
+                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", pairs_s=f"{record['pairs_per_s']:.1f}")
+                if accelerator.is_main_process:
+                    with open(output_dir / "history.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                tic = time.perf_counter()
+            step_losses = []
+            if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < stop_at:
+                _evaluate(accelerator, unwrapped, output_dir / "eval" / f"step-{state.step:08d}", state.step)
+                method.train()
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
+            if state.step >= stop_at:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    bar.close()
+
+    summary: dict[str, Any] = {"step": state.step, "history": history}
+    all_skipped: Counter = Counter()
+    for counts in gather_object([dict(skipped)]):
+        all_skipped.update(counts)
+    if all_skipped:
+        logger.warning("skipped %d bad training samples: %s", sum(all_skipped.values()), dict(all_skipped))
+        accelerator.print(f"WARNING: skipped {sum(all_skipped.values())} bad training samples: {dict(all_skipped)}")
+    summary["skipped"] = dict(all_skipped)
+    if state.step >= total_steps:
+        if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every != 0:
+            save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
+        if accelerator.is_main_process:
+            save_weights(unwrapped, cfg, output_dir)
+        if cfg.eval.at_end:
+            summary["eval"] = _evaluate(accelerator, unwrapped, output_dir / "eval", state.step)
+    elif cfg.train.stop_at_step:
+        save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
+    accelerator.end_training()
+    return summary
+
+
+def _evaluate(accelerator: Accelerator, method: Method, folder: Path, step: int) -> dict[str, float]:
+    """Evaluate on the main process without touching the training RNG streams."""
+    metrics: dict[str, float] = {}
+    if accelerator.is_main_process:
+        with torch.random.fork_rng(devices=[]):
+            metrics = method.evaluate(folder, step)
+        if metrics:
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+            accelerator.print(f"evaluation at step {step}:\n{format_table(metrics)}")
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _flat_config(cfg: Config) -> dict[str, Any]:
+    """Scalar-only flattened config for trackers (tensorboard's hparams)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            value = node if isinstance(node, int | float | str | bool) else str(node)
+            flat[prefix.rstrip(".")] = value
+
+    walk(to_dict(cfg), "")
+    return flat
