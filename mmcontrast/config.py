@@ -47,6 +47,7 @@ class TowerConfig:
     trust_remote_code: bool = False
     config_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. tiny random towers
     pooling: str = "auto"  # auto | cls | mean | pooler
+    lr: float | None = None  # learning rate of this tower; None = train.lr (heads always use train.lr)
     lock: bool = False  # freeze the tower (LiT)
     unlocked_layers: int = 0  # with lock: train only the last N layers (and what follows them)
     # vision only: preprocessing; None = the tower's own values
@@ -115,6 +116,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int | None = None  # steps; None = only at the end
     keep_checkpoints: int = 2
+    cache_locked_features: bool = False  # run a fully locked vision tower once, not every step
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     progress_bar: bool = True
 
@@ -206,10 +208,30 @@ def _unknown_key(key: str, valid: list[str], cls: type) -> str:
     return f"unknown key {key!r}{hint} (valid here: {', '.join(valid)})"
 
 
+# Names other projects use for our keys (transformers, open_clip, timm flags).
+ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "wd": "weight_decay",
+    "warmup": "warmup_steps",
+    "precision": "mixed_precision",
+    "accum_freq": "gradient_accumulation_steps",
+    "grad_clip_norm": "max_grad_norm",
+    "per_device_train_batch_size": "batch_size",
+    "model_name": "name",
+    "model_name_or_path": "name",
+}
+
+
 def _closest(key: str, valid: list[str], cutoff: float = 0.5) -> str | None:
-    """The valid key nearest to ``key``: a shared prefix first, then string similarity."""
+    """The valid key nearest to ``key``: an alias or shared prefix first, then similarity."""
     last = key.rsplit(".", 1)[-1]
     lasts = {v.rsplit(".", 1)[-1]: v for v in valid}
+    aliases = {a: lasts[t] for a, t in ALIASES.items() if t in lasts}
+    alias = difflib.get_close_matches(last, list(aliases), n=1, cutoff=0.8)
+    if alias:
+        return aliases[alias[0]]
     prefixed = [n for n in lasts if last.startswith(n) or n.startswith(last)]
     if prefixed:
         return lasts[max(prefixed, key=len)]

@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from mmcontrast.data.images import BadSample, load_image
+from mmcontrast.data.image_text import ImageOnlyDataset, collate_list
+from mmcontrast.data.images import load_image
 from mmcontrast.data.pairs import PairTable
 from mmcontrast.eval.plots import save_retrieval_grid, topk_texts_to_images
 from mmcontrast.eval.retrieval import format_table, retrieval_metrics
@@ -30,24 +31,6 @@ class EmbeddedPairs:
     skipped: Counter = field(default_factory=Counter)
 
 
-class _EvalImages(Dataset):
-    def __init__(self, table: PairTable, transform: Callable[[Any], Tensor]) -> None:
-        self.table, self.transform = table, transform
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, index: int) -> tuple[int, Tensor | str]:
-        try:
-            return index, self.transform(load_image(self.table.image(index)))
-        except BadSample as bad:
-            return index, bad.reason
-
-
-def _collate(samples: list[tuple[int, Tensor | str]]) -> list[tuple[int, Tensor | str]]:
-    return samples
-
-
 @torch.no_grad()
 def embed_pairs(
     model: DualEncoder,
@@ -61,7 +44,7 @@ def embed_pairs(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(_EvalImages(table, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    loader = DataLoader(ImageOnlyDataset(table, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_list)
     image_chunks, rows, skipped = [], [], Counter(table.skipped)
     for samples in loader:
         good = [(i, x) for i, x in samples if isinstance(x, Tensor)]

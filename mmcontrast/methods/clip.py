@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor
 
 from mmcontrast.config import Config
+from mmcontrast.data.feature_cache import compute_tower_features
 from mmcontrast.data.image_text import ImageTextCollator, ImageTextDataset
 from mmcontrast.data.pairs import load_pairs
 from mmcontrast.data.transforms import image_transform
@@ -48,8 +49,22 @@ class ImageTextContrastive(Method):
 
     def train_data(self) -> tuple[ImageTextDataset, ImageTextCollator]:
         table = load_pairs(self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples)
-        dataset = ImageTextDataset(table, self.image_transform(train=True), seed=self.cfg.train.seed)
+        transform = self.image_transform(train=True)
+        features, bad = None, None
+        if self.cfg.train.cache_locked_features:
+            self._check_cacheable()
+            features, bad = compute_tower_features(
+                self.model.vision, table, self.image_transform(train=False), self.cfg.eval.batch_size, self.cfg.data.num_workers
+            )
+        dataset = ImageTextDataset(table, transform, seed=self.cfg.train.seed, vision_features=features, bad_rows=bad)
         return dataset, ImageTextCollator(self.model.text.tokenizer())
+
+    def _check_cacheable(self) -> None:
+        vision, data = self.cfg.model.vision, self.cfg.data
+        if not vision.lock or vision.unlocked_layers:
+            raise ValueError("train.cache_locked_features needs a fully locked vision tower (model.vision.lock: true, unlocked_layers: 0)")
+        if data.random_resized_crop or data.horizontal_flip or data.color_jitter:
+            raise ValueError("train.cache_locked_features cannot be combined with image augmentation (data.random_resized_crop, horizontal_flip, color_jitter)")
 
     def evaluate(self, output_dir: Path | None = None, step: int | None = None) -> dict[str, float]:
         if not self.cfg.data.eval_split:

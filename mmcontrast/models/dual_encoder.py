@@ -44,9 +44,15 @@ class DualEncoder(nn.Module):
         self.max_logit_scale = max_logit_scale
         self.embed_dim = embed_dim
 
-    def get_image_features(self, pixel_values: Tensor, normalize: bool = True) -> Tensor:
-        """[B, 3, H, W] pixels -> [B, embed_dim] image embeddings."""
-        features = self.vision_projection(self.vision(pixel_values=pixel_values))
+    def get_image_features(
+        self, pixel_values: Tensor | None = None, normalize: bool = True, vision_features: Tensor | None = None
+    ) -> Tensor:
+        """[B, 3, H, W] pixels (or the vision tower's cached output) -> [B, embed_dim]."""
+        if vision_features is None:
+            if pixel_values is None:
+                raise ValueError("get_image_features needs pixel_values or vision_features")
+            vision_features = self.vision(pixel_values=pixel_values)
+        features = self.vision_projection(vision_features)
         return F.normalize(features, dim=-1) if normalize else features
 
     def get_text_features(self, normalize: bool = True, **text_inputs: Tensor) -> Tensor:
@@ -58,10 +64,12 @@ class DualEncoder(nn.Module):
         """The logit multiplier exp(logit_scale), capped at exp(max_logit_scale)."""
         return self.logit_scale.clamp(max=self.max_logit_scale).exp()
 
-    def forward(self, pixel_values: Tensor, **text_inputs: Tensor) -> dict[str, Any]:
+    def forward(
+        self, pixel_values: Tensor | None = None, vision_features: Tensor | None = None, **text_inputs: Tensor
+    ) -> dict[str, Any]:
         """Embeddings of a batch of image-text pairs, ready to unpack into a loss."""
         out: dict[str, Any] = {
-            "image_features": self.get_image_features(pixel_values),
+            "image_features": self.get_image_features(pixel_values, vision_features=vision_features),
             "text_features": self.get_text_features(**text_inputs),
             "logit_scale": self.scale(),
         }

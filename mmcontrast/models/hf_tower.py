@@ -28,6 +28,7 @@ from transformers import (
 from mmcontrast.config import TowerConfig
 from mmcontrast.models.packaged import resolve_packaged_path
 from mmcontrast.models.tower import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, Tower, pool
+from mmcontrast.models.weights import load_into
 from mmcontrast.registry import TOWERS
 
 # Text towers whose pooled output is the standard sentence feature (EOS / last token).
@@ -79,6 +80,8 @@ class HFTower(Tower):
             self.model = model_cls.from_pretrained(path, config=config, **_hub_kwargs(cfg))
         else:
             self.model = model_cls.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        if cfg.weights:
+            load_into(self.model, cfg.weights)
         self.model_type = str(getattr(self.model.config, "model_type", ""))
         self.pooling = cfg.pooling if cfg.pooling != "auto" else self._auto_pooling()
         self.width = self._find_width()

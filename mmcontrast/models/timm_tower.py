@@ -8,30 +8,13 @@ pretrained weights (downloaded from the Hub).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import timm
-import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
-from mmcontrast.models.packaged import load_packaged_state_dict
 from mmcontrast.models.tower import ImagePreprocess, Tower
+from mmcontrast.models.weights import load_into
 from mmcontrast.registry import TOWERS
-
-
-def load_state_dict_file(weights: str, target: nn.Module) -> dict[str, Tensor]:
-    """A state dict from ``package:NAME``, a ``.safetensors`` file or a ``.pth`` file."""
-    if weights.startswith("package:"):
-        return load_packaged_state_dict(weights, target)
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {weights!r} not found")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
 class TimmTower(Tower):
@@ -54,8 +37,7 @@ class TimmTower(Tower):
                 raise ValueError(f"unknown timm model {cfg.name!r}; similar names: {', '.join(close)}") from None
             raise
         if cfg.weights:
-            state = load_state_dict_file(cfg.weights, self.model)
-            self.model.load_state_dict(state, strict=False)
+            load_into(self.model, cfg.weights)
         self.width = int(self.model.num_features)
 
     def forward(self, pixel_values: Tensor) -> Tensor:

@@ -26,7 +26,13 @@ from mmcontrast.config import Config, save_config, to_dict
 from mmcontrast.eval.retrieval import format_table
 from mmcontrast.methods.base import Method
 from mmcontrast.registry import METHODS
-from mmcontrast.train.checkpoint import TrainerState, find_resume_folder, read_state, save_checkpoint, save_weights
+from mmcontrast.train.checkpoint import (
+    TrainerState,
+    find_resume_folder,
+    read_state,
+    save_checkpoint,
+    save_weights,
+)
 from mmcontrast.train.optim import build_optimizer, cosine_schedule
 from mmcontrast.train.sampler import EpochShuffleSampler
 
@@ -36,6 +42,15 @@ logger = logging.getLogger("mmcontrast")
 def build_method(cfg: Config) -> Method:
     """Instantiate the recipe's method (model, loss and data hooks)."""
     return METHODS.get(cfg.method)(cfg)
+
+
+def tower_learning_rates(cfg: Config) -> dict[str, float]:
+    """Parameter-name prefix -> learning rate for towers with their own ``lr``."""
+    rates = {}
+    for name, tower in (("vision", cfg.model.vision), ("text", cfg.model.text)):
+        if tower.lr is not None:
+            rates[f"model.{name}."] = tower.lr
+    return rates
 
 
 def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
@@ -62,7 +77,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         drop_last=True,
         generator=torch.Generator().manual_seed(cfg.train.seed),  # keeps worker seeding off the global RNG
     )
-    optimizer = build_optimizer(method, cfg.train)
+    optimizer = build_optimizer(method, cfg.train, tower_learning_rates(cfg))
     method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / cfg.train.gradient_accumulation_steps)
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
@@ -82,11 +97,11 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     unwrapped: Method = accelerator.unwrap_model(method)
     stop_at = min(total_steps, cfg.train.stop_at_step or total_steps)
     history: list[dict[str, float]] = []
-    skipped: Counter = Counter()
+    skipped: Counter = Counter(getattr(dataset, "skipped_at_load", {}) if accelerator.is_main_process else {})
     samples_per_step = cfg.train.batch_size * accelerator.num_processes * cfg.train.gradient_accumulation_steps
     bar = tqdm(total=stop_at, initial=state.step, disable=not (cfg.train.progress_bar and accelerator.is_main_process), desc="train")
     step_losses: list[torch.Tensor] = []
-    tic = time.perf_counter()
+    tic, tic_step = time.perf_counter(), state.step
     last_scalars: dict[str, torch.Tensor] = {}
 
     method.train()
@@ -101,7 +116,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         for batch in epoch_loader:
             skipped.update(batch.pop("skipped", {}))
             with accelerator.accumulate(method):
-                if "pixel_values" in batch or "views" in batch:
+                if batch:  # empty when every sample of the batch was unreadable
                     out = method(batch)
                     accelerator.backward(out["loss"])
                     step_losses.append(out["loss"].detach())
@@ -124,7 +139,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                     "step": state.step,
                     "loss": loss,
                     "lr": scheduler.get_last_lr()[0],
-                    "pairs_per_s": samples_per_step * cfg.train.log_every / max(toc - tic, 1e-9),
+                    "pairs_per_s": samples_per_step * (state.step - tic_step) / max(toc - tic, 1e-9),
                     **{k: float(v) for k, v in last_scalars.items()},
                 }
                 history.append(record)
@@ -133,7 +148,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                 if accelerator.is_main_process:
                     with open(output_dir / "history.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
-                tic = time.perf_counter()
+                tic, tic_step = time.perf_counter(), state.step
             step_losses = []
             if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < stop_at:
                 _evaluate(accelerator, unwrapped, output_dir / "eval" / f"step-{state.step:08d}", state.step)

@@ -11,23 +11,28 @@ from torch.optim.lr_scheduler import LambdaLR
 from mmcontrast.config import TrainConfig
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; biases, norms, embeddings of size 1 and the logit scale/bias get no decay."""
-    decay, no_decay = [], []
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, lr_by_prefix: dict[str, float] | None = None
+) -> torch.optim.AdamW:
+    """AdamW; biases, norms and the logit scale/bias get no weight decay.
+
+    ``lr_by_prefix`` gives parameters whose name starts with a prefix their own learning
+    rate (e.g. a pretrained tower trained slower than the new heads).
+    """
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or "logit_" in name or "norm" in name.lower() or name.endswith(".bias"):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    if not decay and not no_decay:
+        no_decay = param.ndim < 2 or "logit_" in name or "norm" in name.lower() or name.endswith(".bias")
+        lr = next((v for k, v in (lr_by_prefix or {}).items() if name.startswith(k)), cfg.lr)
+        groups.setdefault((lr, no_decay), []).append(param)
+    if not groups:
         raise ValueError("nothing to train: every parameter is frozen (check lock / unlocked_layers)")
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+    param_groups = [
+        {"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+        for (lr, no_decay), params in groups.items()
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)  # type: ignore[arg-type]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)  # type: ignore[arg-type]
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> LambdaLR:

@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny random towers, a tiny tokenizer and a tiny imagefolder (no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = "red green blue yellow circle square triangle star small big dark light shape of a the on".split()
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+SHAPES = ["circle", "square", "triangle", "star"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny WordPiece (BERT) tokenizer saved in transformers format."""
+    from transformers import BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    return folder
+
+
+def draw(colour: str, shape: str, size: int = 32, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = np.full((size, size, 3), 255, dtype=np.uint8)
+    pixels += rng.integers(0, 20, size=pixels.shape, dtype=np.uint8) * 0
+    image = Image.fromarray(pixels)
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(image)
+    box = (6, 6, size - 6, size - 6)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        d.ellipse(box, fill=fill)
+    elif shape == "square":
+        d.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        d.polygon([(size // 2, 6), (6, size - 6), (size - 6, size - 6)], fill=fill)
+    else:
+        d.regular_polygon((size // 2, size // 2, size // 2 - 6), 5, fill=fill)
+    return image
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An imagefolder of coloured shapes: train (32 pairs) and test (16, two captions each)."""
+    from mmcontrast.data.imagefolder import write_imagefolder
+
+    root = tmp_path_factory.mktemp("shapes")
+    train = [
+        {"image": draw(c, s, seed=i), "text": f"a {c} {s}"}
+        for i, (c, s) in enumerate((c, s) for c in COLOURS for s in SHAPES for _ in range(2))
+    ]
+    test = [{"image": draw(c, s, seed=100), "text": [f"a {c} {s}", f"the {s} {c}"]} for c in COLOURS for s in SHAPES]
+    write_imagefolder(train, root, "train")
+    write_imagefolder(test, root, "test")
+    return root
+
+
+def tiny_overrides(data: Path, tokenizer: Path, output: Path) -> list[str]:
+    """``--set`` overrides for a run on random tiny ViT + BERT towers."""
+    vit = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, image_size: 32, patch_size: 8}"
+    bert = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, vocab_size: 32, max_position_embeddings: 64}"
+    return [
+        "model.vision.source=hf",
+        "model.vision.name=vit",
+        "model.vision.pretrained=false",
+        f"model.vision.config_overrides={vit}",
+        "model.text.source=hf",
+        "model.text.name=bert",
+        "model.text.pretrained=false",
+        f"model.text.tokenizer={tokenizer}",
+        f"model.text.config_overrides={bert}",
+        "model.embed_dim=16",
+        f"data.path={data}",
+        f"train.output_dir={output}",
+        "train.batch_size=8",
+        "train.progress_bar=false",
+        "train.trackers=[]",
+        "train.log_every=1",
+        "eval.batch_size=8",
+    ]
+
+
+@pytest.fixture()
+def tiny_run(shapes_dir: Path, tokenizer_dir: Path, tmp_path: Path) -> list[str]:
+    return tiny_overrides(shapes_dir, tokenizer_dir, tmp_path / "run")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state() -> None:
+    """Each test may pick its own mixed precision: forget accelerate's process-wide state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -1,0 +1,127 @@
+"""The training loop end to end on tiny random towers: smoke, resume, bf16, CLI and errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmcontrast.cli import main
+from mmcontrast.config import load_recipe
+from mmcontrast.train.loop import train
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")
+
+
+def cli(args: list[str], overrides: list[str]) -> int:
+    return main([*args, *[x for o in overrides for x in ("--set", o)]])
+
+
+def test_train_smoke_then_eval(tiny_run: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = [*tiny_run, "train.max_steps=3", "train.trackers=[tensorboard]", "model.vision.weights=null"]
+    assert cli(["train", QUICKSTART], overrides) == 0
+    run = Path(load_recipe(QUICKSTART, overrides).train.output_dir)
+    for name in ["model.safetensors", "config.yaml", "history.jsonl", "eval/retrieval.json", "eval/retrieval_grid.png"]:
+        assert (run / name).is_file(), name
+    assert list(run.glob("mmcontrast/events.out.tfevents.*")), "tensorboard logs"
+    record = json.loads((run / "eval" / "retrieval.json").read_text())
+    assert record["num_images"] == 16 and record["num_texts"] == 32
+    assert {"image_retrieval_recall@1", "text_retrieval_recall@10"} <= set(record["metrics"])
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert all(h["pairs_per_s"] > 0 and "lr" in h and "logit_scale" in h for h in history)
+    capsys.readouterr()
+
+    assert main(["eval", "--model", str(run), "--output", str(run / "again")]) == 0
+    again = json.loads((run / "again" / "retrieval.json").read_text())
+    assert again["metrics"] == pytest.approx(record["metrics"])  # reloaded weights give the same numbers
+    assert "text->image" in capsys.readouterr().out
+
+
+def test_resume_mid_epoch_is_exact(tiny_run: list[str], tmp_path: Path) -> None:
+    """Stop at step 5 (mid-epoch 2), resume: same losses and same final weights as one run."""
+    common = [
+        *tiny_run,
+        "model.vision.weights=null",
+        "train.epochs=2",  # 32 pairs / batch 8 = 4 steps per epoch
+        "train.warmup_steps=2",
+        "train.checkpoint_every=3",
+        "data.random_resized_crop=[0.5, 1.0]",  # augmentation randomness
+        "data.horizontal_flip=0.5",
+        "eval.at_end=false",
+    ]
+    full = train(load_recipe(QUICKSTART, [*common, f"train.output_dir={tmp_path / 'full'}"]))
+    split_dir = f"train.output_dir={tmp_path / 'split'}"
+    first = train(load_recipe(QUICKSTART, [*common, split_dir, "train.stop_at_step=5"]))
+    assert first["step"] == 5 and not (tmp_path / "split" / "model.safetensors").exists()
+    second = train(load_recipe(QUICKSTART, [*common, split_dir]), resume="latest")
+    assert second["step"] == 8
+    losses = [h["loss"] for h in full["history"]]
+    assert len(losses) == 8 and len(set(losses)) > 1
+    assert [h["loss"] for h in first["history"] + second["history"]] == losses
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_mixed_precision_step_on_cpu(tiny_run: list[str]) -> None:
+    cfg = load_recipe(QUICKSTART, [*tiny_run, "model.vision.weights=null", "train.max_steps=2", "train.mixed_precision=bf16", "eval.at_end=false"])
+    summary = train(cfg)
+    assert summary["step"] == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in summary["history"])
+
+
+def test_gradient_accumulation_and_siglip(tiny_run: list[str]) -> None:
+    cfg = load_recipe(
+        QUICKSTART,
+        [*tiny_run, "model.vision.weights=null", "loss.name=siglip", "train.gradient_accumulation_steps=2", "train.max_steps=2", "eval.at_end=false"],
+    )
+    summary = train(cfg)
+    assert summary["step"] == 2  # 4 batches -> 2 optimiser steps
+
+
+def test_bad_training_data_is_skipped_with_a_warning(tiny_run: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_data import bad_folder
+
+    data = bad_folder(tmp_path / "bad")
+    overrides = [*tiny_run, "model.vision.weights=null", f"data.path={data}", "train.batch_size=1", "train.epochs=1", "data.eval_split=null"]
+    assert cli(["train", QUICKSTART], overrides) == 0
+    out = capsys.readouterr().out
+    assert "skipped 4 bad training samples" in out
+    assert "'unreadable image': 2" in out and "'missing image file': 1" in out and "'empty caption': 1" in out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.lerning_rate=1"], "did you mean 'train.lr'\?"),
+        (["model.vision.source=hff"], "unknown tower source 'hff'; did you mean 'hf'?"),
+        (["loss.name=clipp"], "unknown loss 'clipp'; did you mean 'clip'?"),
+        (["method=simclrr"], "unknown method 'simclrr'"),
+        (["data.path=/nonexistent/folder"], "cannot load dataset"),
+        (["data.caption_column=caption"], "column 'caption' not found"),
+        (["model.text.tokenizer=/nonexistent/tok"], "cannot load a tokenizer"),
+    ],
+)
+def test_cli_errors_are_clear(tiny_run: list[str], overrides: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    code = cli(["train", QUICKSTART], [*tiny_run, "model.vision.weights=null", "train.max_steps=1", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_list_and_module_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ["clip", "siglip", "hf", "timm", "open_clip", "emoji"]:
+        assert name in out
+    assert main(["list", "recipes"]) == 0
+    assert "quickstart.yaml" in capsys.readouterr().out
+    result = subprocess.run([sys.executable, "-m", "mmcontrast", "train", "--help"], capture_output=True, text=True, check=True)
+    assert "--resume" in result.stdout and "--set" in result.stdout
