@@ -47,7 +47,9 @@ class TowerConfig:
     trust_remote_code: bool = False
     config_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. tiny random towers
     pooling: str = "auto"  # auto | cls | mean | pooler
-    lr: float | None = None  # learning rate of this tower; None = train.lr (heads always use train.lr)
+    lr: float | None = (
+        None  # learning rate of this tower; None = train.lr (heads always use train.lr)
+    )
     lock: bool = False  # freeze the tower (LiT)
     unlocked_layers: int = 0  # with lock: train only the last N layers (and what follows them)
     # vision only: preprocessing; None = the tower's own values
@@ -150,13 +152,17 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"recipe {str(path)!r} not found; `mmcontrast list recipes` shows the shipped ones")
+            raise ConfigError(
+                f"recipe {str(path)!r} not found; `mmcontrast list recipes` shows the shipped ones"
+            )
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections, got {type(raw).__name__}")
+            raise ConfigError(
+                f"recipe {str(path)!r} must be a mapping of sections, got {type(raw).__name__}"
+            )
     for override in overrides or []:
         apply_override(raw, override)
     return from_dict(Config, raw)
@@ -165,7 +171,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Set ``a.b.c=value`` (value parsed as YAML) in a nested dict, in place."""
     if "=" not in override:
-        raise ConfigError(f"override {override!r} must look like section.key=value, e.g. train.lr=3e-4")
+        raise ConfigError(
+            f"override {override!r} must look like section.key=value, e.g. train.lr=3e-4"
+        )
     dotted, value = override.split("=", 1)
     keys = dotted.strip().split(".")
     node = raw
@@ -191,7 +199,9 @@ def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
         if choices and value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{prefix + key} = {value!r} is not allowed{hint} (choose from {', '.join(choices)})")
+            raise ConfigError(
+                f"{prefix + key} = {value!r} is not allowed{hint} (choose from {', '.join(choices)})"
+            )
     return cls(**kwargs)
 
 

@@ -32,7 +32,9 @@ class Registry:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = obj
             summary = doc or (getattr(obj, "__doc__", None) or "").strip().splitlines()
-            self._docs[name] = summary if isinstance(summary, str) else (summary[0] if summary else "")
+            self._docs[name] = (
+                summary if isinstance(summary, str) else (summary[0] if summary else "")
+            )
             return obj
 
         return decorator

@@ -13,7 +13,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS = "red green blue yellow circle square triangle star small big dark light shape of a the on".split()
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 30),
+    "blue": (30, 30, 220),
+    "yellow": (230, 220, 30),
+}
 SHAPES = ["circle", "square", "triangle", "star"]
 
 
@@ -60,7 +65,11 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {"image": draw(c, s, seed=i), "text": f"a {c} {s}"}
         for i, (c, s) in enumerate((c, s) for c in COLOURS for s in SHAPES for _ in range(2))
     ]
-    test = [{"image": draw(c, s, seed=100), "text": [f"a {c} {s}", f"the {s} {c}"]} for c in COLOURS for s in SHAPES]
+    test = [
+        {"image": draw(c, s, seed=100), "text": [f"a {c} {s}", f"the {s} {c}"]}
+        for c in COLOURS
+        for s in SHAPES
+    ]
     write_imagefolder(train, root, "train")
     write_imagefolder(test, root, "test")
     return root

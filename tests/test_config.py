@@ -14,7 +14,15 @@ def test_shipped_recipes_load(recipe: Path) -> None:
 
 
 def test_overrides_are_typed() -> None:
-    cfg = load_recipe(None, ["train.lr=3e-4", "train.batch_size=16", "data.random_resized_crop=[0.5, 1]", "model.text.lock=true"])
+    cfg = load_recipe(
+        None,
+        [
+            "train.lr=3e-4",
+            "train.batch_size=16",
+            "data.random_resized_crop=[0.5, 1]",
+            "model.text.lock=true",
+        ],
+    )
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.train.batch_size == 16
     assert cfg.data.random_resized_crop == (0.5, 1.0)

@@ -18,7 +18,10 @@ from mmcontrast.models.tower import ImagePreprocess
 def bad_folder(root: Path) -> Path:
     """Six rows: two good, a corrupt file, a truncated PNG, a missing file, an empty caption."""
     split = write_imagefolder(
-        [{"image": draw("red", s, seed=i), "text": f"a red {s}"} for i, s in enumerate(["circle", "square", "star", "triangle"])],
+        [
+            {"image": draw("red", s, seed=i), "text": f"a red {s}"}
+            for i, s in enumerate(["circle", "square", "star", "triangle"])
+        ],
         root,
         "train",
     )
@@ -46,7 +49,13 @@ def test_bad_samples_are_skipped_and_counted(tmp_path: Path, tokenizer_dir: Path
     assert len(table) == 5 and table.skipped == {"empty caption": 1}
     dataset = ImageTextDataset(table, image_transform(ImagePreprocess(size=16)))
     samples = [dataset[i] for i in range(len(dataset))]
-    assert [s.get("skip") for s in samples] == [None, None, "unreadable image", "unreadable image", "missing image file"]
+    assert [s.get("skip") for s in samples] == [
+        None,
+        None,
+        "unreadable image",
+        "unreadable image",
+        "missing image file",
+    ]
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     batch = ImageTextCollator(lambda c: dict(tok(c, padding=True, return_tensors="pt")))(samples)
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
@@ -54,9 +63,13 @@ def test_bad_samples_are_skipped_and_counted(tmp_path: Path, tokenizer_dir: Path
 
 
 def test_sample_randomness_depends_only_on_seed_epoch_index(shapes_dir: Path) -> None:
-    cfg = DataConfig(path=str(shapes_dir), random_resized_crop=(0.3, 1.0), horizontal_flip=0.5, color_jitter=0.4)
+    cfg = DataConfig(
+        path=str(shapes_dir), random_resized_crop=(0.3, 1.0), horizontal_flip=0.5, color_jitter=0.4
+    )
     table = load_pairs(cfg, "train")
-    dataset = ImageTextDataset(table, image_transform(ImagePreprocess(size=16), cfg, train=True), seed=3)
+    dataset = ImageTextDataset(
+        table, image_transform(ImagePreprocess(size=16), cfg, train=True), seed=3
+    )
     first = dataset[5]["pixel_values"]
     torch.rand(10)  # global RNG activity must not matter
     assert torch.equal(dataset[5]["pixel_values"], first)
@@ -86,12 +99,18 @@ def test_datasets_source_with_image_feature(tmp_path: Path) -> None:
 
     features = datasets.Features({"img": datasets.Image(), "caption": datasets.Value("string")})
     ds = datasets.Dataset.from_dict(
-        {"img": [{"bytes": png("red"), "path": None}, {"bytes": b"junk", "path": None}], "caption": ["red", "junk"]},
+        {
+            "img": [{"bytes": png("red"), "path": None}, {"bytes": b"junk", "path": None}],
+            "caption": ["red", "junk"],
+        },
         features=features,
     )
     (tmp_path / "hub").mkdir()
     ds.to_parquet(str(tmp_path / "hub" / "train.parquet"))
-    table = load_pairs(DataConfig(path=str(tmp_path / "hub"), image_column="img", caption_column="caption"), "train")
+    table = load_pairs(
+        DataConfig(path=str(tmp_path / "hub"), image_column="img", caption_column="caption"),
+        "train",
+    )
     dataset = ImageTextDataset(table, image_transform(ImagePreprocess(size=16)))
     assert dataset[0]["pixel_values"].shape == (3, 16, 16) and dataset[0]["caption"] == "red"
     assert dataset[1] == {"skip": "unreadable image"}

@@ -10,7 +10,9 @@ from mmcontrast.losses import LOSS_INIT, ClipLoss, SigLipLoss
 
 def features(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    return F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(
+        torch.randn(n, d, generator=g), dim=-1
+    )
 
 
 @pytest.mark.parametrize(("n", "d", "scale"), [(2, 4, 1.0), (8, 16, 14.3), (33, 64, 100.0)])
@@ -22,7 +24,9 @@ def test_clip_loss_equals_open_clip(n: int, d: int, scale: float) -> None:
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
-@pytest.mark.parametrize(("n", "d", "scale", "bias"), [(2, 4, 10.0, -10.0), (8, 16, 3.0, 0.5), (33, 64, 100.0, -5.0)])
+@pytest.mark.parametrize(
+    ("n", "d", "scale", "bias"), [(2, 4, 10.0, -10.0), (8, 16, 3.0, 0.5), (33, 64, 100.0, -5.0)]
+)
 def test_siglip_loss_equals_open_clip(n: int, d: int, scale: float, bias: float) -> None:
     img, txt = features(n, d, n + 1)
     img.requires_grad_(True)
@@ -43,7 +47,9 @@ def test_clip_loss_float64_reference() -> None:
         ref += -math.log(math.exp(logits[i, i]) / sum(math.exp(logits[i, j]) for j in range(6)))
         ref += -math.log(math.exp(logits[i, i]) / sum(math.exp(logits[j, i]) for j in range(6)))
     ref /= 12
-    assert ClipLoss()(img, txt, torch.tensor(s, dtype=torch.float64)).item() == pytest.approx(ref, abs=1e-12)
+    assert ClipLoss()(img, txt, torch.tensor(s, dtype=torch.float64)).item() == pytest.approx(
+        ref, abs=1e-12
+    )
 
 
 def test_clip_loss_perfect_alignment_is_small() -> None:

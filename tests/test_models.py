@@ -11,8 +11,21 @@ from mmcontrast.config import ModelConfig, TowerConfig, load_recipe
 from mmcontrast.models import build_dual_encoder, build_tower
 from mmcontrast.models.tower import count_parameters
 
-VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8}
-BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 32}
+VIT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+}
+BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 32,
+}
 
 
 def vit(**kw: object) -> TowerConfig:
@@ -20,7 +33,14 @@ def vit(**kw: object) -> TowerConfig:
 
 
 def bert(tokenizer: Path, **kw: object) -> TowerConfig:
-    return TowerConfig(source="hf", name="bert", pretrained=False, tokenizer=str(tokenizer), config_overrides=dict(BERT), **kw)  # type: ignore[arg-type]
+    return TowerConfig(
+        source="hf",
+        name="bert",
+        pretrained=False,
+        tokenizer=str(tokenizer),
+        config_overrides=dict(BERT),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("pooling", ["auto", "cls", "mean", "pooler"])
@@ -54,11 +74,15 @@ def test_lock_and_unlocked_layers(tokenizer_dir: Path) -> None:
 
 
 def test_dual_encoder_features_scale_and_locked_eval(tokenizer_dir: Path) -> None:
-    cfg = ModelConfig(vision=vit(lock=True), text=bert(tokenizer_dir), embed_dim=16, projection="mlp")
+    cfg = ModelConfig(
+        vision=vit(lock=True), text=bert(tokenizer_dir), embed_dim=16, projection="mlp"
+    )
     model = build_dual_encoder(cfg, init_logit_scale=math.log(1 / 0.07), init_logit_bias=None)
     assert model.scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
     model.train()
-    assert not model.vision.training and model.text.training  # LiT: the locked tower stays in eval mode
+    assert (
+        not model.vision.training and model.text.training
+    )  # LiT: the locked tower stays in eval mode
     tokens = model.text.tokenizer()(["a red circle", "a blue star"])
     out = model(pixel_values=torch.randn(2, 3, 32, 32), **tokens)
     assert out["image_features"].shape == out["text_features"].shape == (2, 16)
@@ -80,22 +104,40 @@ def test_siglip_init(tokenizer_dir: Path) -> None:
 
 
 def test_timm_tower() -> None:
-    tower = build_tower(TowerConfig(source="timm", name="test_efficientnet", pretrained=False), "vision")
+    tower = build_tower(
+        TowerConfig(source="timm", name="test_efficientnet", pretrained=False), "vision"
+    )
     pre = tower.image_preprocess()
     assert tower(pixel_values=torch.randn(2, 3, pre.size, pre.size)).shape == (2, tower.width)
     with pytest.raises(ValueError, match="unknown timm model"):
-        build_tower(TowerConfig(source="timm", name="tf_efficientnet_lite99", pretrained=False), "vision")
+        build_tower(
+            TowerConfig(source="timm", name="tf_efficientnet_lite99", pretrained=False), "vision"
+        )
 
 
 def test_open_clip_towers_from_config_json(tmp_path: Path) -> None:
     config = {
         "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
     }
     path = tmp_path / "tiny-oc.json"
     path.write_text(json.dumps(config))
-    vision = build_tower(TowerConfig(source="open_clip", name=str(path), pretrained=False), "vision")
+    vision = build_tower(
+        TowerConfig(source="open_clip", name=str(path), pretrained=False), "vision"
+    )
     text = build_tower(TowerConfig(source="open_clip", name=str(path), pretrained=False), "text")
     assert vision(pixel_values=torch.randn(2, 3, 32, 32)).shape == (2, 16)
     tokens = text.tokenizer()(["a photo of a cat", "a dog"])
@@ -109,20 +151,41 @@ def test_clip_checkpoint_gives_its_halves(tmp_path: Path, tokenizer_dir: Path) -
     from transformers import CLIPConfig, CLIPModel
 
     config = CLIPConfig(
-        vision_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8},
-        text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 32},
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        text_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": 32,
+        },
         projection_dim=16,
     )
     clip = CLIPModel(config)
     clip.save_pretrained(tmp_path / "clip")
     vision = build_tower(TowerConfig(source="hf", name=str(tmp_path / "clip")), "vision")
-    text = build_tower(TowerConfig(source="hf", name=str(tmp_path / "clip"), tokenizer=str(tokenizer_dir)), "text")
+    text = build_tower(
+        TowerConfig(source="hf", name=str(tmp_path / "clip"), tokenizer=str(tokenizer_dir)), "text"
+    )
     assert vision.pooling == "pooler" and text.pooling == "pooler"
+
     def weight(module: torch.nn.Module, suffix: str) -> torch.Tensor:
         return next(v for k, v in module.state_dict().items() if k.endswith(suffix))
 
-    assert torch.equal(weight(vision, "patch_embedding.weight"), clip.vision_model.embeddings.patch_embedding.weight)
-    assert torch.equal(weight(text, "token_embedding.weight"), clip.text_model.embeddings.token_embedding.weight)
+    assert torch.equal(
+        weight(vision, "patch_embedding.weight"),
+        clip.vision_model.embeddings.patch_embedding.weight,
+    )
+    assert torch.equal(
+        weight(text, "token_embedding.weight"), clip.text_model.embeddings.token_embedding.weight
+    )
 
 
 @pytest.mark.parametrize("family", ["t5", "xlm-roberta"])
@@ -134,7 +197,14 @@ def test_sentencepiece_text_tower(tmp_path: Path, family: str) -> None:
     from transformers import AutoTokenizer
 
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"a {c} {s} on the {w}" for c in "red green blue yellow pink".split() for s in "circle square star".split() for w in "left right top".split()))
+    corpus.write_text(
+        "\n".join(
+            f"a {c} {s} on the {w}"
+            for c in "red green blue yellow pink".split()
+            for s in "circle square star".split()
+            for w in "left right top".split()
+        )
+    )
     spm.SentencePieceTrainer.train(
         input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=30, model_type="unigram", hard_vocab_limit=False,
         pad_id=0, unk_id=2, bos_id=-1 if family == "t5" else 1, eos_id=1 if family == "t5" else 3,
@@ -143,17 +213,36 @@ def test_sentencepiece_text_tower(tmp_path: Path, family: str) -> None:
     if family == "t5":
         from transformers import T5Tokenizer as Tok
 
-        overrides = {"d_model": 32, "d_ff": 64, "num_layers": 2, "num_heads": 2, "d_kv": 16, "vocab_size": 64}
+        overrides = {
+            "d_model": 32,
+            "d_ff": 64,
+            "num_layers": 2,
+            "num_heads": 2,
+            "d_kv": 16,
+            "vocab_size": 64,
+        }
     else:
         from transformers import XLMRobertaTokenizer as Tok
 
-        overrides = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 64}
+        overrides = {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": 64,
+        }
     folder.mkdir()  # the layout of a sentencepiece checkpoint: the .model file + tokenizer_config.json
     shutil.copy(tmp_path / "sp.model", folder / Tok.vocab_files_names["vocab_file"])
     (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": Tok.__name__}))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert isinstance(tokenizer, Tok)
-    cfg = TowerConfig(source="hf", name=family, pretrained=False, tokenizer=str(folder), config_overrides=overrides)
+    cfg = TowerConfig(
+        source="hf",
+        name=family,
+        pretrained=False,
+        tokenizer=str(folder),
+        config_overrides=overrides,
+    )
     tower = build_tower(cfg, "text")
     if family == "t5":
         assert type(tower.model).__name__ == "T5EncoderModel"

@@ -22,10 +22,21 @@ def cli(args: list[str], overrides: list[str]) -> int:
 
 
 def test_train_smoke_then_eval(tiny_run: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    overrides = [*tiny_run, "train.max_steps=3", "train.trackers=[tensorboard]", "model.vision.weights=null"]
+    overrides = [
+        *tiny_run,
+        "train.max_steps=3",
+        "train.trackers=[tensorboard]",
+        "model.vision.weights=null",
+    ]
     assert cli(["train", QUICKSTART], overrides) == 0
     run = Path(load_recipe(QUICKSTART, overrides).train.output_dir)
-    for name in ["model.safetensors", "config.yaml", "history.jsonl", "eval/retrieval.json", "eval/retrieval_grid.png"]:
+    for name in [
+        "model.safetensors",
+        "config.yaml",
+        "history.jsonl",
+        "eval/retrieval.json",
+        "eval/retrieval_grid.png",
+    ]:
         assert (run / name).is_file(), name
     assert list(run.glob("mmcontrast/events.out.tfevents.*")), "tensorboard logs"
     record = json.loads((run / "eval" / "retrieval.json").read_text())
@@ -38,7 +49,9 @@ def test_train_smoke_then_eval(tiny_run: list[str], capsys: pytest.CaptureFixtur
 
     assert main(["eval", "--model", str(run), "--output", str(run / "again")]) == 0
     again = json.loads((run / "again" / "retrieval.json").read_text())
-    assert again["metrics"] == pytest.approx(record["metrics"])  # reloaded weights give the same numbers
+    assert again["metrics"] == pytest.approx(
+        record["metrics"]
+    )  # reloaded weights give the same numbers
     assert "text->image" in capsys.readouterr().out
 
 
@@ -69,29 +82,60 @@ def test_resume_mid_epoch_is_exact(tiny_run: list[str], tmp_path: Path) -> None:
 
 
 def test_bf16_mixed_precision_step_on_cpu(tiny_run: list[str]) -> None:
-    cfg = load_recipe(QUICKSTART, [*tiny_run, "model.vision.weights=null", "train.max_steps=2", "train.mixed_precision=bf16", "eval.at_end=false"])
+    cfg = load_recipe(
+        QUICKSTART,
+        [
+            *tiny_run,
+            "model.vision.weights=null",
+            "train.max_steps=2",
+            "train.mixed_precision=bf16",
+            "eval.at_end=false",
+        ],
+    )
     summary = train(cfg)
-    assert summary["step"] == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in summary["history"])
+    assert summary["step"] == 2 and all(
+        torch.isfinite(torch.tensor(h["loss"])) for h in summary["history"]
+    )
 
 
 def test_gradient_accumulation_and_siglip(tiny_run: list[str]) -> None:
     cfg = load_recipe(
         QUICKSTART,
-        [*tiny_run, "model.vision.weights=null", "loss.name=siglip", "train.gradient_accumulation_steps=2", "train.max_steps=2", "eval.at_end=false"],
+        [
+            *tiny_run,
+            "model.vision.weights=null",
+            "loss.name=siglip",
+            "train.gradient_accumulation_steps=2",
+            "train.max_steps=2",
+            "eval.at_end=false",
+        ],
     )
     summary = train(cfg)
     assert summary["step"] == 2  # 4 batches -> 2 optimiser steps
 
 
-def test_bad_training_data_is_skipped_with_a_warning(tiny_run: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_training_data_is_skipped_with_a_warning(
+    tiny_run: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from test_data import bad_folder
 
     data = bad_folder(tmp_path / "bad")
-    overrides = [*tiny_run, "model.vision.weights=null", f"data.path={data}", "train.batch_size=1", "train.epochs=1", "data.eval_split=null"]
+    overrides = [
+        *tiny_run,
+        "model.vision.weights=null",
+        f"data.path={data}",
+        "train.batch_size=1",
+        "train.epochs=1",
+        "data.eval_split=null",
+    ]
     assert cli(["train", QUICKSTART], overrides) == 0
     out = capsys.readouterr().out
     assert "skipped 4 bad training samples" in out
-    assert "'unreadable image': 2" in out and "'missing image file': 1" in out and "'empty caption': 1" in out
+    assert (
+        "'unreadable image': 2" in out
+        and "'missing image file': 1" in out
+        and "'empty caption': 1" in out
+    )
 
 
 @pytest.mark.parametrize(
@@ -106,10 +150,15 @@ def test_bad_training_data_is_skipped_with_a_warning(tiny_run: list[str], tmp_pa
         (["model.text.tokenizer=/nonexistent/tok"], "cannot load a tokenizer"),
     ],
 )
-def test_cli_errors_are_clear(tiny_run: list[str], overrides: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_are_clear(
+    tiny_run: list[str], overrides: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     import re
 
-    code = cli(["train", QUICKSTART], [*tiny_run, "model.vision.weights=null", "train.max_steps=1", *overrides])
+    code = cli(
+        ["train", QUICKSTART],
+        [*tiny_run, "model.vision.weights=null", "train.max_steps=1", *overrides],
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert re.search(message, err), err
@@ -123,5 +172,10 @@ def test_list_and_module_entry_point(capsys: pytest.CaptureFixture[str]) -> None
         assert name in out
     assert main(["list", "recipes"]) == 0
     assert "quickstart.yaml" in capsys.readouterr().out
-    result = subprocess.run([sys.executable, "-m", "mmcontrast", "train", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mmcontrast", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--resume" in result.stdout and "--set" in result.stdout

@@ -44,7 +44,12 @@ def embed_pairs(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(ImageOnlyDataset(table, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_list)
+    loader = DataLoader(
+        ImageOnlyDataset(table, transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_list,
+    )
     image_chunks, rows, skipped = [], [], Counter(table.skipped)
     for samples in loader:
         good = [(i, x) for i, x in samples if isinstance(x, Tensor)]
@@ -60,7 +65,9 @@ def embed_pairs(
             owners.append(position)
     text_chunks = []
     for start in range(0, len(captions), batch_size):
-        tokens = {k: v.to(device) for k, v in tokenizer(captions[start : start + batch_size]).items()}
+        tokens = {
+            k: v.to(device) for k, v in tokenizer(captions[start : start + batch_size]).items()
+        }
         text_chunks.append(model.get_text_features(**tokens).float().cpu())
     model.train(was_training)
     dim = model.embed_dim
@@ -88,8 +95,12 @@ def evaluate_retrieval(
     """Retrieval metrics (CLIP_benchmark keys); with ``output_dir``, also JSON, table and PNG."""
     embedded = embed_pairs(model, table, transform, tokenizer, batch_size)
     if len(embedded.rows) == 0:
-        raise ValueError(f"no readable images in the evaluation data {table.source} (skipped: {dict(embedded.skipped)})")
-    metrics = retrieval_metrics(embedded.image_features, embedded.text_features, embedded.text_to_image, ks=tuple(ks))
+        raise ValueError(
+            f"no readable images in the evaluation data {table.source} (skipped: {dict(embedded.skipped)})"
+        )
+    metrics = retrieval_metrics(
+        embedded.image_features, embedded.text_features, embedded.text_to_image, ks=tuple(ks)
+    )
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -109,11 +120,15 @@ def evaluate_retrieval(
     return metrics
 
 
-def _write_grid(embedded: EmbeddedPairs, table: PairTable, path: Path, queries: int, k: int = 5) -> None:
+def _write_grid(
+    embedded: EmbeddedPairs, table: PairTable, path: Path, queries: int, k: int = 5
+) -> None:
     count = min(queries, len(embedded.captions))
     # spread the queries over the set rather than taking the first few
     picks = torch.linspace(0, len(embedded.captions) - 1, count).round().long().tolist()
-    topk = topk_texts_to_images(embedded.image_features, embedded.text_features[picks], k=min(k, len(embedded.rows)))
+    topk = topk_texts_to_images(
+        embedded.image_features, embedded.text_features[picks], k=min(k, len(embedded.rows))
+    )
     truth = [int(embedded.text_to_image[i]) for i in picks]
     needed = sorted({int(i) for i in topk.flatten().tolist()} | set(truth))
     images = {i: load_image(table.image(embedded.rows[i])) for i in needed}

@@ -23,11 +23,15 @@ def evaluate_run(
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{model_dir} holds no config.yaml: pass a run folder or a checkpoint folder")
+        raise FileNotFoundError(
+            f"{model_dir} holds no config.yaml: pass a run folder or a checkpoint folder"
+        )
     # towers are rebuilt from config only; the run's weights replace them
     fixed = [
-        "model.vision.pretrained=false", "model.text.pretrained=false",
-        "model.vision.weights=null", "model.text.weights=null",
+        "model.vision.pretrained=false",
+        "model.text.pretrained=false",
+        "model.vision.weights=null",
+        "model.text.weights=null",
     ]
     cfg = load_recipe(model_dir / "config.yaml", fixed + list(overrides or []))
     if data:

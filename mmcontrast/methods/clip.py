@@ -25,7 +25,9 @@ from mmcontrast.registry import LOSSES, METHODS
 NON_MODEL_KEYS = {"skipped"}
 
 
-@METHODS.register("clip", "image-text contrastive training of a dual encoder (loss: clip or siglip)")
+@METHODS.register(
+    "clip", "image-text contrastive training of a dual encoder (loss: clip or siglip)"
+)
 class ImageTextContrastive(Method):
     """A dual encoder trained on image-text pairs; ``loss.name`` picks CLIP or SigLIP."""
 
@@ -36,7 +38,9 @@ class ImageTextContrastive(Method):
         self.model = build_dual_encoder(cfg.model, init_scale, init_bias)
         self.loss_inputs = set(inspect.signature(self.loss_fn.forward).parameters)
         if "logit_bias" in self.loss_inputs and self.model.logit_bias is None:
-            raise ValueError(f"loss {cfg.loss.name!r} needs a logit bias: set model.init_logit_bias (e.g. -10)")
+            raise ValueError(
+                f"loss {cfg.loss.name!r} needs a logit bias: set model.init_logit_bias (e.g. -10)"
+            )
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         inputs = {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
@@ -48,23 +52,35 @@ class ImageTextContrastive(Method):
         return image_transform(resolved_preprocess(self.model.vision), self.cfg.data, train=train)
 
     def train_data(self) -> tuple[ImageTextDataset, ImageTextCollator]:
-        table = load_pairs(self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples)
+        table = load_pairs(
+            self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples
+        )
         transform = self.image_transform(train=True)
         features, bad = None, None
         if self.cfg.train.cache_locked_features:
             self._check_cacheable()
             features, bad = compute_tower_features(
-                self.model.vision, table, self.image_transform(train=False), self.cfg.eval.batch_size, self.cfg.data.num_workers
+                self.model.vision,
+                table,
+                self.image_transform(train=False),
+                self.cfg.eval.batch_size,
+                self.cfg.data.num_workers,
             )
-        dataset = ImageTextDataset(table, transform, seed=self.cfg.train.seed, vision_features=features, bad_rows=bad)
+        dataset = ImageTextDataset(
+            table, transform, seed=self.cfg.train.seed, vision_features=features, bad_rows=bad
+        )
         return dataset, ImageTextCollator(self.model.text.tokenizer())
 
     def _check_cacheable(self) -> None:
         vision, data = self.cfg.model.vision, self.cfg.data
         if not vision.lock or vision.unlocked_layers:
-            raise ValueError("train.cache_locked_features needs a fully locked vision tower (model.vision.lock: true, unlocked_layers: 0)")
+            raise ValueError(
+                "train.cache_locked_features needs a fully locked vision tower (model.vision.lock: true, unlocked_layers: 0)"
+            )
         if data.random_resized_crop or data.horizontal_flip or data.color_jitter:
-            raise ValueError("train.cache_locked_features cannot be combined with image augmentation (data.random_resized_crop, horizontal_flip, color_jitter)")
+            raise ValueError(
+                "train.cache_locked_features cannot be combined with image augmentation (data.random_resized_crop, horizontal_flip, color_jitter)"
+            )
 
     def evaluate(self, output_dir: Path | None = None, step: int | None = None) -> dict[str, float]:
         if not self.cfg.data.eval_split:

@@ -37,15 +37,26 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.vision = vision
         self.text = text
-        self.vision_projection = build_projection(projection, vision.width, embed_dim, projection_hidden_dim)
-        self.text_projection = build_projection(projection, text.width, embed_dim, projection_hidden_dim)
+        self.vision_projection = build_projection(
+            projection, vision.width, embed_dim, projection_hidden_dim
+        )
+        self.text_projection = build_projection(
+            projection, text.width, embed_dim, projection_hidden_dim
+        )
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias))) if init_logit_bias is not None else None
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(float(init_logit_bias)))
+            if init_logit_bias is not None
+            else None
+        )
         self.max_logit_scale = max_logit_scale
         self.embed_dim = embed_dim
 
     def get_image_features(
-        self, pixel_values: Tensor | None = None, normalize: bool = True, vision_features: Tensor | None = None
+        self,
+        pixel_values: Tensor | None = None,
+        normalize: bool = True,
+        vision_features: Tensor | None = None,
     ) -> Tensor:
         """[B, 3, H, W] pixels (or the vision tower's cached output) -> [B, embed_dim]."""
         if vision_features is None:
@@ -55,8 +66,12 @@ class DualEncoder(nn.Module):
         features = self.vision_projection(vision_features)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def get_text_features(self, normalize: bool = True, **text_inputs: Tensor) -> Tensor:
-        """Tokenizer outputs (``input_ids``, ``attention_mask``, ...) -> [B, embed_dim]."""
+    def get_text_features(self, **text_inputs: Any) -> Tensor:
+        """Tokenizer outputs (``input_ids``, ``attention_mask``, ...) -> [B, embed_dim].
+
+        Pass ``normalize=False`` for the projected features before L2 normalisation.
+        """
+        normalize = text_inputs.pop("normalize", True)
         features = self.text_projection(self.text(**text_inputs))
         return F.normalize(features, dim=-1) if normalize else features
 
@@ -65,11 +80,16 @@ class DualEncoder(nn.Module):
         return self.logit_scale.clamp(max=self.max_logit_scale).exp()
 
     def forward(
-        self, pixel_values: Tensor | None = None, vision_features: Tensor | None = None, **text_inputs: Tensor
+        self,
+        pixel_values: Tensor | None = None,
+        vision_features: Tensor | None = None,
+        **text_inputs: Tensor,
     ) -> dict[str, Any]:
         """Embeddings of a batch of image-text pairs, ready to unpack into a loss."""
         out: dict[str, Any] = {
-            "image_features": self.get_image_features(pixel_values, vision_features=vision_features),
+            "image_features": self.get_image_features(
+                pixel_values, vision_features=vision_features
+            ),
             "text_features": self.get_text_features(**text_inputs),
             "logit_scale": self.scale(),
         }
@@ -84,7 +104,9 @@ class DualEncoder(nn.Module):
         return self
 
 
-def build_dual_encoder(cfg: ModelConfig, init_logit_scale: float, init_logit_bias: float | None) -> DualEncoder:
+def build_dual_encoder(
+    cfg: ModelConfig, init_logit_scale: float, init_logit_bias: float | None
+) -> DualEncoder:
     """Build both towers from the config; explicit inits in ``cfg`` win over the loss's defaults."""
     return DualEncoder(
         vision=build_tower(cfg.vision, "vision"),
@@ -92,7 +114,9 @@ def build_dual_encoder(cfg: ModelConfig, init_logit_scale: float, init_logit_bia
         embed_dim=cfg.embed_dim,
         projection=cfg.projection,
         projection_hidden_dim=cfg.projection_hidden_dim,
-        init_logit_scale=cfg.init_logit_scale if cfg.init_logit_scale is not None else init_logit_scale,
+        init_logit_scale=cfg.init_logit_scale
+        if cfg.init_logit_scale is not None
+        else init_logit_scale,
         init_logit_bias=cfg.init_logit_bias if cfg.init_logit_bias is not None else init_logit_bias,
         max_logit_scale=cfg.max_logit_scale,
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 
-def build_projection(kind: str, in_dim: int, out_dim: int, hidden_dim: int | None = None) -> nn.Module:
+def build_projection(
+    kind: str, in_dim: int, out_dim: int, hidden_dim: int | None = None
+) -> nn.Module:
     """``linear`` (no bias, as in CLIP), ``mlp`` (Linear-GELU-Linear) or ``none`` (identity)."""
     if kind == "linear":
         return nn.Linear(in_dim, out_dim, bias=False)

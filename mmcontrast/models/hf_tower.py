@@ -92,13 +92,19 @@ class HFTower(Tower):
         return "pooler" if self._has_pooler() else "mean"
 
     def _has_pooler(self) -> bool:
-        return any(getattr(self.model, n, None) is not None for n in ("pooler", "post_layernorm", "head"))
+        return any(
+            getattr(self.model, n, None) is not None for n in ("pooler", "post_layernorm", "head")
+        )
 
     def _find_width(self) -> int:
         config = self.model.config
         for key in ("projection_dim_out", "hidden_size", "d_model", "num_features"):
             value = getattr(config, key, None)
-            if isinstance(value, int) and self.model_type not in ("convnext", "resnet", "timm_wrapper"):
+            if isinstance(value, int) and self.model_type not in (
+                "convnext",
+                "resnet",
+                "timm_wrapper",
+            ):
                 return value
         sizes = getattr(config, "hidden_sizes", None)
         if sizes:
@@ -113,7 +119,10 @@ class HFTower(Tower):
             size = self.image_preprocess().size
             out = self(pixel_values=torch.zeros(1, 3, size, size))
         else:
-            out = self(input_ids=torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 4, dtype=torch.long))
+            out = self(
+                input_ids=torch.ones(1, 4, dtype=torch.long),
+                attention_mask=torch.ones(1, 4, dtype=torch.long),
+            )
         self.train(was_training)
         return out
 
@@ -133,7 +142,7 @@ class HFTower(Tower):
             return super().tokenizer()
         return HFTokenizer(self.cfg, accepted_inputs(self.model))
 
-    def layer_stack(self) -> nn.Module:
+    def layer_stack(self) -> nn.ModuleList | nn.Sequential:
         encoder = getattr(self.model, "encoder", None)
         for name in ("layer", "layers", "block", "stages"):
             stack = getattr(encoder, name, None)
@@ -152,7 +161,9 @@ def accepted_inputs(model: nn.Module) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=8)
 def _load_tokenizer(path: str, revision: str | None, trust_remote_code: bool) -> Any:
-    return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(
+        path, revision=revision, trust_remote_code=trust_remote_code
+    )
 
 
 class HFTokenizer:
@@ -188,7 +199,9 @@ def _image_preprocess(cfg: TowerConfig, config: PretrainedConfig) -> ImagePrepro
     mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
     if cfg.pretrained or os.path.isdir(resolve_packaged_path(cfg.name)):
         try:
-            processor = AutoImageProcessor.from_pretrained(resolve_packaged_path(cfg.name), **_hub_kwargs(cfg))
+            processor = AutoImageProcessor.from_pretrained(
+                resolve_packaged_path(cfg.name), **_hub_kwargs(cfg)
+            )
             mean = list(getattr(processor, "image_mean", None) or mean)
             std = list(getattr(processor, "image_std", None) or std)
             crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}

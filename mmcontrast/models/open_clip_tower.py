@@ -43,7 +43,9 @@ class OpenClipTower(Tower):
         self.cfg = cfg
         self.model_name = open_clip_model_name(cfg.name)
         pretrained = cfg.weights if cfg.pretrained else None
-        model: Any = open_clip.create_model(self.model_name, pretrained=pretrained, **cfg.config_overrides)
+        model: Any = open_clip.create_model(
+            self.model_name, pretrained=pretrained, **cfg.config_overrides
+        )
         self.width = int(open_clip.get_model_config(self.model_name)["embed_dim"])
         if modality == "vision":
             self.model = model.visual
@@ -53,7 +55,9 @@ class OpenClipTower(Tower):
             self.model = model
             self.context_length = int(getattr(model, "context_length", 77))
 
-    def forward(self, pixel_values: Tensor | None = None, input_ids: Tensor | None = None) -> Tensor:
+    def forward(
+        self, pixel_values: Tensor | None = None, input_ids: Tensor | None = None
+    ) -> Tensor:
         if self.modality == "vision":
             return self.model(pixel_values)
         return self.model.encode_text(input_ids)
@@ -61,7 +65,11 @@ class OpenClipTower(Tower):
     def image_preprocess(self) -> ImagePreprocess:
         size = self.preprocess_cfg.get("size", 224)
         size = size[0] if isinstance(size, list | tuple) else size
-        return ImagePreprocess(size=int(size), mean=list(self.preprocess_cfg["mean"]), std=list(self.preprocess_cfg["std"]))
+        return ImagePreprocess(
+            size=int(size),
+            mean=list(self.preprocess_cfg["mean"]),
+            std=list(self.preprocess_cfg["std"]),
+        )
 
     def tokenizer(self) -> Callable[[list[str]], dict[str, Tensor]]:
         return OpenClipTokenizer(self.model_name)

@@ -30,24 +30,32 @@ class TimmTower(Tower):
         self.cfg = cfg
         use_timm_weights = cfg.pretrained and cfg.weights is None
         try:
-            self.model = timm.create_model(cfg.name, pretrained=use_timm_weights, num_classes=0, **cfg.config_overrides)
+            self.model = timm.create_model(
+                cfg.name, pretrained=use_timm_weights, num_classes=0, **cfg.config_overrides
+            )
         except RuntimeError as err:
             if "Unknown model" in str(err):
                 close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
-                raise ValueError(f"unknown timm model {cfg.name!r}; similar names: {', '.join(close)}") from None
+                raise ValueError(
+                    f"unknown timm model {cfg.name!r}; similar names: {', '.join(close)}"
+                ) from None
             raise
         if cfg.weights:
             load_into(self.model, cfg.weights)
-        self.width = int(self.model.num_features)
+        self.width = int(getattr(self.model, "num_features"))  # noqa: B009
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         return self.model(pixel_values)
 
     def image_preprocess(self) -> ImagePreprocess:
         data_cfg = timm.data.resolve_data_config(model=self.model)
-        return ImagePreprocess(size=int(data_cfg["input_size"][-1]), mean=list(data_cfg["mean"]), std=list(data_cfg["std"]))
+        return ImagePreprocess(
+            size=int(data_cfg["input_size"][-1]),
+            mean=list(data_cfg["mean"]),
+            std=list(data_cfg["std"]),
+        )
 
-    def layer_stack(self) -> nn.Module:
+    def layer_stack(self) -> nn.ModuleList | nn.Sequential:
         blocks = getattr(self.model, "blocks", None) or getattr(self.model, "stages", None)
         if isinstance(blocks, nn.Sequential | nn.ModuleList):
             return blocks

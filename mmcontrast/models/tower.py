@@ -43,7 +43,7 @@ class Tower(nn.Module):
         """A picklable callable turning a list of captions into model inputs."""
         raise NotImplementedError(f"{type(self).__name__} is not a text tower")
 
-    def layer_stack(self) -> nn.Module:
+    def layer_stack(self) -> nn.ModuleList | nn.Sequential:
         """The module whose children are the tower's layers (used by ``unlocked_layers``)."""
         return find_layer_stack(self)
 
@@ -90,13 +90,17 @@ def pool(
     """
     if pooling == "pooler":
         if pooler_output is None:
-            raise ValueError("pooling 'pooler' was asked for but this model has no pooled output; use 'mean' or 'cls'")
+            raise ValueError(
+                "pooling 'pooler' was asked for but this model has no pooled output; use 'mean' or 'cls'"
+            )
         return pooler_output.flatten(1)
     if last_hidden_state is None:
         raise ValueError(f"pooling {pooling!r} needs the model's last_hidden_state")
     if last_hidden_state.ndim == 4:  # convolutional [B, C, H, W]
         if pooling == "cls":
-            raise ValueError("pooling 'cls' needs a token sequence; this tower returns a feature map: use 'mean'")
+            raise ValueError(
+                "pooling 'cls' needs a token sequence; this tower returns a feature map: use 'mean'"
+            )
         return last_hidden_state.mean(dim=(2, 3))
     if pooling == "cls":
         return last_hidden_state[:, 0]
@@ -111,16 +115,19 @@ def pool(
 # --------------------------------------------------------------------------- locking
 
 
-def find_layer_stack(module: nn.Module) -> nn.Module:
+def find_layer_stack(module: nn.Module) -> nn.ModuleList | nn.Sequential:
     """The ``ModuleList``/``Sequential`` holding the most parameters (the layer stack)."""
-    best, best_count = None, -1
+    best: nn.ModuleList | nn.Sequential | None = None
+    best_count = -1
     for sub in module.modules():
         if isinstance(sub, nn.ModuleList | nn.Sequential) and len(sub) >= 2:
             count = sum(p.numel() for p in sub.parameters())
             if count > best_count:
                 best, best_count = sub, count
     if best is None:
-        raise ValueError(f"cannot find a stack of layers in {type(module).__name__}; use lock without unlocked_layers")
+        raise ValueError(
+            f"cannot find a stack of layers in {type(module).__name__}; use lock without unlocked_layers"
+        )
     return best
 
 
@@ -141,7 +148,9 @@ def apply_lock(tower: Tower, lock: bool, unlocked_layers: int = 0) -> None:
         return
     stack = tower.layer_stack()
     if unlocked_layers > len(stack):
-        raise ValueError(f"unlocked_layers={unlocked_layers} but the tower has only {len(stack)} layers")
+        raise ValueError(
+            f"unlocked_layers={unlocked_layers} but the tower has only {len(stack)} layers"
+        )
     first_unlocked = list(stack)[-unlocked_layers]
     first_param = next(first_unlocked.parameters())
     start = next(i for i, (_, p) in enumerate(tower.named_parameters()) if p is first_param)

@@ -59,7 +59,9 @@ def find_resume_folder(output_dir: str | Path, resume: str) -> Path:
     if resume != "latest":
         folder = Path(resume)
         if not (folder / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{resume!r} is not a checkpoint folder (no {STATE_FILE} inside)")
+            raise FileNotFoundError(
+                f"{resume!r} is not a checkpoint folder (no {STATE_FILE} inside)"
+            )
         return folder
     checkpoints = list_checkpoints(Path(output_dir) / "checkpoints")
     if not checkpoints:

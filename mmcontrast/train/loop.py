@@ -12,8 +12,9 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -65,9 +66,12 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     set_seed(cfg.train.seed)
     method = build_method(cfg)
     dataset, collate = method.train_data()
-    if len(dataset) < cfg.train.batch_size:
-        raise ValueError(f"the training data has {len(dataset)} rows, fewer than train.batch_size={cfg.train.batch_size}")
-    sampler = EpochShuffleSampler(len(dataset), seed=cfg.train.seed)
+    size = len(cast(Sized, dataset))
+    if size < cfg.train.batch_size:
+        raise ValueError(
+            f"the training data has {size} rows, fewer than train.batch_size={cfg.train.batch_size}"
+        )
+    sampler = EpochShuffleSampler(size, seed=cfg.train.seed)
     loader = DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
@@ -75,13 +79,17 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         collate_fn=collate,
         num_workers=cfg.data.num_workers,
         drop_last=True,
-        generator=torch.Generator().manual_seed(cfg.train.seed),  # keeps worker seeding off the global RNG
+        generator=torch.Generator().manual_seed(
+            cfg.train.seed
+        ),  # keeps worker seeding off the global RNG
     )
     optimizer = build_optimizer(method, cfg.train, tower_learning_rates(cfg))
     method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / cfg.train.gradient_accumulation_steps)
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
-    scheduler = cosine_schedule(optimizer, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio)
+    scheduler = cosine_schedule(
+        optimizer, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio
+    )
     accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimiser step
 
     state = TrainerState()
@@ -89,7 +97,9 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         folder = find_resume_folder(output_dir, resume)
         accelerator.load_state(str(folder))
         state = read_state(folder)
-        accelerator.print(f"resumed from {folder} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})")
+        accelerator.print(
+            f"resumed from {folder} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})"
+        )
     if accelerator.is_main_process:
         save_config(cfg, output_dir / "config.yaml")
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
@@ -97,9 +107,18 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     unwrapped: Method = accelerator.unwrap_model(method)
     stop_at = min(total_steps, cfg.train.stop_at_step or total_steps)
     history: list[dict[str, float]] = []
-    skipped: Counter = Counter(getattr(dataset, "skipped_at_load", {}) if accelerator.is_main_process else {})
-    samples_per_step = cfg.train.batch_size * accelerator.num_processes * cfg.train.gradient_accumulation_steps
-    bar = tqdm(total=stop_at, initial=state.step, disable=not (cfg.train.progress_bar and accelerator.is_main_process), desc="train")
+    skipped: Counter = Counter(
+        getattr(dataset, "skipped_at_load", {}) if accelerator.is_main_process else {}
+    )
+    samples_per_step = (
+        cfg.train.batch_size * accelerator.num_processes * cfg.train.gradient_accumulation_steps
+    )
+    bar = tqdm(
+        total=stop_at,
+        initial=state.step,
+        disable=not (cfg.train.progress_bar and accelerator.is_main_process),
+        desc="train",
+    )
     step_losses: list[torch.Tensor] = []
     tic, tic_step = time.perf_counter(), state.step
     last_scalars: dict[str, torch.Tensor] = {}
@@ -108,9 +127,8 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     while state.step < stop_at:
         epoch_loader = loader
         loader.set_epoch(state.epoch)
-        unwrapped_dataset = getattr(loader, "dataset", None)
-        if hasattr(unwrapped_dataset, "set_epoch"):
-            unwrapped_dataset.set_epoch(state.epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(state.epoch)
         if state.batches_in_epoch:
             epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
         for batch in epoch_loader:
@@ -139,19 +157,32 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                     "step": state.step,
                     "loss": loss,
                     "lr": scheduler.get_last_lr()[0],
-                    "pairs_per_s": samples_per_step * (state.step - tic_step) / max(toc - tic, 1e-9),
+                    "pairs_per_s": samples_per_step
+                    * (state.step - tic_step)
+                    / max(toc - tic, 1e-9),
                     **{k: float(v) for k, v in last_scalars.items()},
                 }
                 history.append(record)
-                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", pairs_s=f"{record['pairs_per_s']:.1f}")
+                accelerator.log(
+                    {f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step
+                )
+                bar.set_postfix(
+                    loss=f"{loss:.4f}",
+                    lr=f"{record['lr']:.2e}",
+                    pairs_s=f"{record['pairs_per_s']:.1f}",
+                )
                 if accelerator.is_main_process:
                     with open(output_dir / "history.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
                 tic, tic_step = time.perf_counter(), state.step
             step_losses = []
             if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < stop_at:
-                _evaluate(accelerator, unwrapped, output_dir / "eval" / f"step-{state.step:08d}", state.step)
+                _evaluate(
+                    accelerator,
+                    unwrapped,
+                    output_dir / "eval" / f"step-{state.step:08d}",
+                    state.step,
+                )
                 method.train()
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
@@ -167,8 +198,12 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     for counts in gather_object([dict(skipped)]):
         all_skipped.update(counts)
     if all_skipped:
-        logger.warning("skipped %d bad training samples: %s", sum(all_skipped.values()), dict(all_skipped))
-        accelerator.print(f"WARNING: skipped {sum(all_skipped.values())} bad training samples: {dict(all_skipped)}")
+        logger.warning(
+            "skipped %d bad training samples: %s", sum(all_skipped.values()), dict(all_skipped)
+        )
+        accelerator.print(
+            f"WARNING: skipped {sum(all_skipped.values())} bad training samples: {dict(all_skipped)}"
+        )
     summary["skipped"] = dict(all_skipped)
     if state.step >= total_steps:
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every != 0:
@@ -183,7 +218,9 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     return summary
 
 
-def _evaluate(accelerator: Accelerator, method: Method, folder: Path, step: int) -> dict[str, float]:
+def _evaluate(
+    accelerator: Accelerator, method: Method, folder: Path, step: int
+) -> dict[str, float]:
     """Evaluate on the main process without touching the training RNG streams."""
     metrics: dict[str, float] = {}
     if accelerator.is_main_process:

@@ -23,11 +23,15 @@ def build_optimizer(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.ndim < 2 or "logit_" in name or "norm" in name.lower() or name.endswith(".bias")
+        no_decay = (
+            param.ndim < 2 or "logit_" in name or "norm" in name.lower() or name.endswith(".bias")
+        )
         lr = next((v for k, v in (lr_by_prefix or {}).items() if name.startswith(k)), cfg.lr)
         groups.setdefault((lr, no_decay), []).append(param)
     if not groups:
-        raise ValueError("nothing to train: every parameter is frozen (check lock / unlocked_layers)")
+        raise ValueError(
+            "nothing to train: every parameter is frozen (check lock / unlocked_layers)"
+        )
     param_groups = [
         {"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
         for (lr, no_decay), params in groups.items()
@@ -35,7 +39,9 @@ def build_optimizer(
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)  # type: ignore[arg-type]
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> LambdaLR:
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+) -> LambdaLR:
     """Linear warm-up from 0 to the base rate, then cosine decay to ``min_ratio`` of it."""
 
     def factor(step: int) -> float:
