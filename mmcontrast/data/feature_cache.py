@@ -1,0 +1,52 @@
+"""Run a locked vision tower once over a table and keep its features (LiT-style training).
+
+When the vision tower is fully locked and training images are not augmented, its output
+for each image never changes: computing it once turns each training step into a text-tower
+step. ``method.cache_locked_features`` in a recipe switches this on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mmcontrast.data.image_text import ImageOnlyDataset, collate_list
+from mmcontrast.data.pairs import PairTable
+from mmcontrast.models.tower import Tower
+
+
+@torch.inference_mode()
+def compute_tower_features(
+    tower: Tower,
+    table: PairTable,
+    transform: Callable[[Any], Tensor],
+    batch_size: int = 128,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[Tensor, dict[int, str]]:
+    """Features [len(table), width] (zeros for unreadable images) and the unreadable rows."""
+    was_training = tower.training
+    tower.eval()
+    device = next(tower.parameters()).device
+    loader = DataLoader(
+        ImageOnlyDataset(table, transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_list,
+        generator=torch.Generator(),
+    )
+    features = torch.zeros(len(table), tower.width)
+    bad: dict[int, str] = {}
+    for samples in tqdm(loader, desc="caching locked vision features", disable=not progress):
+        good = [(i, x) for i, x in samples if isinstance(x, Tensor)]
+        bad.update({i: x for i, x in samples if isinstance(x, str)})
+        if good:
+            pixels = torch.stack([x for _, x in good]).to(device).contiguous(memory_format=torch.channels_last)
+            features[[i for i, _ in good]] = tower(pixel_values=pixels).float().cpu()
+    tower.train(was_training)
+    return features, bad

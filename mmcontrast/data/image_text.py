@@ -1,0 +1,112 @@
+"""Training samples of image-text pairs: decode, augment, pick a caption, tokenise in batches.
+
+Every sample's randomness (augmentation, which caption) comes from a generator seeded by
+(seed, epoch, index), so a resumed run sees exactly the samples the uninterrupted run saw,
+whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmcontrast.data.images import BadSample, load_image
+from mmcontrast.data.pairs import PairTable
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample seed, stable across runs, workers and resumes."""
+    return (seed * 1_000_003 + epoch) * 1_000_000_007 + index & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class ImageTextDataset(Dataset):
+    """Yields ``{"pixel_values", "caption"}`` or ``{"skip": reason}`` for a bad sample.
+
+    With ``vision_features`` (one row per table row, from a locked vision tower run once,
+    see ``feature_cache.py``) it yields ``{"vision_features", "caption"}`` instead and never
+    decodes an image; rows whose image was unreadable are listed in ``bad_rows``.
+    """
+
+    def __init__(
+        self,
+        table: PairTable,
+        transform: Callable[[Any], Tensor],
+        seed: int = 0,
+        vision_features: Tensor | None = None,
+        bad_rows: dict[int, str] | None = None,
+    ) -> None:
+        self.table = table
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.vision_features = vision_features
+        self.bad_rows = bad_rows or {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def skipped_at_load(self) -> dict[str, int]:
+        """Rows dropped when the table was loaded (e.g. empty captions)."""
+        return dict(self.table.skipped)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            if self.vision_features is not None:
+                if index in self.bad_rows:
+                    return {"skip": self.bad_rows[index]}
+                captions = self.table.captions(index)
+                caption = captions[int(torch.randint(len(captions), ()))]
+                return {"vision_features": self.vision_features[index], "caption": caption}
+            try:
+                image = load_image(self.table.image(index))
+            except BadSample as bad:
+                return {"skip": bad.reason}
+            captions = self.table.captions(index)
+            caption = captions[int(torch.randint(len(captions), ()))]
+            return {"pixel_values": self.transform(image), "caption": caption}
+
+
+class ImageTextCollator:
+    """Stacks pixels, tokenises captions and counts skipped samples (``batch["skipped"]``)."""
+
+    def __init__(self, tokenizer: Callable[[list[str]], dict[str, Tensor]]) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [s for s in samples if "skip" not in s]
+        batch: dict[str, Any] = {"skipped": dict(Counter(s["skip"] for s in samples if "skip" in s))}
+        if good:
+            key = "pixel_values" if "pixel_values" in good[0] else "vision_features"
+            batch[key] = torch.stack([s[key] for s in good])
+            batch.update(self.tokenizer([s["caption"] for s in good]))
+        return batch
+
+
+class ImageOnlyDataset(Dataset):
+    """``(row, pixels)`` or ``(row, reason)`` for every row: evaluation and feature caching."""
+
+    def __init__(self, table: PairTable, transform: Callable[[Any], Tensor]) -> None:
+        self.table, self.transform = table, transform
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | str]:
+        try:
+            return index, self.transform(load_image(self.table.image(index)))
+        except BadSample as bad:
+            return index, bad.reason
+
+
+def collate_list(samples: list[Any]) -> list[Any]:
+    return samples
