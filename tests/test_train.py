@@ -63,6 +63,8 @@ def test_resume_mid_epoch_is_exact(tiny_run: list[str], tmp_path: Path) -> None:
         "train.epochs=2",  # 32 pairs / batch 8 = 4 steps per epoch
         "train.warmup_steps=2",
         "train.checkpoint_every=3",
+        "train.cache_locked_features=false",
+        "model.vision.lock=false",
         "data.random_resized_crop=[0.5, 1.0]",  # augmentation randomness
         "data.horizontal_flip=0.5",
         "eval.at_end=false",
@@ -179,3 +181,15 @@ def test_list_and_module_entry_point(capsys: pytest.CaptureFixture[str]) -> None
         check=True,
     )
     assert "--resume" in result.stdout and "--set" in result.stdout
+
+
+def test_cached_locked_features_train_like_the_tower(tiny_run: list[str], tmp_path: Path) -> None:
+    """Caching a locked vision tower's output changes the speed, not the training."""
+    common = [*tiny_run, "model.vision.weights=null", "model.vision.lock=true", "train.max_steps=3", "eval.at_end=false"]
+    runs = []
+    for cached in ("true", "false"):
+        cfg = load_recipe(QUICKSTART, [*common, f"train.cache_locked_features={cached}", f"train.output_dir={tmp_path / cached}"])
+        runs.append([h["loss"] for h in train(cfg)["history"]])
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5)
+    with pytest.raises(ValueError, match="cannot be combined with image augmentation"):
+        train(load_recipe(QUICKSTART, [*common, "train.cache_locked_features=true", "data.horizontal_flip=0.5"]))
