@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_recipe(args.recipe, overrides)
     summary = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     if summary.get("eval"):
         print(json.dumps({"step": summary["step"], **summary["eval"]}, indent=2))
     print(f"run saved in {cfg.train.output_dir}")

@@ -84,6 +84,8 @@ class HFTower(Tower):
             load_into(self.model, cfg.weights)
         self.model_type = str(getattr(self.model.config, "model_type", ""))
         self.pooling = cfg.pooling if cfg.pooling != "auto" else self._auto_pooling()
+        if self.pooling != "pooler" and isinstance(getattr(self.model, "pooler", None), nn.Module):
+            self.model.pooler = None  # unused: keep it out of the optimiser and the checkpoint
         self.width = self._find_width()
 
     def _auto_pooling(self) -> str:

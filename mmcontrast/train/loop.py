@@ -8,6 +8,7 @@ batch ``method(batch)["loss"]`` -> backward / clip / step under ``accelerator.ac
 from __future__ import annotations
 
 import json
+import os
 import logging
 import math
 import time
@@ -18,7 +19,7 @@ from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -58,10 +59,12 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     """Train ``cfg``; ``resume`` is a checkpoint folder or ``latest``. Returns a summary."""
     output_dir = Path(cfg.train.output_dir)
     accelerator = Accelerator(
+        cpu=_multi_process_cpu(),
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         log_with=cfg.train.trackers or None,
         project_dir=str(output_dir),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)],
     )
     set_seed(cfg.train.seed)
     method = build_method(cfg)
@@ -216,6 +219,11 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
     accelerator.end_training()
     return summary
+
+
+def _multi_process_cpu() -> bool:
+    """Several processes without a GPU (``torchrun --nproc_per_node N`` on CPU): use gloo."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _evaluate(
