@@ -143,7 +143,7 @@ def test_bad_training_data_is_skipped_with_a_warning(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["train.lerning_rate=1"], "did you mean 'train.lr'\?"),
+        (["train.lerning_rate=1"], r"did you mean 'train.lr'\?"),
         (["model.vision.source=hff"], "unknown tower source 'hff'; did you mean 'hf'?"),
         (["loss.name=clipp"], "unknown loss 'clipp'; did you mean 'clip'?"),
         (["method=simclrr"], "unknown method 'simclrr'"),
