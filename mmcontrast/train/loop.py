@@ -8,9 +8,9 @@ batch ``method(batch)["loss"]`` -> backward / clip / step under ``accelerator.ac
 from __future__ import annotations
 
 import json
-import os
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Sized
