@@ -185,11 +185,43 @@ def test_list_and_module_entry_point(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_cached_locked_features_train_like_the_tower(tiny_run: list[str], tmp_path: Path) -> None:
     """Caching a locked vision tower's output changes the speed, not the training."""
-    common = [*tiny_run, "model.vision.weights=null", "model.vision.lock=true", "train.max_steps=3", "eval.at_end=false"]
+    common = [
+        *tiny_run,
+        "model.vision.weights=null",
+        "model.vision.lock=true",
+        "train.max_steps=3",
+        "eval.at_end=false",
+    ]
     runs = []
     for cached in ("true", "false"):
-        cfg = load_recipe(QUICKSTART, [*common, f"train.cache_locked_features={cached}", f"train.output_dir={tmp_path / cached}"])
+        cfg = load_recipe(
+            QUICKSTART,
+            [
+                *common,
+                f"train.cache_locked_features={cached}",
+                f"train.output_dir={tmp_path / cached}",
+            ],
+        )
         runs.append([h["loss"] for h in train(cfg)["history"]])
     assert runs[0] == pytest.approx(runs[1], rel=1e-5)
     with pytest.raises(ValueError, match="cannot be combined with image augmentation"):
-        train(load_recipe(QUICKSTART, [*common, "train.cache_locked_features=true", "data.horizontal_flip=0.5"]))
+        train(
+            load_recipe(
+                QUICKSTART,
+                [*common, "train.cache_locked_features=true", "data.horizontal_flip=0.5"],
+            )
+        )
+
+
+def test_missing_eval_split_fails_before_training(
+    tiny_run: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli(
+        ["train", QUICKSTART],
+        [*tiny_run, "model.vision.weights=null", "data.eval_split=validation"],
+    )
+    assert code == 2
+    assert "split 'validation'" in capsys.readouterr().err
+    assert not (
+        Path(load_recipe(QUICKSTART, tiny_run).train.output_dir) / "config.yaml"
+    ).exists()  # nothing trained

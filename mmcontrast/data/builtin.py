@@ -8,7 +8,9 @@ from typing import Any
 from mmcontrast.registry import DATASETS
 
 
-@DATASETS.register("emoji", "Twemoji + OpenMoji images captioned with Unicode names; held-out concepts (offline)")
+@DATASETS.register(
+    "emoji", "Twemoji + OpenMoji images captioned with Unicode names; held-out concepts (offline)"
+)
 def emoji(output_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     from mmcontrast.data.emoji import build_emoji_dataset
 

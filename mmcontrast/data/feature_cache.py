@@ -46,7 +46,11 @@ def compute_tower_features(
         good = [(i, x) for i, x in samples if isinstance(x, Tensor)]
         bad.update({i: x for i, x in samples if isinstance(x, str)})
         if good:
-            pixels = torch.stack([x for _, x in good]).to(device).contiguous(memory_format=torch.channels_last)
+            pixels = (
+                torch.stack([x for _, x in good])
+                .to(device)
+                .contiguous(memory_format=torch.channels_last)
+            )
             features[[i for i, _ in good]] = tower(pixel_values=pixels).float().cpu()
     tower.train(was_training)
     return features, bad

@@ -84,7 +84,9 @@ class ImageTextCollator:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         good = [s for s in samples if "skip" not in s]
-        batch: dict[str, Any] = {"skipped": dict(Counter(s["skip"] for s in samples if "skip" in s))}
+        batch: dict[str, Any] = {
+            "skipped": dict(Counter(s["skip"] for s in samples if "skip" in s))
+        }
         if good:
             key = "pixel_values" if "pixel_values" in good[0] else "vision_features"
             batch[key] = torch.stack([s[key] for s in good])

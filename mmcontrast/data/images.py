@@ -38,7 +38,9 @@ def load_image(value: Any) -> Image.Image:
         except FileNotFoundError:
             raise BadSample("missing image file", str(source)) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise BadSample("unreadable image", f"{source if isinstance(source, str) else 'bytes'}: {err}") from None
+            raise BadSample(
+                "unreadable image", f"{source if isinstance(source, str) else 'bytes'}: {err}"
+            ) from None
     if image.mode == "RGB":
         return image
     if image.mode in ("RGBA", "LA", "P") or "transparency" in image.info:

@@ -91,7 +91,9 @@ def _load_imagefolder(folder: Path, split: str, cfg: DataConfig) -> PairTable:
     dataset = datasets.load_dataset(builder, data_files=str(metadata), split="train")
     image_column = cfg.image_column if cfg.image_column in dataset.column_names else "file_name"
     _check_columns(dataset, [image_column, cfg.caption_column], str(metadata))
-    return PairTable(dataset, image_column, cfg.caption_column, base_dir=metadata.parent, source=str(metadata))
+    return PairTable(
+        dataset, image_column, cfg.caption_column, base_dir=metadata.parent, source=str(metadata)
+    )
 
 
 def _load_hub_or_script(cfg: DataConfig, split: str) -> PairTable:

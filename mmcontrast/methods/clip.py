@@ -55,6 +55,8 @@ class ImageTextContrastive(Method):
         table = load_pairs(
             self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples
         )
+        if self.cfg.data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
+            load_pairs(self.cfg.data, self.cfg.data.eval_split, 1)  # fail now, not after training
         transform = self.image_transform(train=True)
         features, bad = None, None
         if self.cfg.train.cache_locked_features:

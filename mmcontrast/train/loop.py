@@ -64,7 +64,9 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         log_with=cfg.train.trackers or None,
         project_dir=str(output_dir),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)],
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)
+        ],
     )
     set_seed(cfg.train.seed)
     method = build_method(cfg)
