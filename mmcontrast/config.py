@@ -118,6 +118,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int | None = None  # steps; None = only at the end
     keep_checkpoints: int = 2
+    overwrite_output_dir: bool = False  # a fresh run may delete an earlier run's checkpoints
     find_unused_parameters: bool = True  # DDP: needed when a tower has parameters the pooling skips
     cache_locked_features: bool = False  # run a fully locked vision tower once, not every step
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])

@@ -225,3 +225,23 @@ def test_missing_eval_split_fails_before_training(
     assert not (
         Path(load_recipe(QUICKSTART, tiny_run).train.output_dir) / "config.yaml"
     ).exists()  # nothing trained
+
+
+def test_history_restarts_with_a_fresh_run_and_continues_on_resume(tiny_run: list[str]) -> None:
+    overrides = [
+        *tiny_run,
+        "model.vision.weights=null",
+        "eval.at_end=false",
+        "train.checkpoint_every=1",
+    ]
+    cfg = load_recipe(QUICKSTART, [*overrides, "train.max_steps=2"])
+    train(cfg)
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        train(cfg)  # an earlier run's checkpoints are never silently mixed with a new run
+    overwrite = ["train.max_steps=2", "train.overwrite_output_dir=true"]
+    train(load_recipe(QUICKSTART, [*overrides, *overwrite]))
+    history = Path(cfg.train.output_dir) / "history.jsonl"
+    assert [json.loads(line)["step"] for line in history.read_text().splitlines()] == [1, 2]
+    train(load_recipe(QUICKSTART, [*overrides, *overwrite, "train.stop_at_step=1"]))
+    train(cfg, resume="latest")
+    assert [json.loads(line)["step"] for line in history.read_text().splitlines()] == [1, 2]

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sized
@@ -31,6 +32,7 @@ from mmcontrast.registry import METHODS
 from mmcontrast.train.checkpoint import (
     TrainerState,
     find_resume_folder,
+    list_checkpoints,
     read_state,
     save_checkpoint,
     save_weights,
@@ -68,6 +70,8 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
             DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)
         ],
     )
+    if not resume:
+        _claim_output_dir(output_dir, cfg.train.overwrite_output_dir, accelerator.is_main_process)
     set_seed(cfg.train.seed)
     method = build_method(cfg)
     dataset, collate = method.train_data()
@@ -107,6 +111,10 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         )
     if accelerator.is_main_process:
         save_config(cfg, output_dir / "config.yaml")
+        if not resume:
+            (output_dir / "history.jsonl").unlink(
+                missing_ok=True
+            )  # a fresh run starts a fresh history
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
 
     unwrapped: Method = accelerator.unwrap_model(method)
@@ -221,6 +229,19 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
     accelerator.end_training()
     return summary
+
+
+def _claim_output_dir(output_dir: Path, overwrite: bool, is_main: bool) -> None:
+    """Refuse to mix a fresh run with an earlier run's checkpoints unless told to replace them."""
+    if not list_checkpoints(output_dir / "checkpoints"):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints of an earlier run: pass --resume to continue it, "
+            f"choose another train.output_dir, or set train.overwrite_output_dir=true to replace them"
+        )
+    if is_main:
+        shutil.rmtree(output_dir / "checkpoints")
 
 
 def _multi_process_cpu() -> bool:
