@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcontrast.config import DataConfig, TowerConfig
-from mmcontrast.data.image_text import ImageOnlyDataset, collate_list
+from mmcontrast.data.image_text import image_batches
 from mmcontrast.data.pairs import load_pairs
 from mmcontrast.data.transforms import image_transform
 from mmcontrast.eval.retrieval import retrieval_metrics
@@ -43,22 +43,19 @@ def layer_features(split: str, data: str, size: int) -> tuple[dict[str, Tensor],
     ).eval()
     table = load_pairs(DataConfig(path=data), split)
     net = tower.model  # type: ignore[attr-defined]
-    loader = torch.utils.data.DataLoader(
-        ImageOnlyDataset(table, image_transform(resolved_preprocess(tower))),
-        batch_size=64,
-        collate_fn=collate_list,
-    )
     chunks: dict[str, list[Tensor]] = {}
-    for samples in loader:
-        x = torch.stack([s for _, s in samples]).contiguous(memory_format=torch.channels_last)
+    readable: list[int] = []
+    for rows, pixels, _ in image_batches(table, image_transform(resolved_preprocess(tower)), 64):
+        if pixels is None:
+            continue
+        readable += rows
+        x = pixels.contiguous(memory_format=torch.channels_last)
         x = net.bn1(net.conv_stem(x))
         for i, block in enumerate(net.blocks):
             x = block(x)
             chunks.setdefault(str(i), []).append(x.mean((2, 3)))
         chunks.setdefault("head", []).append(net.bn2(net.conv_head(x)).mean((2, 3)))
-    return {k: torch.cat(v) for k, v in chunks.items()}, [
-        table.captions(i)[0] for i in range(len(table))
-    ]
+    return {k: torch.cat(v) for k, v in chunks.items()}, [table.captions(i)[0] for i in readable]
 
 
 @torch.inference_mode()

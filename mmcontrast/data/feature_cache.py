@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mmcontrast.data.image_text import ImageOnlyDataset, collate_list
+from mmcontrast.data.image_text import image_batches
 from mmcontrast.data.pairs import PairTable
 from mmcontrast.models.tower import Tower
 
@@ -33,24 +32,18 @@ def compute_tower_features(
     was_training = tower.training
     tower.eval()
     device = next(tower.parameters()).device
-    loader = DataLoader(
-        ImageOnlyDataset(table, transform),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_list,
-        generator=torch.Generator(),
-    )
     features = torch.zeros(len(table), tower.width)
     bad: dict[int, str] = {}
-    for samples in tqdm(loader, desc="caching locked vision features", disable=not progress):
-        good = [(i, x) for i, x in samples if isinstance(x, Tensor)]
-        bad.update({i: x for i, x in samples if isinstance(x, str)})
-        if good:
-            pixels = (
-                torch.stack([x for _, x in good])
-                .to(device)
-                .contiguous(memory_format=torch.channels_last)
-            )
-            features[[i for i, _ in good]] = tower(pixel_values=pixels).float().cpu()
+    batches = image_batches(table, transform, batch_size, num_workers)
+    for rows, pixels, unreadable in tqdm(
+        batches,
+        total=-(-len(table) // batch_size),
+        desc="caching locked vision features",
+        disable=not progress,
+    ):
+        bad.update(unreadable)
+        if pixels is not None:
+            pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)
+            features[rows] = tower(pixel_values=pixels).float().cpu()
     tower.train(was_training)
     return features, bad

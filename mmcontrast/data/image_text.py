@@ -8,12 +8,12 @@ whatever the number of workers.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.pairs import PairTable
@@ -110,5 +110,32 @@ class ImageOnlyDataset(Dataset):
             return index, bad.reason
 
 
-def collate_list(samples: list[Any]) -> list[Any]:
+def _as_list(samples: list[Any]) -> list[Any]:
     return samples
+
+
+def image_batches(
+    table: PairTable,
+    transform: Callable[[Any], Tensor],
+    batch_size: int = 128,
+    num_workers: int = 0,
+) -> Iterator[tuple[list[int], Tensor | None, dict[int, str]]]:
+    """Every row of ``table`` once, in order, as ``(rows, pixels, unreadable)`` batches.
+
+    ``pixels`` stacks the readable images of ``rows`` (``None`` when none was readable);
+    ``unreadable`` maps the other rows of the batch to the reason. Evaluation and feature
+    caching both read images this way. The loader has its own generator, so reading never
+    draws from the global RNG.
+    """
+    loader = DataLoader(
+        ImageOnlyDataset(table, transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        generator=torch.Generator(),
+    )
+    for samples in loader:
+        good = [(i, x) for i, x in samples if isinstance(x, Tensor)]
+        unreadable = {i: x for i, x in samples if isinstance(x, str)}
+        pixels = torch.stack([x for _, x in good]) if good else None
+        yield [i for i, _ in good], pixels, unreadable

@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from mmcontrast.data.image_text import ImageOnlyDataset, collate_list
+from mmcontrast.data.image_text import image_batches
 from mmcontrast.data.images import load_image
 from mmcontrast.data.pairs import PairTable
 from mmcontrast.eval.plots import save_retrieval_grid, topk_texts_to_images
@@ -44,20 +43,12 @@ def embed_pairs(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(
-        ImageOnlyDataset(table, transform),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_list,
-    )
     image_chunks, rows, skipped = [], [], Counter(table.skipped)
-    for samples in loader:
-        good = [(i, x) for i, x in samples if isinstance(x, Tensor)]
-        skipped.update(x for _, x in samples if isinstance(x, str))
-        if good:
-            pixels = torch.stack([x for _, x in good]).to(device)
-            image_chunks.append(model.get_image_features(pixels).float().cpu())
-            rows += [i for i, _ in good]
+    for batch_rows, pixels, unreadable in image_batches(table, transform, batch_size, num_workers):
+        skipped.update(unreadable.values())
+        if pixels is not None:
+            image_chunks.append(model.get_image_features(pixels.to(device)).float().cpu())
+            rows += batch_rows
     captions, owners = [], []
     for position, row in enumerate(rows):
         for caption in table.captions(row):
