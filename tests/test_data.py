@@ -19,8 +19,8 @@ def bad_folder(root: Path) -> Path:
     """Six rows: two good, a corrupt file, a truncated PNG, a missing file, an empty caption."""
     split = write_imagefolder(
         [
-            {"image": draw("red", s, seed=i), "text": f"a red {s}"}
-            for i, s in enumerate(["circle", "square", "star", "triangle"])
+            {"image": draw("red", s), "text": f"a red {s}"}
+            for s in ["circle", "square", "star", "triangle"]
         ],
         root,
         "train",

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
@@ -172,9 +171,3 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return trainable, total
-
-
-@torch.no_grad()
-def probe_width(forward: Callable[[], Tensor]) -> int:
-    """Output width found by running a dummy forward."""
-    return int(forward().shape[-1])
