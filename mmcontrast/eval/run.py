@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmcontrast.config import load_recipe
-from mmcontrast.data.pairs import load_pairs
-from mmcontrast.eval.image_text import evaluate_retrieval
 from mmcontrast.eval.retrieval import format_table
 from mmcontrast.train.checkpoint import load_weights
 
@@ -36,21 +34,11 @@ def evaluate_run(
     cfg = load_recipe(model_dir / "config.yaml", fixed + list(overrides or []))
     if data:
         cfg.data.path = data
-    if split:
-        cfg.data.eval_split = split
+    cfg.data.eval_split = split or cfg.data.eval_split or "test"
     method = build_method(cfg)
     load_weights(method, model_dir)
-    table = load_pairs(cfg.data, cfg.data.eval_split or "test", cfg.data.max_eval_samples)
-    metrics = evaluate_retrieval(
-        method.model,  # type: ignore[arg-type]
-        table,
-        method.image_transform(train=False),  # type: ignore[operator]
-        method.model.text.tokenizer(),  # type: ignore[operator, union-attr]
-        batch_size=cfg.eval.batch_size,
-        ks=cfg.eval.ks,
-        output_dir=output_dir or model_dir / "eval",
-        grid_queries=cfg.eval.grid_queries if cfg.eval.grid_png else 0,
-        extra={"model": str(model_dir)},
+    metrics = method.evaluate(
+        Path(output_dir or model_dir / "eval"), extra={"model": str(model_dir)}
     )
     print(format_table(metrics))
     return metrics

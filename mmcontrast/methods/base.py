@@ -32,8 +32,13 @@ class Method(nn.Module):
         """The training dataset (with ``set_epoch``) and its collate function."""
         raise NotImplementedError
 
-    def evaluate(self, output_dir: Path | None = None, step: int | None = None) -> dict[str, float]:
-        """Held-out metrics; ``output_dir`` receives JSON and pictures. Default: none."""
+    def evaluate(
+        self,
+        output_dir: Path | None = None,
+        step: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, float]:
+        """Held-out metrics; ``output_dir`` receives JSON (with ``extra``) and pictures. Default: none."""
         return {}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:

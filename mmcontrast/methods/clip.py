@@ -84,7 +84,12 @@ class ImageTextContrastive(Method):
                 "train.cache_locked_features cannot be combined with image augmentation (data.random_resized_crop, horizontal_flip, color_jitter)"
             )
 
-    def evaluate(self, output_dir: Path | None = None, step: int | None = None) -> dict[str, float]:
+    def evaluate(
+        self,
+        output_dir: Path | None = None,
+        step: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, float]:
         if not self.cfg.data.eval_split:
             return {}
         table = load_pairs(self.cfg.data, self.cfg.data.eval_split, self.cfg.data.max_eval_samples)
@@ -97,4 +102,5 @@ class ImageTextContrastive(Method):
             ks=self.cfg.eval.ks,
             output_dir=output_dir,
             grid_queries=self.cfg.eval.grid_queries if self.cfg.eval.grid_png else 0,
+            extra=extra,
         )
