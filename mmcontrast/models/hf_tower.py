@@ -33,6 +33,8 @@ from mmcontrast.registry import TOWERS
 
 # Text towers whose pooled output is the standard sentence feature (EOS / last token).
 POOLER_TEXT_TYPES = {"clip_text_model", "siglip_text_model", "siglip2_text_model"}
+# Vision models whose config width does not give the pooled feature width.
+CONV_TYPES = {"convnext", "resnet", "timm_wrapper"}
 
 
 def _hub_kwargs(cfg: TowerConfig) -> dict[str, Any]:
@@ -100,14 +102,11 @@ class HFTower(Tower):
 
     def _find_width(self) -> int:
         config = self.model.config
-        for key in ("projection_dim_out", "hidden_size", "d_model", "num_features"):
-            value = getattr(config, key, None)
-            if isinstance(value, int) and self.model_type not in (
-                "convnext",
-                "resnet",
-                "timm_wrapper",
-            ):
-                return value
+        if self.model_type not in CONV_TYPES:  # their hidden_size is not the pooled width
+            for key in ("hidden_size", "d_model", "num_features"):
+                value = getattr(config, key, None)
+                if isinstance(value, int):
+                    return value
         sizes = getattr(config, "hidden_sizes", None)
         if sizes:
             return int(sizes[-1])
