@@ -146,6 +146,7 @@ def test_bad_training_data_is_skipped_with_a_warning(
         (["train.lerning_rate=1"], r"did you mean 'train.lr'\?"),
         (["model.vision.source=hff"], "unknown tower source 'hff'; did you mean 'hf'?"),
         (["loss.name=clipp"], "unknown loss 'clipp'; did you mean 'clip'?"),
+        (["loss.name=triplet"], "method 'clip' trains with loss 'clip' or 'siglip'"),
         (["method=simclrr"], "unknown method 'simclrr'"),
         (["data.path=/nonexistent/folder"], "cannot load dataset"),
         (["data.caption_column=caption"], "column 'caption' not found"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,14 @@ class ImageTextContrastive(Method):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        self.loss_fn = LOSSES.get(cfg.loss.name)(**cfg.loss.kwargs)
-        init_scale, init_bias = LOSS_INIT.get(cfg.loss.name, (math.log(1 / 0.07), None))
+        loss_cls = LOSSES.get(cfg.loss.name)
+        if cfg.loss.name not in LOSS_INIT:
+            raise ValueError(
+                f"method 'clip' trains with loss 'clip' or 'siglip', not {cfg.loss.name!r} "
+                "(that loss belongs to another method; see `mmcontrast list losses`)"
+            )
+        self.loss_fn = loss_cls(**cfg.loss.kwargs)
+        init_scale, init_bias = LOSS_INIT[cfg.loss.name]
         self.model = build_dual_encoder(cfg.model, init_scale, init_bias)
         self.loss_inputs = set(inspect.signature(self.loss_fn.forward).parameters)
         if "logit_bias" in self.loss_inputs and self.model.logit_bias is None:
