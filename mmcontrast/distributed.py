@@ -126,4 +126,4 @@ def sum_shares(share: Tensor) -> Tensor:
     """The sum of every process's ``share`` as the value, ``share``'s own graph as gradient."""
     if not is_distributed():
         return share
-    return share + (all_reduce_sum(share) - share.detach())
+    return all_reduce_sum(share) + (share - share.detach())

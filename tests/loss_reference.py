@@ -183,7 +183,8 @@ def supcon_reference(
     * ``"out"`` (eq. 2): ``-(t/base_t) * mean_{p in P(a)} log_prob(a, p)``;
     * ``"in"`` (eq. 3): ``-(t/base_t) * log mean_{p in P(a)} exp(log_prob(a, p))``.
 
-    Anchors without positives are skipped; mean over the remaining anchors (0 if none).
+    Anchors without positives contribute 0; the mean is over all ``N * V`` anchors (the
+    official implementation's convention).
     """
     if variant not in ("out", "in"):
         raise ValueError(f"unknown variant {variant!r}")
@@ -198,6 +199,7 @@ def supcon_reference(
         contrast = [b for b in range(len(views)) if b != a]
         positives = [p for p in contrast if view_labels[p] == view_labels[a]]
         if not positives:
+            losses.append(features.sum() * 0)
             continue
         logits = {b: _dot(views[a], views[b]) / temperature for b in contrast}
         log_denominator = torch.logsumexp(torch.stack([logits[b] for b in contrast]), dim=0)

@@ -117,6 +117,18 @@ CASES = [
         sizes=(5, 3),
     ),
     Case(
+        "supcon-empty-rank",
+        lambda g: losses.SupConLoss(gather_distributed=g),
+        _supcon_batch(8, True),
+        sizes=(0, 8),
+    ),
+    Case(
+        "swav-empty-rank",
+        lambda g: losses.SwAVLoss(gather_distributed=g),
+        lambda: {"high_res_scores": [_unit(11, 6, 5), _unit(12, 6, 5)]},
+        sizes=(6, 0),
+    ),
+    Case(
         "barlow",
         lambda g: losses.BarlowTwinsLoss(0.1, gather_distributed=g),
         lambda: {"z_a": _randn(9, 8, 5), "z_b": _randn(10, 8, 5)},

@@ -321,6 +321,22 @@ def test_float32_close_to_float64_reference(case: Case) -> None:
         torch.testing.assert_close(mine.double(), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bfloat16_is_finite_and_close(case: Case) -> None:
+    raw = case.make_inputs(5)
+    ours, our_grads = _value_and_grads(case.ours, _with_grad(raw, torch.bfloat16))
+    theirs = case.reference(**_with_grad(raw, torch.float64))
+    assert torch.isfinite(ours) and all(torch.isfinite(g).all() for g in our_grads)
+    assert ours.float().item() == pytest.approx(theirs.item(), rel=0.05, abs=0.05)
+
+
+def test_float16_sums_do_not_overflow_on_large_batches() -> None:
+    z0, z1 = (F.normalize(randn(s, 4096, 16), dim=-1).half() for s in (0, 1))
+    assert torch.isfinite(losses.NTXentLoss()(z0, z1))
+    scale, bias = torch.tensor(10.0).half(), torch.tensor(-10.0).half()
+    assert torch.isfinite(losses.SigLipLoss()(z0, z1, scale, bias))
+
+
 def test_infonce_per_query_negatives() -> None:
     q, k, negatives = randn(0, 4, 6), randn(1, 4, 6), randn(2, 4, 9, 6)
     ours = losses.InfoNCELoss(temperature=0.1)(q, k, negatives)
@@ -414,6 +430,19 @@ def test_contrastive_of_matching_pairs_is_half_squared_distance() -> None:
     assert losses.ContrastiveLoss()(x1, x2, torch.ones(5)).item() == pytest.approx(expected.item())
 
 
+def test_contrastive_identical_pair_in_half_precision() -> None:
+    x = randn(0, 3, 4).half().requires_grad_(True)
+    loss = losses.ContrastiveLoss()(x, x.detach().clone(), torch.zeros(3))
+    loss.backward()
+    assert loss.item() == 0.5 and torch.isfinite(x.grad).all()
+
+
+def test_sinkhorn_of_widely_spread_scores_has_no_nan() -> None:
+    codes = losses.sinkhorn(3 * randn(0, 64, 10).float())
+    assert torch.isfinite(codes).all()
+    torch.testing.assert_close(codes.sum(1), torch.ones(64))
+
+
 def test_negative_cosine_detaches_the_target() -> None:
     prediction, target = randn(0, 4, 3).requires_grad_(True), randn(1, 4, 3).requires_grad_(True)
     losses.NegativeCosineLoss()(prediction, target).backward()
@@ -486,6 +515,9 @@ BAD_HYPERPARAMETERS = [
     (losses.SwAVLoss, {"epsilon": 0.0}, "epsilon"),
     (losses.SwAVLoss, {"sinkhorn_iterations": 0}, "sinkhorn_iterations"),
     (losses.SigLipLoss, {"chunk_size": 0}, "chunk_size"),
+    (losses.SigLipLoss, {"chunk_size": 2.5}, "chunk_size"),
+    (losses.SwAVLoss, {"sinkhorn_iterations": 0.5}, "sinkhorn_iterations"),
+    (losses.NTXentLoss, {"temperature": float("inf")}, "temperature"),
 ]
 
 

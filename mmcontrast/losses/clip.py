@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_same_shape
+from mmcontrast.losses.numerics import wide_mean
 
 
 class ClipLoss(nn.Module):
@@ -26,12 +27,14 @@ class ClipLoss(nn.Module):
 
     Args:
         gather_distributed: use every process's pairs as negatives. The value on each
-            process is then the loss of the whole batch, and each input's gradient is the
-            one it has in a single process with the whole batch (see
-            :mod:`mmcontrast.distributed`).
+            process is then the loss of the whole batch, and each feature's gradient is
+            the one it has in a single process with the whole batch. ``logit_scale``,
+            replicated on every process, gets this process's share of its gradient: the
+            shares sum to the whole-batch gradient (as a gradient all-reduce sums them);
+            see :mod:`mmcontrast.distributed`.
         local_loss: with ``gather_distributed``, compute only this process's rows and
             columns of the global matrix ([B, N] instead of [N, N]; open_clip's
-            ``local_loss``). Same value and gradients, less compute.
+            ``local_loss``). Same value and feature gradients, less compute.
 
     Shapes:
         image_features: [N, D], L2-normalised.
@@ -67,12 +70,12 @@ class ClipLoss(nn.Module):
             offset, offset + image_features.shape[0], device=image_features.device
         )
         per_image = F.cross_entropy(
-            logit_scale * image_features @ all_texts.T, labels, reduction="sum"
+            logit_scale * image_features @ all_texts.T, labels, reduction="none"
         )
         per_text = F.cross_entropy(
-            logit_scale * text_features @ all_images.T, labels, reduction="sum"
+            logit_scale * text_features @ all_images.T, labels, reduction="none"
         )
-        return distributed.sum_shares((per_image + per_text) / (2 * total))
+        return distributed.sum_shares(wide_mean(torch.cat([per_image, per_text]), 2 * total))
 
 
 def _symmetric_ce(logits: Tensor) -> Tensor:

@@ -43,10 +43,10 @@ class ContrastiveLoss(nn.Module):
         if tuple(same.shape) != (x1.shape[0],):
             raise ValueError(f"same must have shape [{x1.shape[0]}], got {tuple(same.shape)}")
         squared = (x1 - x2).pow(2).sum(-1)
-        # sqrt's gradient is infinite at 0; a matching pair at distance 0 costs nothing
-        # in the margin term anyway, so take the root of a clamped value there.
-        distance = torch.sqrt(squared.clamp_min(torch.finfo(squared.dtype).tiny))
-        same = same.to(squared.dtype)
+        # sqrt's gradient is infinite at 0: take the root only where the distance is > 0.
+        positive = squared > 0
+        distance = torch.where(positive, torch.where(positive, squared, 1.0).sqrt(), 0.0)
+        same = same.to(device=squared.device, dtype=squared.dtype)
         pull = same * squared
         push = (1 - same) * torch.relu(self.margin - distance).pow(2)
         return 0.5 * (pull + push).mean()

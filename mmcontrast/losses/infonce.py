@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_positive, require_same_shape
+from mmcontrast.losses.numerics import wide_mean
 
 
 class InfoNCELoss(nn.Module):
@@ -82,5 +83,6 @@ class InfoNCELoss(nn.Module):
                 )
             logits = torch.cat([positive, negative], dim=1)
             labels = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
-        share = F.cross_entropy(logits / self.temperature, labels, reduction="sum") / total
+        per_query = F.cross_entropy(logits / self.temperature, labels, reduction="none")
+        share = wide_mean(per_query, total)
         return distributed.sum_shares(share) if gathered else share

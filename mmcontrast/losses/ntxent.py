@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_positive, require_same_shape
+from mmcontrast.losses.numerics import wide_mean
 
 
 class NTXentLoss(nn.Module):
@@ -61,5 +62,6 @@ class NTXentLoss(nn.Module):
         is_self = torch.zeros_like(logits, dtype=torch.bool)
         is_self[torch.arange(2 * n, device=device), self_index] = True
         logits = logits.masked_fill(is_self, float("-inf"))
-        share = F.cross_entropy(logits, positive_index, reduction="sum") / (2 * total)
+        per_anchor = F.cross_entropy(logits, positive_index, reduction="none")
+        share = wide_mean(per_anchor, 2 * total)
         return distributed.sum_shares(share) if gathered else share

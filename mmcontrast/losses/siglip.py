@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mmcontrast import distributed
-from mmcontrast.losses.checks import require_positive, require_same_shape
+from mmcontrast.losses.checks import require_count, require_same_shape
 
 
 class SigLipLoss(nn.Module):
@@ -27,7 +27,8 @@ class SigLipLoss(nn.Module):
 
     Args:
         gather_distributed: use every process's texts as negatives of this process's
-            images; value and input gradients equal one process with the whole batch.
+            images; the value and the feature gradients equal one process with the whole
+            batch (``logit_scale`` and ``logit_bias`` get this process's share).
         chunk_size: if set, go through the texts ``chunk_size`` at a time and recompute
             each chunk in the backward pass, so no more than [N, chunk_size] logits are
             ever held (forward or backward). Same value and gradients.
@@ -51,7 +52,7 @@ class SigLipLoss(nn.Module):
     def __init__(self, gather_distributed: bool = False, chunk_size: int | None = None) -> None:
         super().__init__()
         if chunk_size is not None:
-            require_positive("chunk_size", chunk_size)
+            require_count("chunk_size", chunk_size)
         self.gather_distributed = gather_distributed
         self.chunk_size = chunk_size
 
@@ -64,8 +65,9 @@ class SigLipLoss(nn.Module):
         if gathered:
             texts = distributed.gather_with_grad(text_features)
             offset, total = distributed.local_offset(image_features.shape[0], image_features.device)
-        chunk = self.chunk_size or texts.shape[0]
-        loss_sum = image_features.new_zeros(())
+        chunk = self.chunk_size or max(texts.shape[0], 1)
+        accumulate = torch.promote_types(image_features.dtype, torch.float32)  # fp16 overflows
+        loss_sum = image_features.new_zeros((), dtype=accumulate)
         for start in range(0, texts.shape[0], chunk):
             args = (image_features, texts[start : start + chunk], logit_scale, logit_bias)
             if self.chunk_size is None:
@@ -74,7 +76,7 @@ class SigLipLoss(nn.Module):
                 loss_sum = loss_sum + checkpoint(
                     _block_loss, *args, offset - start, use_reentrant=False
                 )
-        share = loss_sum / total
+        share = (loss_sum / max(total, 1)).to(image_features.dtype)
         return distributed.sum_shares(share) if gathered else share
 
 
@@ -87,4 +89,4 @@ def _block_loss(
     cols = torch.arange(texts.shape[0], device=logits.device)
     positive = cols[None, :] == rows[:, None] + diagonal_offset
     signs = torch.where(positive, 1.0, -1.0).to(logits.dtype)
-    return -F.logsigmoid(signs * logits).sum()
+    return -F.logsigmoid(signs * logits).sum(dtype=torch.promote_types(logits.dtype, torch.float32))

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_choice, require_dims, require_positive
+from mmcontrast.losses.numerics import wide_mean
 
 
 class SupConLoss(nn.Module):
@@ -20,8 +21,8 @@ class SupConLoss(nn.Module):
         L_out(a) = -(t / t_base) * mean_{p in P(a)} log_prob(a, p)
         L_in(a)  = -(t / t_base) * log mean_{p in P(a)} exp(log_prob(a, p))
 
-    and the loss is the mean over anchors that have at least one positive (an anchor
-    alone in its class contributes nothing; if none has a positive the loss is 0).
+    and the loss is the mean over all N*V anchors, where an anchor alone in its class
+    (no positive) contributes 0 instead of NaN (as the official code and lightly do).
     ``L_in`` averages the positives inside the log, ``L_out`` outside; by Jensen
     ``L_in <= L_out``, and the paper finds ``L_out`` trains better (its gradient weighs
     every positive equally). With ``labels=None`` each image is its own class, so the
@@ -71,6 +72,7 @@ class SupConLoss(nn.Module):
         n, views, device = features.shape[0], features.shape[1], features.device
         if labels is not None and tuple(labels.shape) != (n,):
             raise ValueError(f"labels must have shape [{n}], got {tuple(labels.shape)}")
+        labels = labels.to(device) if labels is not None else None
         features = F.normalize(features, dim=-1)
         gathered = self.gather_distributed and distributed.is_distributed()
         offset, total = distributed.local_offset(n, device) if gathered else (0, n)
@@ -79,9 +81,9 @@ class SupConLoss(nn.Module):
         all_features = distributed.gather_with_grad(features) if gathered else features
         all_labels = distributed.gather(labels) if gathered else labels
 
-        anchors = features.reshape(n * views, -1)
+        anchors = features.flatten(0, 1)
         anchor_labels = labels.repeat_interleave(views)
-        candidates = all_features.reshape(total * views, -1)
+        candidates = all_features.flatten(0, 1)
         candidate_labels = all_labels.repeat_interleave(views)
         logits = anchors @ candidates.T / self.temperature
         is_self = torch.zeros_like(logits, dtype=torch.bool)
@@ -100,6 +102,6 @@ class SupConLoss(nn.Module):
             masked = torch.where(has_positive[:, None], masked, 0.0)  # keep empty rows finite
             mean_log_prob = torch.logsumexp(masked, dim=1) - count.clamp_min(1).log()
         per_anchor = -(self.temperature / self.base_temperature) * mean_log_prob
-        valid = distributed.all_reduce_sum(has_positive.sum()) if gathered else has_positive.sum()
-        share = torch.where(has_positive, per_anchor, 0.0).sum() / valid.clamp_min(1)
+        contributions = torch.where(has_positive, per_anchor, 0.0)
+        share = wide_mean(contributions, total * views)
         return distributed.sum_shares(share) if gathered else share

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mmcontrast import distributed
-from mmcontrast.losses.checks import require_positive
+from mmcontrast.losses.checks import require_count, require_positive
 
 
 @torch.no_grad()
@@ -17,27 +18,38 @@ def sinkhorn(
 ) -> Tensor:
     """Soft equipartitioned codes ``Q`` [B, K] from prototype scores [B, K] (no gradient).
 
-    ``Q = exp(scores / epsilon)``, then ``iterations`` rounds of normalising each
-    prototype's total to 1/K and each sample's total to 1/B; rows are returned summing
-    to 1. With ``gather_distributed`` the sums run over every process's samples.
-    Computed in at least float32; the global maximum is subtracted before ``exp`` (it
-    cancels in the first normalisation).
+    ``Q = exp(scores / epsilon)``, normalised to sum 1, then ``iterations`` rounds of
+    scaling each prototype's total to 1/K and each sample's total to 1/B; rows are
+    returned summing to 1. With ``gather_distributed`` the sums run over every process's
+    samples. Computed in the log domain (so no score range underflows) and in at least
+    float32.
     """
+    require_positive("epsilon", epsilon)
+    require_count("iterations", iterations)
     scores = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     gathered = gather_distributed and distributed.is_distributed()
-
-    def total(t: Tensor) -> Tensor:
-        return distributed.all_reduce_sum(t) if gathered else t
-
-    top = distributed.all_reduce_max(scores.max()) if gathered else scores.max()
-    q = torch.exp((scores - top) / epsilon).T  # [K, B]
-    prototypes = q.shape[0]
-    batch = total(torch.tensor(float(q.shape[1]), dtype=q.dtype, device=q.device))
-    q = q / total(q.sum())
+    log_q = (scores / epsilon).T  # [K, B]
+    prototypes = log_q.shape[0]
+    count = torch.tensor(float(log_q.shape[1]), dtype=log_q.dtype, device=log_q.device)
+    log_batch = (distributed.all_reduce_sum(count) if gathered else count).log()
+    log_q = log_q - _logsumexp(log_q.reshape(1, -1), gathered)
     for _ in range(iterations):
-        q = q / total(q.sum(dim=1, keepdim=True)) / prototypes
-        q = q / q.sum(dim=0, keepdim=True) / batch
-    return (q * batch).T
+        log_q = log_q - _logsumexp(log_q, gathered) - math.log(prototypes)
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - log_batch
+    return (log_q + log_batch).exp().T
+
+
+def _logsumexp(x: Tensor, gathered: bool) -> Tensor:
+    """``logsumexp`` over dim 1 (the samples), across processes when ``gathered``."""
+    if not gathered:
+        return torch.logsumexp(x, dim=1, keepdim=True)
+    if x.shape[1]:
+        top = x.amax(dim=1, keepdim=True)
+    else:
+        top = x.new_full((x.shape[0], 1), float("-inf"))
+    top = distributed.all_reduce_max(top)
+    total = distributed.all_reduce_sum(torch.exp(x - top).sum(dim=1, keepdim=True))
+    return top + total.log()
 
 
 class SwAVLoss(nn.Module):
@@ -88,10 +100,10 @@ class SwAVLoss(nn.Module):
     ) -> None:
         super().__init__()
         require_positive("temperature", temperature)
-        require_positive("sinkhorn_iterations", sinkhorn_iterations)
+        require_count("sinkhorn_iterations", sinkhorn_iterations)
         require_positive("epsilon", epsilon)
         self.temperature = temperature
-        self.sinkhorn_iterations = int(sinkhorn_iterations)
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.epsilon = epsilon
         self.gather_distributed = gather_distributed
 
@@ -120,8 +132,8 @@ class SwAVLoss(nn.Module):
             problem = (
                 scores.detach() if queued is None else torch.cat([queued.detach(), scores.detach()])
             )
-            codes = sinkhorn(problem, self.epsilon, self.sinkhorn_iterations, gathered)[-batch:]
-            codes = codes.to(log_probs[i].dtype)
+            codes = sinkhorn(problem, self.epsilon, self.sinkhorn_iterations, gathered)
+            codes = codes[codes.shape[0] - batch :].to(log_probs[i].dtype)
             terms = [-(codes * lp).sum() for v, lp in enumerate(log_probs) if v != i]
             per_global.append(torch.stack(terms).mean())
         share = torch.stack(per_global).mean() / total

@@ -91,7 +91,9 @@ class TripletLoss(nn.Module):
         if self.distance == "cosine":
             x = F.normalize(x, dim=-1)
             return 1 - x @ x.T
-        return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+        precise = x if x.dtype == torch.float64 else x.float()  # cdist has no half kernels
+        distances = torch.cdist(precise, precise, compute_mode="donot_use_mm_for_euclid_dist")
+        return distances.to(x.dtype)
 
     def _mined(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if embeddings.dim() != 2 or tuple(labels.shape) != (embeddings.shape[0],):
@@ -100,6 +102,7 @@ class TripletLoss(nn.Module):
                 f"and {tuple(labels.shape)}"
             )
         distances = self._pairwise(embeddings)
+        labels = labels.to(embeddings.device)
         same = labels[:, None] == labels[None, :]
         eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         positive, negative = same & ~eye, ~same
