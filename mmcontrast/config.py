@@ -75,7 +75,13 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "clip"  # see ``mmcontrast list losses``
+    """The loss and its constructor arguments (e.g. ``kwargs: {temperature: 0.2}``).
+
+    ``name`` None means the method's own loss (``clip`` for image-text training); a method
+    names the losses it accepts.
+    """
+
+    name: str | None = None  # see ``mmcontrast list losses``
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,12 +89,13 @@ class LossConfig:
 class DataConfig:
     """Image-text pairs: a local imagefolder directory or any ``datasets`` name/path."""
 
-    path: str = ""
+    path: str = ""  # folder, ``datasets`` name, or a built-in (``mmcontrast list datasets``)
     name: str | None = None  # ``datasets`` configuration name
     train_split: str = "train"
     eval_split: str | None = "test"
     image_column: str = "image"
     caption_column: str = "text"
+    label_column: str = "label"  # labelled images (vision recipes, kNN / linear probe)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     num_workers: int = 0
@@ -99,6 +106,30 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Views for the vision recipes (torchvision v2). Pairs give (view 1, view 2) values.
+
+    The defaults are SimCLR's pipeline; BYOL's asymmetric pair sets ``blur_prob: [1.0,
+    0.1]`` and ``solarize_prob: [0.0, 0.2]``; SwAV's multi-crop sets ``local_views``.
+    """
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop of the global views
+    horizontal_flip: float = 0.5
+    color_jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: tuple[float, float] = (0.5, 0.5)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: tuple[float, float] = (0.0, 0.0)
+    local_views: int = 0  # SwAV multi-crop: extra low-resolution crops
+    local_size: int | None = None  # default: 3/7 of the global size (96 for 224)
+    local_crop_scale: tuple[float, float] = (0.05, 0.14)
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
@@ -106,7 +137,9 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None  # overrides epochs when set
     stop_at_step: int | None = None  # end this invocation early (schedule unchanged); resume later
+    optimizer: str = "adamw"  # adamw | sgd | lars (LARS as in SimCLR/BYOL/SwAV/Barlow Twins)
     lr: float = 5e-4
+    momentum: float = 0.9  # sgd and lars
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
@@ -133,14 +166,21 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     grid_png: bool = True  # retrieval picture of the first queries
     grid_queries: int = 12
+    # vision recipes: frozen-feature kNN (train split as the bank) and linear probe
+    knn_k: list[int] = field(default_factory=lambda: [20, 200])
+    knn_temperature: float = 0.07
+    linear_probe: bool = True
+    views_png: bool = True  # a picture of a batch of training views
 
 
 @dataclass
 class Config:
     method: str = "clip"
+    method_args: dict[str, Any] = field(default_factory=dict)  # checked by the method
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -211,6 +251,7 @@ CHOICES: dict[tuple[str, str], list[str]] = {
     ("TowerConfig", "pooling"): ["auto", "cls", "mean", "pooler"],
     ("ModelConfig", "projection"): ["linear", "mlp", "none"],
     ("TrainConfig", "mixed_precision"): ["no", "fp16", "bf16"],
+    ("TrainConfig", "optimizer"): ["adamw", "sgd", "lars"],
 }
 
 

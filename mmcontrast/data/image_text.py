@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -17,6 +17,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.pairs import PairTable
+
+
+class ImageTable(Protocol):
+    """Anything with rows of images: ``PairTable``, ``LabelledImages``."""
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> Any: ...
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -60,7 +68,8 @@ class ImageTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            # the CPU generator only: torch.manual_seed also seeds every accelerator, slowly
+            torch.random.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
             if self.vision_features is not None:
                 if index in self.bad_rows:
                     return {"skip": self.bad_rows[index]}
@@ -97,7 +106,7 @@ class ImageTextCollator:
 class ImageOnlyDataset(Dataset):
     """``(row, pixels)`` or ``(row, reason)`` for every row: evaluation and feature caching."""
 
-    def __init__(self, table: PairTable, transform: Callable[[Any], Tensor]) -> None:
+    def __init__(self, table: ImageTable, transform: Callable[[Any], Tensor]) -> None:
         self.table, self.transform = table, transform
 
     def __len__(self) -> int:
@@ -115,7 +124,7 @@ def _as_list(samples: list[Any]) -> list[Any]:
 
 
 def image_batches(
-    table: PairTable,
+    table: ImageTable,
     transform: Callable[[Any], Tensor],
     batch_size: int = 128,
     num_workers: int = 0,

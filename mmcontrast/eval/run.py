@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmcontrast.config import load_recipe
-from mmcontrast.eval.retrieval import format_table
+from mmcontrast.eval.report import format_metrics
 from mmcontrast.train.checkpoint import load_weights
 
 
@@ -40,5 +40,5 @@ def evaluate_run(
     metrics = method.evaluate(
         Path(output_dir or model_dir / "eval"), extra={"model": str(model_dir)}
     )
-    print(format_table(metrics))
+    print(format_metrics(metrics))
     return metrics

@@ -32,6 +32,7 @@ class ImageTextContrastive(Method):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
+        cfg.loss.name = cfg.loss.name or "clip"
         loss_cls = LOSSES.get(cfg.loss.name)
         if cfg.loss.name not in LOSS_INIT:
             raise ValueError(

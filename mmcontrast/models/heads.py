@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 
 def build_projection(
@@ -22,3 +22,38 @@ def build_projection(
             )
         return nn.Identity()
     raise ValueError(f"unknown projection {kind!r}; choose linear, mlp or none")
+
+
+def mlp(
+    dims: list[int], batch_norm: bool = True, last_batch_norm: bool = False, bias: bool = True
+) -> nn.Sequential:
+    """Linear layers through ``dims`` with BatchNorm + ReLU between them.
+
+    The projection and prediction heads of the vision recipes: e.g. SimCLR
+    ``mlp([512, 2048, 128])``, MoCo v3's projector with ``last_batch_norm=True`` (an
+    affine-free BatchNorm on the output), Barlow Twins' three-layer projector.
+    """
+    if len(dims) < 2:
+        raise ValueError(f"an MLP needs at least input and output sizes, got {dims}")
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        last = i == len(dims) - 2
+        layers.append(nn.Linear(d_in, d_out, bias=bias and not (batch_norm and not last)))
+        if not last:
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(d_out))
+            layers.append(nn.ReLU(inplace=True))
+        elif last_batch_norm:
+            layers.append(nn.BatchNorm1d(d_out, affine=False))
+    return nn.Sequential(*layers)
+
+
+class Projected(nn.Module):
+    """``head(backbone(pixel_values))``: an encoder whose copy becomes a momentum target."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.head(self.backbone(pixel_values=pixel_values))

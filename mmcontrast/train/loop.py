@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import mmcontrast.methods  # noqa: F401  (registers methods)
 from mmcontrast.config import Config, save_config, to_dict
-from mmcontrast.eval.retrieval import format_table
+from mmcontrast.eval.report import format_metrics
 from mmcontrast.methods.base import Method
 from mmcontrast.registry import METHODS
 from mmcontrast.train.checkpoint import (
@@ -259,7 +259,7 @@ def _evaluate(
             metrics = method.evaluate(folder, step)
         if metrics:
             accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-            accelerator.print(f"evaluation at step {step}:\n{format_table(metrics)}")
+            accelerator.print(f"evaluation at step {step}:\n{format_metrics(metrics)}")
     accelerator.wait_for_everyone()
     return metrics
 

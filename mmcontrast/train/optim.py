@@ -1,10 +1,11 @@
-"""AdamW with decoupled weight decay on weight matrices only, and a warm-up + cosine schedule."""
+"""AdamW, SGD or LARS with weight decay on weight matrices only, and a warm-up + cosine schedule."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from timm.optim import Lars
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -13,8 +14,11 @@ from mmcontrast.config import TrainConfig
 
 def build_optimizer(
     model: nn.Module, cfg: TrainConfig, lr_by_prefix: dict[str, float] | None = None
-) -> torch.optim.AdamW:
-    """AdamW; biases, norms and the logit scale/bias get no weight decay.
+) -> torch.optim.Optimizer:
+    """``cfg.optimizer``; biases, norms and the logit scale/bias get no weight decay.
+
+    LARS (You et al. 2017, timm's implementation) adapts the step only of parameters
+    with weight decay, so biases and norms are excluded from adaptation as in SimCLR/BYOL.
 
     ``lr_by_prefix`` gives parameters whose name starts with a prefix their own learning
     rate (e.g. a pretrained tower trained slower than the new heads).
@@ -36,6 +40,10 @@ def build_optimizer(
         {"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
         for (lr, no_decay), params in groups.items()
     ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "lars":
+        return Lars(param_groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)  # type: ignore[arg-type]
 
 

@@ -1,0 +1,186 @@
+"""Augmented views of labelled images for the vision self-supervised recipes.
+
+Two global views (SimCLR's pipeline by default; BYOL's asymmetric pair through
+``augment.blur_prob`` / ``augment.solarize_prob``) plus ``augment.local_views``
+low-resolution crops (SwAV's multi-crop). Every sample's randomness comes from a generator
+seeded by (seed, epoch, index), so a resumed run sees exactly the views the uninterrupted
+run saw, whatever the number of workers.
+
+References:
+    Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", 2020.
+    Grill et al., "Bootstrap Your Own Latent", 2020.
+    Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster
+    Assignments", 2020.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+from torchvision.utils import save_image
+
+from mmcontrast.config import AugmentConfig
+from mmcontrast.data.image_text import sample_seed
+from mmcontrast.data.images import BadSample, load_image
+from mmcontrast.data.labelled import LabelledImages
+from mmcontrast.models.tower import ImagePreprocess
+
+
+def view_transforms(pre: ImagePreprocess, aug: AugmentConfig) -> list[Callable[[Any], Tensor]]:
+    """Two global view transforms at ``pre.size``, then ``aug.local_views`` local ones.
+
+    Raises:
+        ValueError: A probability outside [0, 1], a bad crop scale or a negative count.
+    """
+    _check(aug)
+    local_size = aug.local_size or max(8, round(pre.size * 3 / 7))
+    globals_ = [
+        _pipeline(pre, aug, pre.size, aug.crop_scale, aug.blur_prob[i], aug.solarize_prob[i])
+        for i in range(2)
+    ]
+    local = _pipeline(pre, aug, local_size, aug.local_crop_scale, 0.5, 0.0)
+    return [*globals_, *[local] * aug.local_views]
+
+
+def _pipeline(
+    pre: ImagePreprocess,
+    aug: AugmentConfig,
+    size: int,
+    scale: tuple[float, float],
+    blur_prob: float,
+    solarize_prob: float,
+) -> v2.Compose:
+    kernel = max(3, int(0.1 * size))
+    kernel += 1 - kernel % 2  # odd
+    steps: list[v2.Transform] = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
+        v2.RandomHorizontalFlip(aug.horizontal_flip),
+    ]
+    if aug.color_jitter_prob > 0:
+        jitter = v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)
+        steps.append(v2.RandomApply([jitter], p=aug.color_jitter_prob))
+    if aug.grayscale_prob > 0:
+        steps.append(v2.RandomGrayscale(aug.grayscale_prob))
+    if blur_prob > 0:
+        blur = v2.GaussianBlur(kernel, sigma=tuple(aug.blur_sigma))
+        steps.append(v2.RandomApply([blur], p=blur_prob))
+    if solarize_prob > 0:  # on uint8, before ToDtype
+        steps.append(v2.RandomSolarize(threshold=128, p=solarize_prob))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    return v2.Compose(steps)
+
+
+def _check(aug: AugmentConfig) -> None:
+    probs = {
+        "horizontal_flip": [aug.horizontal_flip],
+        "color_jitter_prob": [aug.color_jitter_prob],
+        "grayscale_prob": [aug.grayscale_prob],
+        "blur_prob": list(aug.blur_prob),
+        "solarize_prob": list(aug.solarize_prob),
+    }
+    for key, values in probs.items():
+        if not all(0.0 <= p <= 1.0 for p in values):
+            raise ValueError(f"augment.{key} = {values} must be probabilities in [0, 1]")
+    for key in ("crop_scale", "local_crop_scale"):
+        low, high = getattr(aug, key)
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"augment.{key} = {[low, high]} must satisfy 0 < low <= high <= 1")
+    if aug.local_views < 0 or (aug.local_size is not None and aug.local_size < 1):
+        raise ValueError("augment.local_views must be >= 0 and augment.local_size >= 1")
+
+
+class MultiViewDataset(Dataset):
+    """Yields ``{"views": [Tensor, ...], "label": int}`` or ``{"skip": reason}``."""
+
+    def __init__(
+        self, table: LabelledImages, transforms: Sequence[Callable[[Any], Tensor]], seed: int = 0
+    ) -> None:
+        self.table = table
+        self.transforms = list(transforms)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def skipped_at_load(self) -> dict[str, int]:
+        """Rows dropped when the table was loaded (e.g. missing labels)."""
+        return dict(self.table.skipped)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator only: torch.manual_seed also seeds every accelerator, slowly
+            torch.random.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+            try:
+                image = load_image(self.table.image(index))
+            except BadSample as bad:
+                return {"skip": bad.reason}
+            views = [transform(image) for transform in self.transforms]
+            return {"views": views, "label": self.table.label(index)}
+
+
+class MultiViewCollator:
+    """Stacks each view over the batch and counts skipped samples (``batch["skipped"]``).
+
+    Returns ``{"views": [[B, C, H, W], ...], "labels": [B], "skipped": {reason: count}}``,
+    or only ``{"skipped": ...}`` when no sample of the batch was readable.
+    """
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [s for s in samples if "skip" not in s]
+        batch: dict[str, Any] = {
+            "skipped": dict(Counter(s["skip"] for s in samples if "skip" in s))
+        }
+        if good:
+            batch["views"] = [
+                torch.stack([s["views"][v] for s in good]) for v in range(len(good[0]["views"]))
+            ]
+            batch["labels"] = torch.tensor([s["label"] for s in good], dtype=torch.long)
+        return batch
+
+
+def save_views_png(
+    views: Sequence[Tensor],
+    path: str | Path,
+    mean: Sequence[float],
+    std: Sequence[float],
+    max_images: int = 8,
+) -> Path:
+    """Write a grid of de-normalised views: one row per image, one column per view.
+
+    Local views are upsampled (nearest) to the global size, so their low resolution shows.
+
+    Args:
+        views: ``[B, C, H, W]`` tensors, one per view, normalised with ``mean`` / ``std``.
+        path: The PNG to write (parent folders are created).
+        mean: Per-channel normalisation mean.
+        std: Per-channel normalisation standard deviation.
+        max_images: Rows to draw at most.
+    """
+    size = tuple(views[0].shape[-2:])
+    m = torch.tensor(list(mean)).view(1, -1, 1, 1)
+    s = torch.tensor(list(std)).view(1, -1, 1, 1)
+    columns = []
+    for view in views:
+        x = view[:max_images].detach().float().cpu() * s + m
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="nearest")
+        columns.append(x.clamp(0, 1))
+    grid = torch.stack(columns, dim=1).flatten(0, 1)  # image-major: [n * V, C, H, W]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path, nrow=len(views))
+    return path

@@ -1,0 +1,168 @@
+"""The shared base of the vision recipes: backbone, multi-view data, kNN / linear probe.
+
+A vision method (SimCLR, MoCo, BYOL, SwAV, Barlow Twins, SupCon) is a backbone from any
+tower source plus its own heads and loss. This base builds the backbone, reads the
+method's ``method_args`` into its dataclass (unknown keys name the nearest valid one),
+serves augmented views of a labelled image table, and evaluates frozen backbone features
+with weighted kNN and a linear probe.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from accelerate import PartialState
+from torch import Tensor, nn
+
+from mmcontrast.config import Config, from_dict, to_dict
+from mmcontrast.data.image_text import image_batches
+from mmcontrast.data.labelled import LabelledImages, load_labelled
+from mmcontrast.data.transforms import image_transform
+from mmcontrast.data.views import (
+    MultiViewCollator,
+    MultiViewDataset,
+    save_views_png,
+    view_transforms,
+)
+from mmcontrast.eval.knn import knn_metrics
+from mmcontrast.eval.linear_probe import linear_probe
+from mmcontrast.methods.base import Method
+from mmcontrast.models.tower import build_tower, resolved_preprocess
+from mmcontrast.registry import LOSSES
+
+
+class VisionMethod(Method):
+    """Base class: subclasses set ``args_class`` and ``loss_name`` and define ``forward``."""
+
+    args_class: ClassVar[type]
+    loss_name: ClassVar[str]
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.args = from_dict(self.args_class, cfg.method_args, "method_args.")
+        cfg.method_args = to_dict(self.args)  # the saved config shows every value used
+        if cfg.loss.name not in (None, self.loss_name):
+            raise ValueError(
+                f"method {cfg.method!r} trains with loss {self.loss_name!r}, not "
+                f"{cfg.loss.name!r}; drop loss.name and set its options under loss.kwargs"
+            )
+        cfg.loss.name = self.loss_name
+        self.backbone = build_tower(cfg.model.vision, "vision")
+        self.steps_done: Tensor
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    def build_loss(self, **defaults: Any) -> nn.Module:
+        """The method's loss with the recipe's ``loss.kwargs`` over the method's defaults."""
+        return LOSSES.get(self.loss_name)(**{**defaults, **self.cfg.loss.kwargs})
+
+    # ----------------------------------------------------------------- training data
+
+    def train_data(self) -> tuple[MultiViewDataset, MultiViewCollator]:
+        data = self.cfg.data
+        table = load_labelled(data, data.train_split, data.max_train_samples)
+        if data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
+            load_labelled(data, data.eval_split, 1, table.class_names)  # fail now, not later
+        transforms = view_transforms(resolved_preprocess(self.backbone), self.cfg.augment)
+        dataset = MultiViewDataset(table, transforms, seed=self.cfg.train.seed)
+        if self.cfg.eval.views_png and PartialState().is_main_process:
+            self._save_views(dataset)
+        return dataset, MultiViewCollator()
+
+    def _save_views(self, dataset: MultiViewDataset) -> None:
+        samples = [dataset[i] for i in range(min(8, len(dataset)))]
+        good = [s for s in samples if "views" in s]
+        if not good:
+            return
+        views = [torch.stack([s["views"][v] for s in good]) for v in range(len(good[0]["views"]))]
+        pre = resolved_preprocess(self.backbone)
+        path = Path(self.cfg.train.output_dir) / "views.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_views_png(views, path, pre.mean, pre.std)
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        self.steps_done.fill_(step)
+
+    # ----------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def embed(self, table: LabelledImages) -> tuple[Tensor, Tensor, Counter]:
+        """Backbone features and labels of every readable image (eval transform)."""
+        was_training = self.training
+        self.eval()
+        device = next(self.backbone.parameters()).device
+        transform = image_transform(resolved_preprocess(self.backbone))
+        features: list[Tensor] = []
+        rows: list[int] = []
+        skipped: Counter = Counter()
+        for batch_rows, pixels, unreadable in self._eval_batches(table, transform):
+            skipped.update(unreadable.values())
+            if pixels is not None:
+                features.append(self.backbone(pixel_values=pixels.to(device)).float().cpu())
+                rows += batch_rows
+        self.train(was_training)
+        labels = table.labels()[torch.tensor(rows, dtype=torch.long)]
+        return torch.cat(features), labels, skipped
+
+    def _eval_batches(
+        self, table: LabelledImages, transform: Any
+    ) -> Iterator[tuple[list[int], Tensor | None, dict[int, str]]]:
+        """Like ``image_batches``; in-memory uint8 images are transformed a batch at a time."""
+        size = self.cfg.eval.batch_size
+        if table.images is None:
+            yield from image_batches(table, transform, size, self.cfg.data.num_workers)
+            return
+        for start in range(0, len(table), size):
+            images = table.images[start : start + size]
+            images = images[:, None] if images.ndim == 3 else images  # [B, C, H, W]
+            if images.shape[1] == 1:  # greyscale to RGB, as load_image does
+                images = images.expand(-1, 3, -1, -1)
+            yield list(range(start, start + len(images))), transform(images), {}
+
+    def evaluate(
+        self,
+        output_dir: Path | None = None,
+        step: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, float]:
+        """Weighted kNN (train split as the bank) and a linear probe on the eval split."""
+        data, cfg = self.cfg.data, self.cfg.eval
+        if not data.eval_split:
+            return {}
+        bank_table = load_labelled(data, data.train_split, data.max_train_samples)
+        query_table = load_labelled(
+            data, data.eval_split, data.max_eval_samples, bank_table.class_names
+        )
+        bank, bank_labels, _ = self.embed(bank_table)
+        queries, query_labels, skipped = self.embed(query_table)
+        results = {
+            "knn": knn_metrics(
+                bank, bank_labels, queries, query_labels, tuple(cfg.knn_k), cfg.knn_temperature
+            )
+        }
+        if cfg.linear_probe:
+            results["linear_probe"] = linear_probe(
+                bank, bank_labels, queries, query_labels, num_classes=len(bank_table.class_names)
+            )
+        if output_dir is not None:
+            output_dir = Path(output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            for task, metrics in results.items():
+                record = {
+                    "task": task,
+                    "data": query_table.source,
+                    "bank": bank_table.source,
+                    "num_bank": len(bank),
+                    "num_queries": len(queries),
+                    "skipped": dict(skipped),
+                    "step": step,
+                    "method": self.cfg.method,
+                    "metrics": metrics,
+                    **(extra or {}),
+                }
+                (output_dir / f"{task}.json").write_text(json.dumps(record, indent=2))
+        return {k: v for metrics in results.values() for k, v in metrics.items()}
