@@ -109,8 +109,10 @@ class DataConfig:
 class AugmentConfig:
     """Views for the vision recipes (torchvision v2). Pairs give (view 1, view 2) values.
 
-    The defaults are SimCLR's pipeline; BYOL's asymmetric pair sets ``blur_prob: [1.0,
-    0.1]`` and ``solarize_prob: [0.0, 0.2]``; SwAV's multi-crop sets ``local_views``.
+    The defaults are the common SimCLR-style pipeline with BYOL / MoCo v3's colour jitter
+    (0.4, 0.4, 0.2, 0.1; SimCLR's own is 0.8 x strength for the first three and 0.2 x
+    strength for hue); BYOL's asymmetric pair sets ``blur_prob: [1.0, 0.1]`` and
+    ``solarize_prob: [0.0, 0.2]``; SwAV's multi-crop sets ``local_views``.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop of the global views
@@ -127,6 +129,7 @@ class AugmentConfig:
     local_views: int = 0  # SwAV multi-crop: extra low-resolution crops
     local_size: int | None = None  # default: 3/7 of the global size (96 for 224)
     local_crop_scale: tuple[float, float] = (0.05, 0.14)
+    local_blur_prob: float = 0.5
 
 
 @dataclass

@@ -217,3 +217,27 @@ def test_unknown_builtin_backbone_names_the_nearest() -> None:
 
     with pytest.raises(ValueError, match="did you mean 'resnet_small'"):
         build_tower(TowerConfig(source="builtin", name="resnet_smal"), "vision")
+
+
+@pytest.mark.parametrize(("name", "width"), [("resnet18", 512), ("convnext_tiny", 768)])
+def test_torchvision_backbones_drop_only_the_classifier(name: str, width: int) -> None:
+    from mmcontrast.config import TowerConfig
+    from mmcontrast.models.tower import build_tower
+
+    tower = build_tower(TowerConfig(source="torchvision", name=name, pretrained=False), "vision")
+    assert tower.width == width
+    assert tower(pixel_values=torch.randn(2, 3, 64, 64)).shape == (2, width)
+
+
+def test_multi_crop_is_refused_outside_swav(labelled_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multi-crop is for swav"):
+        build("simclr", labelled_dir, tmp_path, ["augment.local_views=2"])
+
+
+def test_backbone_learning_rate_reaches_the_optimiser(labelled_dir: Path, tmp_path: Path) -> None:
+    from mmcontrast.train.optim import build_optimizer
+
+    cfg, method = build("simclr", labelled_dir, tmp_path, ["model.vision.lr=1e-5"])
+    optimizer = build_optimizer(method, cfg.train, method.lr_prefixes())
+    rates = {group["lr"] for group in optimizer.param_groups}
+    assert rates == {1e-5, cfg.train.lr}

@@ -46,7 +46,7 @@ def view_transforms(pre: ImagePreprocess, aug: AugmentConfig) -> list[Callable[[
         _pipeline(pre, aug, pre.size, aug.crop_scale, aug.blur_prob[i], aug.solarize_prob[i])
         for i in range(2)
     ]
-    local = _pipeline(pre, aug, local_size, aug.local_crop_scale, 0.5, 0.0)
+    local = _pipeline(pre, aug, local_size, aug.local_crop_scale, aug.local_blur_prob, 0.0)
     return [*globals_, *[local] * aug.local_views]
 
 
@@ -86,6 +86,7 @@ def _check(aug: AugmentConfig) -> None:
         "grayscale_prob": [aug.grayscale_prob],
         "blur_prob": list(aug.blur_prob),
         "solarize_prob": list(aug.solarize_prob),
+        "local_blur_prob": [aug.local_blur_prob],
     }
     for key, values in probs.items():
         if not all(0.0 <= p <= 1.0 for p in values):

@@ -41,5 +41,14 @@ class Method(nn.Module):
         """Held-out metrics; ``output_dir`` receives JSON (with ``extra``) and pictures. Default: none."""
         return {}
 
+    def lr_prefixes(self) -> dict[str, float]:
+        """Parameter-name prefix -> learning rate for parts with their own ``lr``."""
+        rates = {}
+        for name in ("vision", "text"):
+            lr = getattr(self.cfg.model, name).lr
+            if lr is not None:
+                rates[f"model.{name}."] = lr
+        return rates
+
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state updated outside back-propagation (EMA targets, queues)."""

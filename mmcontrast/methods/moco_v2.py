@@ -58,12 +58,14 @@ class MoCoV2(VisionMethod):
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         x0, x1 = batch["views"][:2]
         with torch.no_grad():
-            k0, k1 = (F.normalize(self.key_encoder(x), dim=1) for x in (x0, x1))
+            k1 = F.normalize(self.key_encoder(x1), dim=1)
         q0 = self.projector(self.backbone(pixel_values=x0))
         negatives = self.queue.clone()
         loss = self.loss_fn(q0, k1, negatives)
         keys = [k1]
         if self.args.symmetric:
+            with torch.no_grad():
+                k0 = F.normalize(self.key_encoder(x0), dim=1)
             q1 = self.projector(self.backbone(pixel_values=x1))
             loss = (loss + self.loss_fn(q1, k0, negatives)) / 2
             keys.append(k0)

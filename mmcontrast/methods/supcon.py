@@ -37,7 +37,8 @@ class SupCon(VisionMethod):
         super().__init__(cfg)
         a = self.args
         self.projector = mlp([self.backbone.width, a.hidden_dim, a.out_dim])
-        self.loss_fn = self.build_loss(temperature=a.temperature, base_temperature=a.temperature)
+        temperature = self.cfg.loss.kwargs.get("temperature", a.temperature)
+        self.loss_fn = self.build_loss(temperature=temperature, base_temperature=temperature)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         views: list[Tensor] = batch["views"]

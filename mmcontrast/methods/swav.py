@@ -41,6 +41,7 @@ class SwAVArgs:
 class SwAV(VisionMethod):
     args_class = SwAVArgs
     loss_name = "swav"
+    uses_local_views = True
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)

@@ -41,6 +41,7 @@ class VisionMethod(Method):
 
     args_class: ClassVar[type]
     loss_name: ClassVar[str]
+    uses_local_views: ClassVar[bool] = False  # multi-crop (SwAV)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -52,9 +53,19 @@ class VisionMethod(Method):
                 f"{cfg.loss.name!r}; drop loss.name and set its options under loss.kwargs"
             )
         cfg.loss.name = self.loss_name
+        if cfg.augment.local_views and not self.uses_local_views:
+            raise ValueError(
+                f"augment.local_views = {cfg.augment.local_views}: method {cfg.method!r} uses "
+                "two views; multi-crop is for swav (set augment.local_views: 0)"
+            )
         self.backbone = build_tower(cfg.model.vision, "vision")
         self.steps_done: Tensor
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    def lr_prefixes(self) -> dict[str, float]:
+        """``model.vision.lr`` applies to the backbone's parameters."""
+        lr = self.cfg.model.vision.lr
+        return {} if lr is None else {"backbone.": lr}
 
     def build_loss(self, **defaults: Any) -> nn.Module:
         """The method's loss with the recipe's ``loss.kwargs`` over the method's defaults."""

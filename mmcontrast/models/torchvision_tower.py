@@ -33,23 +33,38 @@ class TorchvisionTower(Tower):
         self.model = torchvision.models.get_model(
             cfg.name, weights="DEFAULT" if use_default else None, **cfg.config_overrides
         )
-        for attribute in CLASSIFIER_ATTRIBUTES:
-            if isinstance(getattr(self.model, attribute, None), nn.Module):
-                setattr(self.model, attribute, nn.Identity())
-                break
-        if cfg.weights:
+        if cfg.weights:  # a full checkpoint, classifier included
             load_into(self.model, cfg.weights)
+        _drop_last_linear(self.model)
         self.size = 224
         with torch.no_grad():
             self.model.eval()
-            self.width = int(self.model(torch.zeros(1, 3, self.size, self.size)).shape[-1])
+            self.width = int(self(torch.zeros(1, 3, self.size, self.size)).shape[-1])
             self.model.train()
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        return self.model(pixel_values)
+        return self.model(pixel_values).flatten(1)
 
     def image_preprocess(self) -> ImagePreprocess:
         return ImagePreprocess(size=self.size)
+
+
+def _drop_last_linear(model: nn.Module) -> None:
+    """Replace the classifier's final ``Linear`` by the identity, keeping what precedes it
+    (ConvNeXt's LayerNorm, MobileNetV3's pre-logits layer)."""
+    for attribute in CLASSIFIER_ATTRIBUTES:
+        head = getattr(model, attribute, None)
+        if isinstance(head, nn.Linear):
+            setattr(model, attribute, nn.Identity())
+            return
+        if isinstance(head, nn.Sequential):
+            linears = [i for i, layer in enumerate(head) if isinstance(layer, nn.Linear)]
+            if linears:
+                head[linears[-1]] = nn.Identity()
+                if isinstance(head[linears[-1] - 1], nn.Dropout):  # dropout before logits only
+                    head[linears[-1] - 1] = nn.Identity()
+                return
+    raise ValueError(f"cannot find the classifier of {type(model).__name__} to remove")
 
 
 @TOWERS.register("torchvision", "torchvision.models classifiers by name (classifier removed)")

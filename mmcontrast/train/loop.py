@@ -48,15 +48,6 @@ def build_method(cfg: Config) -> Method:
     return METHODS.get(cfg.method)(cfg)
 
 
-def tower_learning_rates(cfg: Config) -> dict[str, float]:
-    """Parameter-name prefix -> learning rate for towers with their own ``lr``."""
-    rates = {}
-    for name, tower in (("vision", cfg.model.vision), ("text", cfg.model.text)):
-        if tower.lr is not None:
-            rates[f"model.{name}."] = tower.lr
-    return rates
-
-
 def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     """Train ``cfg``; ``resume`` is a checkpoint folder or ``latest``. Returns a summary."""
     output_dir = Path(cfg.train.output_dir)
@@ -92,7 +83,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
             cfg.train.seed
         ),  # keeps worker seeding off the global RNG
     )
-    optimizer = build_optimizer(method, cfg.train, tower_learning_rates(cfg))
+    optimizer = build_optimizer(method, cfg.train, method.lr_prefixes())
     method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / cfg.train.gradient_accumulation_steps)
     total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
