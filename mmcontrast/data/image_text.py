@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -32,7 +33,39 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_000_000_007 + index & 0x7FFF_FFFF_FFFF_FFFF
 
 
-class ImageTextDataset(Dataset):
+class SeededSamples(Dataset):
+    """Base of the training datasets: a table, an epoch, and per-sample randomness.
+
+    Subclasses draw every random number of sample ``index`` inside ``self.seeded(index)``,
+    a generator seeded by (seed, epoch, index), so a resumed run sees exactly the samples
+    the uninterrupted run saw, whatever the number of workers.
+    """
+
+    def __init__(self, table: Any, seed: int = 0) -> None:
+        self.table = table
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def skipped_at_load(self) -> dict[str, int]:
+        """Rows dropped when the table was loaded (e.g. empty captions, missing labels)."""
+        return dict(self.table.skipped)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @contextmanager
+    def seeded(self, index: int) -> Iterator[None]:
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator only: torch.manual_seed also seeds every accelerator, slowly
+            torch.random.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+            yield
+
+
+class ImageTextDataset(SeededSamples):
     """Yields ``{"pixel_values", "caption"}`` or ``{"skip": reason}`` for a bad sample.
 
     With ``vision_features`` (one row per table row, from a locked vision tower run once,
@@ -48,28 +81,13 @@ class ImageTextDataset(Dataset):
         vision_features: Tensor | None = None,
         bad_rows: dict[int, str] | None = None,
     ) -> None:
-        self.table = table
+        super().__init__(table, seed)
         self.transform = transform
-        self.seed = seed
-        self.epoch = 0
         self.vision_features = vision_features
         self.bad_rows = bad_rows or {}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def skipped_at_load(self) -> dict[str, int]:
-        """Rows dropped when the table was loaded (e.g. empty captions)."""
-        return dict(self.table.skipped)
-
-    def __len__(self) -> int:
-        return len(self.table)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also seeds every accelerator, slowly
-            torch.random.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+        with self.seeded(index):
             if self.vision_features is not None:
                 if index in self.bad_rows:
                     return {"skip": self.bad_rows[index]}
@@ -123,6 +141,17 @@ def _as_list(samples: list[Any]) -> list[Any]:
     return samples
 
 
+def _tensor_batches(
+    images: Tensor, transform: Callable[[Any], Tensor], batch_size: int
+) -> Iterator[tuple[list[int], Tensor | None, dict[int, str]]]:
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        batch = batch[:, None] if batch.ndim == 3 else batch  # [B, C, H, W]
+        if batch.shape[1] == 1:  # greyscale to RGB, as load_image does
+            batch = batch.expand(-1, 3, -1, -1)
+        yield list(range(start, start + len(batch))), transform(batch), {}
+
+
 def image_batches(
     table: ImageTable,
     transform: Callable[[Any], Tensor],
@@ -134,8 +163,13 @@ def image_batches(
     ``pixels`` stacks the readable images of ``rows`` (``None`` when none was readable);
     ``unreadable`` maps the other rows of the batch to the reason. Evaluation and feature
     caching both read images this way. The loader has its own generator, so reading never
-    draws from the global RNG.
+    draws from the global RNG. Tables holding their images as one uint8 tensor
+    (``table.images``, e.g. Fashion-MNIST) are transformed a whole batch at a time.
     """
+    images = getattr(table, "images", None)
+    if isinstance(images, Tensor):
+        yield from _tensor_batches(images, transform, batch_size)
+        return
     loader = DataLoader(
         ImageOnlyDataset(table, transform),
         batch_size=batch_size,

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from mmcontrast.config import DataConfig
-from mmcontrast.data.pairs import find_metadata
+from mmcontrast.data.pairs import find_metadata, load_dataset_split
 
 BUILTIN = "fashion_mnist"
 
@@ -182,13 +182,9 @@ def _load_folder(
 
 
 def _load_hub_or_script(cfg: DataConfig, split: str) -> tuple[datasets.Dataset, str, str, str]:
-    try:
-        dataset = datasets.load_dataset(cfg.path, cfg.name, split=split)
-    except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
-        raise ValueError(
-            f"cannot load dataset {cfg.path!r} split {split!r}: {err.__class__.__name__}: {err}. "
-            f"data.path must be {BUILTIN!r}, an imagefolder directory or a datasets name/path"
-        ) from None
+    dataset = load_dataset_split(
+        cfg, split, f"{BUILTIN!r}, an imagefolder directory or a datasets name/path"
+    )
     _check_column(dataset, cfg.image_column, cfg.path, "data.image_column")
     _check_column(dataset, cfg.label_column, cfg.path, "data.label_column")
     return dataset, cfg.image_column, cfg.label_column, cfg.path

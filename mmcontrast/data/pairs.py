@@ -96,14 +96,22 @@ def _load_imagefolder(folder: Path, split: str, cfg: DataConfig) -> PairTable:
     )
 
 
-def _load_hub_or_script(cfg: DataConfig, split: str) -> PairTable:
+def load_dataset_split(cfg: DataConfig, split: str, expected: str) -> datasets.Dataset:
+    """``datasets.load_dataset(cfg.path, cfg.name, split=split)``; failures say what
+    ``data.path`` may be (``expected``)."""
     try:
-        dataset = datasets.load_dataset(cfg.path, cfg.name, split=split)
+        return datasets.load_dataset(cfg.path, cfg.name, split=split)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
         raise ValueError(
             f"cannot load dataset {cfg.path!r} split {split!r}: {err.__class__.__name__}: {err}. "
-            f"data.path must be an imagefolder directory (with metadata.jsonl) or a datasets name/path"
+            f"data.path must be {expected}"
         ) from None
+
+
+def _load_hub_or_script(cfg: DataConfig, split: str) -> PairTable:
+    dataset = load_dataset_split(
+        cfg, split, "an imagefolder directory (with metadata.jsonl) or a datasets name/path"
+    )
     _check_columns(dataset, [cfg.image_column, cfg.caption_column], cfg.path)
     if isinstance(dataset.features.get(cfg.image_column), datasets.Image):
         dataset = dataset.cast_column(cfg.image_column, datasets.Image(decode=False))

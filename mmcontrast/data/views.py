@@ -23,12 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.utils import save_image
 
 from mmcontrast.config import AugmentConfig
-from mmcontrast.data.image_text import sample_seed
+from mmcontrast.data.image_text import SeededSamples
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.labelled import LabelledImages
 from mmcontrast.models.tower import ImagePreprocess
@@ -99,32 +98,17 @@ def _check(aug: AugmentConfig) -> None:
         raise ValueError("augment.local_views must be >= 0 and augment.local_size >= 1")
 
 
-class MultiViewDataset(Dataset):
+class MultiViewDataset(SeededSamples):
     """Yields ``{"views": [Tensor, ...], "label": int}`` or ``{"skip": reason}``."""
 
     def __init__(
         self, table: LabelledImages, transforms: Sequence[Callable[[Any], Tensor]], seed: int = 0
     ) -> None:
-        self.table = table
+        super().__init__(table, seed)
         self.transforms = list(transforms)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def skipped_at_load(self) -> dict[str, int]:
-        """Rows dropped when the table was loaded (e.g. missing labels)."""
-        return dict(self.table.skipped)
-
-    def __len__(self) -> int:
-        return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also seeds every accelerator, slowly
-            torch.random.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+        with self.seeded(index):
             try:
                 image = load_image(self.table.image(index))
             except BadSample as bad:

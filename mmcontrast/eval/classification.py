@@ -39,6 +39,16 @@ def _check_labels(labels: Tensor, n: int, num_classes: int | None, name: str = "
 
 
 @torch.no_grad()
+def resolve_num_classes(num_classes: int | None, *labels: Tensor) -> int:
+    """``num_classes`` checked against the largest label, or that label + 1 when None."""
+    seen = max(int(t.max()) for t in labels if t.numel())
+    if num_classes is None:
+        return seen + 1
+    if num_classes <= seen:
+        raise ValueError(f"num_classes={num_classes} but labels go up to {seen}")
+    return num_classes
+
+
 def true_class_ranks(scores: Tensor, labels: Tensor, ties: TieRule = "pessimistic") -> Tensor:
     """Counts, for every sample, the other classes ranked ahead of its true class.
 

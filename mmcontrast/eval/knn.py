@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmcontrast.eval.classification import _check_labels, metrics_from_ranks, true_class_ranks
+from mmcontrast.eval.classification import (
+    _check_labels,
+    metrics_from_ranks,
+    resolve_num_classes,
+    true_class_ranks,
+)
 
 __all__ = ["knn_metrics", "knn_scores"]
 
@@ -62,13 +67,8 @@ def _prepare(
     if not (torch.isfinite(bank_features).all() and torch.isfinite(query_features).all()):
         raise ValueError("features contain NaN or Inf")
     _check_labels(bank_labels, n_bank, None, name="bank_labels")
-    seen = int(bank_labels.max())
-    if extra_labels is not None and extra_labels.numel():
-        seen = max(seen, int(extra_labels.max()))
-    if num_classes is None:
-        num_classes = seen + 1
-    elif num_classes <= seen:
-        raise ValueError(f"num_classes={num_classes} but labels go up to {seen}")
+    extra = () if extra_labels is None else (extra_labels,)
+    num_classes = resolve_num_classes(num_classes, bank_labels, *extra)
     device = bank_features.device
     dtype = torch.promote_types(
         torch.promote_types(bank_features.dtype, query_features.dtype), torch.float32

@@ -21,7 +21,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mmcontrast.eval.classification import _check_labels, classification_metrics, true_class_ranks
+from mmcontrast.eval.classification import (
+    _check_labels,
+    classification_metrics,
+    resolve_num_classes,
+    true_class_ranks,
+)
 
 __all__ = ["linear_probe"]
 
@@ -165,11 +170,7 @@ def linear_probe(
         raise ValueError(f"weight_decays must be a non-empty list of values >= 0, got {wds}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    seen = max(int(train_labels.max()), int(test_labels.max()))
-    if num_classes is None:
-        num_classes = seen + 1
-    elif num_classes <= seen:
-        raise ValueError(f"num_classes={num_classes} but labels go up to {seen}")
+    num_classes = resolve_num_classes(num_classes, train_labels, test_labels)
 
     device = train_features.device
     dtype = torch.promote_types(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -110,7 +109,9 @@ class VisionMethod(Method):
         features: list[Tensor] = []
         rows: list[int] = []
         skipped: Counter = Counter()
-        for batch_rows, pixels, unreadable in self._eval_batches(table, transform):
+        for batch_rows, pixels, unreadable in image_batches(
+            table, transform, self.cfg.eval.batch_size, self.cfg.data.num_workers
+        ):
             skipped.update(unreadable.values())
             if pixels is not None:
                 features.append(self.backbone(pixel_values=pixels.to(device)).float().cpu())
@@ -118,21 +119,6 @@ class VisionMethod(Method):
         self.train(was_training)
         labels = table.labels()[torch.tensor(rows, dtype=torch.long)]
         return torch.cat(features), labels, skipped
-
-    def _eval_batches(
-        self, table: LabelledImages, transform: Any
-    ) -> Iterator[tuple[list[int], Tensor | None, dict[int, str]]]:
-        """Like ``image_batches``; in-memory uint8 images are transformed a batch at a time."""
-        size = self.cfg.eval.batch_size
-        if table.images is None:
-            yield from image_batches(table, transform, size, self.cfg.data.num_workers)
-            return
-        for start in range(0, len(table), size):
-            images = table.images[start : start + size]
-            images = images[:, None] if images.ndim == 3 else images  # [B, C, H, W]
-            if images.shape[1] == 1:  # greyscale to RGB, as load_image does
-                images = images.expand(-1, 3, -1, -1)
-            yield list(range(start, start + len(images))), transform(images), {}
 
     def evaluate(
         self,
