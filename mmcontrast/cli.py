@@ -5,6 +5,7 @@ Examples::
     mmcontrast train recipes/quickstart.yaml --set train.lr=3e-4
     mmcontrast train recipes/quickstart.yaml --resume latest
     mmcontrast eval --model runs/quickstart --data data/emoji --split test
+    mmcontrast eval --model runs/quickstart --task zeroshot --data emoji-category
     mmcontrast list losses
     mmcontrast data emoji --output data/emoji
 """
@@ -28,9 +29,18 @@ def _registries() -> dict[str, object]:
     import mmcontrast.losses  # noqa: F401
     import mmcontrast.methods  # noqa: F401
     import mmcontrast.models  # noqa: F401
+    from mmcontrast.eval.adapters import MODEL_FAMILIES
+    from mmcontrast.eval.tasks import TASKS
     from mmcontrast.registry import DATASETS, LOSSES, METHODS, TOWERS
 
-    return {"towers": TOWERS, "losses": LOSSES, "methods": METHODS, "datasets": DATASETS}
+    return {
+        "towers": TOWERS,
+        "losses": LOSSES,
+        "methods": METHODS,
+        "datasets": DATASETS,
+        "models": MODEL_FAMILIES,
+        "tasks": TASKS,
+    }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -50,12 +60,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mmcontrast.eval.run import evaluate_run
+    from mmcontrast.eval.suite import evaluate_models
+    from mmcontrast.eval.tasks import EvalOptions
 
-    metrics = evaluate_run(
-        args.model, data=args.data, split=args.split, output_dir=args.output, overrides=args.set
+    options = EvalOptions(
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        templates=args.templates,
+        max_samples=args.max_samples,
+        max_matrix_elements=args.max_matrix_elements,
+        pictures=not args.no_pictures,
     )
-    print(json.dumps(metrics, indent=2))
+    class_names = None
+    if args.class_names:
+        lines = Path(args.class_names).read_text().splitlines()
+        class_names = [line.strip() for line in lines if line.strip()]
+    evaluate_models(
+        args.model,
+        args.task,
+        data=args.data,
+        output_dir=args.output,
+        options=options,
+        split=args.split,
+        train_split=args.train_split,
+        columns={
+            "image_column": args.image_column,
+            "caption_column": args.caption_column,
+            "label_column": args.label_column,
+        },
+        class_names=class_names,
+        device=args.device,
+    )
     return 0
 
 
@@ -72,7 +107,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue
         print(f"{name}:")
         for entry, doc in registry.describe().items():  # type: ignore[attr-defined]
-            print(f"  {entry:<12} {doc}")
+            print(f"  {entry:<24} {doc}")
     return 0
 
 
@@ -119,33 +154,71 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a trained run",
-        description="Image-text retrieval of a trained run on held-out pairs.",
+        help="evaluate models: retrieval, zero-shot, kNN, linear probe",
+        description=(
+            "Evaluate one or more models on one or more tasks. MODEL is an mmcontrast run or "
+            "checkpoint folder, a transformers CLIPModel / SiglipModel / "
+            "VisionTextDualEncoderModel folder or Hub id, or open_clip:NAME[:PRETRAINED] "
+            "(a tag or a checkpoint file); prefix a family to skip detection (siglip:DIR). "
+            "DATA is an imagefolder, a datasets name, or a built-in: emoji (retrieval), "
+            "emoji-category, emoji-subcategory, fashion_mnist (zero-shot, kNN, linear)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  mmcontrast eval --model runs/quickstart\n"
+            "  mmcontrast eval --model runs/quickstart --task zeroshot --data emoji-category\n"
+            "  mmcontrast eval --model runs/a --model runs/b --task retrieval --task zeroshot "
+            "--data emoji-subcategory\n"
+            "  mmcontrast eval --model open_clip:ViT-B-32:laion2b_s34b_b79k --task retrieval "
+            "--data data/coco --caption-column captions"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--model", required=True, action="append", help="model to evaluate (repeatable)")
     p.add_argument(
-        "--model",
-        required=True,
-        help="a run folder (with config.yaml and model.safetensors) or a checkpoint folder",
+        "--task",
+        action="append",
+        choices=["retrieval", "zeroshot", "knn", "linear"],
+        help="task (repeatable); default: a run's own evaluation, zeroshot for "
+        "classification data, else retrieval",
     )
+    p.add_argument("--data", help="data to evaluate on (default: an mmcontrast run's own data)")
+    p.add_argument("--split", help="split to score (default: test, or the run's eval split)")
+    p.add_argument("--train-split", help="kNN bank / linear-probe training split (default train)")
+    p.add_argument("--image-column", help="image column of the data (default image)")
+    p.add_argument("--caption-column", help="caption column for retrieval (default text)")
+    p.add_argument("--label-column", help="label column for classification (default label)")
     p.add_argument(
-        "--data", help="imagefolder directory or datasets name (default: the run's data.path)"
+        "--templates",
+        help="zero-shot prompt set: openai_imagenet (80), simple, photo, name "
+        "(default: the data's own, else openai_imagenet)",
     )
-    p.add_argument("--split", help="split to evaluate (default: the run's data.eval_split)")
+    p.add_argument("--class-names", help="text file, one prompt name per class in label order")
+    p.add_argument("--batch-size", type=int, default=64, help="images or texts per batch")
+    p.add_argument("--num-workers", type=int, default=0, help="image decoding processes")
+    p.add_argument("--max-samples", type=int, help="score only the first N rows of each split")
+    p.add_argument(
+        "--max-matrix-elements",
+        type=int,
+        default=2**26,
+        help="largest similarity matrix held at once (memory bound)",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-pictures", action="store_true", help="skip the PNG grid / matrix")
     p.add_argument(
         "--output",
-        help="folder for retrieval.json, the table and the PNG grid (default: MODEL/eval)",
-    )
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config value of the run"
+        help="result folder (default: RUN/eval for one mmcontrast run, else eval_results)",
     )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("list", help="list recipes and registered towers, losses, methods, datasets")
+    p = sub.add_parser(
+        "list", help="list recipes, towers, losses, methods, datasets, model families, eval tasks"
+    )
     p.add_argument(
         "what",
         nargs="?",
         default="all",
-        choices=["all", "recipes", "towers", "losses", "methods", "datasets"],
+        choices=["all", "recipes", "towers", "losses", "methods", "datasets", "models", "tasks"],
     )
     p.set_defaults(func=cmd_list)
 

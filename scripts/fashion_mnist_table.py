@@ -59,14 +59,14 @@ def train_run(method: str, output: Path) -> float:
 
 def evaluate_run(method: str, output: Path, reuse: bool = False) -> dict[str, float]:
     """Evaluate a finished run (``reuse``: read its evaluation if it is newer than the model)."""
-    files = [output / "eval" / f"{task}.json" for task in ("knn", "linear_probe")]
+    files = [output / "eval" / f"{task}.json" for task in ("knn", "linear")]
     model = output / "model.safetensors"
     fresh = all(f.is_file() and f.stat().st_mtime > model.stat().st_mtime for f in files)
     if not (reuse and fresh):
         command = [sys.executable, "-m", "mmcontrast", "eval", "--model", str(output)]
         subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     metrics: dict[str, float] = {}
-    for task in ("knn", "linear_probe"):
+    for task in ("knn", "linear"):
         metrics.update(json.loads((output / "eval" / f"{task}.json").read_text())["metrics"])
     return metrics
 

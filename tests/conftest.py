@@ -19,6 +19,11 @@ COLOURS = {
     "yellow": (230, 220, 30),
 }
 SHAPES = ["circle", "square", "triangle", "star"]
+TINY_OPEN_CLIP = {  # an open_clip model config small enough for CPU tests
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_OPEN_CLIP
 
 from mmcontrast.config import ModelConfig, TowerConfig, load_recipe
 from mmcontrast.models import build_dual_encoder, build_tower
@@ -116,25 +117,8 @@ def test_timm_tower() -> None:
 
 
 def test_open_clip_towers_from_config_json(tmp_path: Path) -> None:
-    config = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "patch_size": 8,
-            "head_width": 16,
-        },
-        "text_cfg": {
-            "context_length": 16,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
     path = tmp_path / "tiny-oc.json"
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps(TINY_OPEN_CLIP))
     vision = build_tower(
         TowerConfig(source="open_clip", name=str(path), pretrained=False), "vision"
     )

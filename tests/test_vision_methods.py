@@ -187,7 +187,7 @@ def test_training_and_evaluation_from_the_cli_recipe(labelled_dir: Path, tmp_pat
     metrics = summary["eval"]
     assert {"knn3_acc1", "lp_acc1", "lp_mean_per_class_recall"} <= set(metrics)
     assert (tmp_path / "eval" / "knn.json").is_file()
-    assert (tmp_path / "eval" / "linear_probe.json").is_file()
+    assert (tmp_path / "eval" / "linear.json").is_file()
 
 
 @pytest.mark.parametrize(

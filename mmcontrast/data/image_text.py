@@ -164,10 +164,11 @@ def image_batches(
     ``unreadable`` maps the other rows of the batch to the reason. Evaluation and feature
     caching both read images this way. The loader has its own generator, so reading never
     draws from the global RNG. Tables holding their images as one uint8 tensor
-    (``table.images``, e.g. Fashion-MNIST) are transformed a whole batch at a time.
+    (``table.images``, e.g. Fashion-MNIST) are transformed a whole batch at a time, unless
+    the transform says it takes one image at a time (``transform.per_image``).
     """
     images = getattr(table, "images", None)
-    if isinstance(images, Tensor):
+    if isinstance(images, Tensor) and not getattr(transform, "per_image", False):
         yield from _tensor_batches(images, transform, batch_size)
         return
     loader = DataLoader(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,18 +11,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmcontrast.data.image_text import image_batches
 from mmcontrast.data.images import load_image
 from mmcontrast.data.pairs import PairTable
+from mmcontrast.eval.adapters.base import EvalModel
+from mmcontrast.eval.embed import embed_images, embed_texts
 from mmcontrast.eval.plots import save_retrieval_grid, topk_texts_to_images
+from mmcontrast.eval.report import write_result
 from mmcontrast.eval.retrieval import format_table, retrieval_metrics
-from mmcontrast.models.dual_encoder import DualEncoder
 
 
 @dataclass
 class EmbeddedPairs:
-    image_features: Tensor  # [Ni, D], L2-normalised
-    text_features: Tensor  # [Nt, D], L2-normalised
+    image_features: Tensor  # [Ni, D]
+    text_features: Tensor  # [Nt, D]
     text_to_image: Tensor  # [Nt] index into image_features
     captions: list[str]
     rows: list[int]  # table row of each embedded image
@@ -32,79 +32,63 @@ class EmbeddedPairs:
 
 @torch.no_grad()
 def embed_pairs(
-    model: DualEncoder,
+    model: EvalModel,
     table: PairTable,
-    transform: Callable[[Any], Tensor],
-    tokenizer: Callable[[list[str]], dict[str, Tensor]],
     batch_size: int = 128,
     num_workers: int = 0,
+    accelerator: Any = None,
 ) -> EmbeddedPairs:
     """Embed every readable image of ``table`` and all of its captions."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    image_chunks, rows, skipped = [], [], Counter(table.skipped)
-    for batch_rows, pixels, unreadable in image_batches(table, transform, batch_size, num_workers):
-        skipped.update(unreadable.values())
-        if pixels is not None:
-            image_chunks.append(model.get_image_features(pixels.to(device)).float().cpu())
-            rows += batch_rows
+    images = embed_images(model, table, batch_size, num_workers, accelerator)
     captions, owners = [], []
-    for position, row in enumerate(rows):
+    for position, row in enumerate(images.rows):
         for caption in table.captions(row):
             captions.append(caption)
             owners.append(position)
-    text_chunks = []
-    for start in range(0, len(captions), batch_size):
-        tokens = {
-            k: v.to(device) for k, v in tokenizer(captions[start : start + batch_size]).items()
-        }
-        text_chunks.append(model.get_text_features(**tokens).float().cpu())
-    model.train(was_training)
-    dim = model.embed_dim
     return EmbeddedPairs(
-        image_features=torch.cat(image_chunks) if image_chunks else torch.empty(0, dim),
-        text_features=torch.cat(text_chunks) if text_chunks else torch.empty(0, dim),
+        image_features=images.features,
+        text_features=embed_texts(model, captions, batch_size),
         text_to_image=torch.tensor(owners, dtype=torch.long),
         captions=captions,
-        rows=rows,
-        skipped=skipped,
+        rows=images.rows,
+        skipped=images.skipped,
     )
 
 
 def evaluate_retrieval(
-    model: DualEncoder,
+    model: EvalModel,
     table: PairTable,
-    transform: Callable[[Any], Tensor],
-    tokenizer: Callable[[list[str]], dict[str, Tensor]],
     batch_size: int = 128,
-    ks: list[int] | tuple[int, ...] = (1, 5, 10),
+    ks: Sequence[int] = (1, 5, 10),
     output_dir: str | Path | None = None,
     grid_queries: int = 12,
     extra: dict[str, Any] | None = None,
+    num_workers: int = 0,
+    max_matrix_elements: int = 2**26,
+    accelerator: Any = None,
 ) -> dict[str, float]:
-    """Retrieval metrics (CLIP_benchmark keys); with ``output_dir``, also JSON, table and PNG."""
-    embedded = embed_pairs(model, table, transform, tokenizer, batch_size)
-    if len(embedded.rows) == 0:
-        raise ValueError(
-            f"no readable images in the evaluation data {table.source} (skipped: {dict(embedded.skipped)})"
-        )
+    """Retrieval metrics (CLIP_benchmark keys); with ``output_dir``, also JSON, table and PNG.
+
+    With a multi-process ``accelerator`` the images are embedded in shards (every process
+    gets the metrics); pass ``output_dir`` on the main process only.
+    """
+    embedded = embed_pairs(model, table, batch_size, num_workers, accelerator)
     metrics = retrieval_metrics(
-        embedded.image_features, embedded.text_features, embedded.text_to_image, ks=tuple(ks)
+        embedded.image_features,
+        embedded.text_features,
+        embedded.text_to_image,
+        ks=tuple(ks),
+        max_matrix_elements=max_matrix_elements,
     )
     if output_dir is not None:
         output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        record = {
-            "task": "retrieval",
+        details = {
             "data": table.source,
             "num_images": len(embedded.rows),
             "num_texts": len(embedded.captions),
             "skipped": dict(embedded.skipped),
-            "metrics": metrics,
-            **(extra or {}),
         }
-        (output_dir / "retrieval.json").write_text(json.dumps(record, indent=2))
+        write_result(output_dir, "retrieval", metrics, {**details, **(extra or {})})
         (output_dir / "retrieval.txt").write_text(format_table(metrics) + "\n")
         if grid_queries > 0:
             _write_grid(embedded, table, output_dir / "retrieval_grid.png", grid_queries)

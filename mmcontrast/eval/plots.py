@@ -1,16 +1,28 @@
-"""Visual checks for retrieval: top-k lookup and a caption -> images PNG grid."""
+"""Evaluation pictures: a retrieval grid, a confusion matrix and training curves.
+
+All figures are drawn on matplotlib's Agg canvas (``Figure`` + ``FigureCanvasAgg``),
+so no display is needed and the global pyplot backend is left untouched.
+"""
 
 from __future__ import annotations
 
+import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["save_retrieval_grid", "topk_texts_to_images"]
+__all__ = [
+    "save_confusion_matrix",
+    "save_retrieval_grid",
+    "save_training_curves",
+    "topk_texts_to_images",
+]
 
 _CELL_INCHES = 2.0  # side of one image cell
 _LABEL_INCHES = 0.3  # room above each row for the rank labels
@@ -214,4 +226,304 @@ def save_retrieval_grid(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=_DPI, facecolor="white")
+    return out
+
+
+# Confusion matrix layout: one square cell per class pair, sized so the matrix is
+# 6-16 inches wide; cells are annotated only while the text fits.
+_CM_MATRIX_INCHES = 14.0
+_CM_CELL_MIN, _CM_CELL_MAX = 0.16, 0.6  # inches
+_CM_ANNOTATE_MAX = 25  # largest number of shown classes with per-cell numbers
+_CM_NAME_CHARS_FEW, _CM_NAME_CHARS_MANY = 24, 18
+
+
+def _short(name: str, max_chars: int) -> str:
+    name = " ".join(str(name).split())
+    return name if len(name) <= max_chars else name[: max_chars - 1].rstrip() + "\u2026"
+
+
+def _check_matrix(matrix: Tensor, class_names: Sequence[str], max_classes: int) -> Tensor:
+    counts = torch.as_tensor(matrix).detach().cpu()
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+        raise ValueError(f"matrix must be square [C, C] with C >= 1, got {tuple(counts.shape)}")
+    if len(class_names) != counts.shape[0]:
+        raise ValueError(f"got {len(class_names)} class names for a {counts.shape[0]}-class matrix")
+    if max_classes < 1:
+        raise ValueError(f"max_classes must be >= 1, got {max_classes}")
+    counts = counts.to(torch.float64)
+    if not torch.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError("matrix entries must be finite and non-negative counts")
+    return counts
+
+
+def save_confusion_matrix(
+    path: str | Path,
+    matrix: Tensor,
+    class_names: Sequence[str],
+    normalize: bool = True,
+    max_classes: int = 100,
+) -> Path:
+    """Saves a confusion matrix as a PNG heat map.
+
+    Rows are true classes, columns predicted classes (the layout of
+    :func:`~mmcontrast.eval.classification.confusion_matrix`). Cell colours are
+    always row-normalised (the fraction of the true class predicted as the
+    column, so the diagonal is each class's recall and large classes do not
+    drown small ones); rows without samples are grey. With at most 25 shown
+    classes every non-zero cell is annotated, with its row percentage when
+    ``normalize`` is True or its raw count otherwise, and cell borders are drawn;
+    with more classes the annotations are dropped and the cells, fonts and
+    labels shrink (the figure grows to about 16 inches for 100 classes).
+    Class names longer than 24 characters (18 with more than 25 classes) are
+    cut with an ellipsis; column labels are rotated. The title gives the
+    accuracy, the mean per-class recall and the number of samples, over the
+    full matrix.
+
+    When the matrix has more than ``max_classes`` classes, only the
+    ``max_classes`` classes involved in the most errors (off-diagonal entries
+    of their row plus column) are drawn, in label order, and the title says so;
+    their colours still use the full row totals.
+
+    Args:
+        path: Output PNG path; parent directories are created.
+        matrix: Counts ``[C, C]`` (any real dtype, non-negative).
+        class_names: The C class names, in label order.
+        normalize: Annotate row percentages (True) or raw counts (False).
+        max_classes: Most classes drawn.
+
+    Returns:
+        The path of the written PNG.
+
+    Raises:
+        ValueError: On a non-square or empty matrix, a name count other than C,
+            negative or non-finite entries, or ``max_classes < 1``.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = _check_matrix(matrix, class_names, max_classes)
+    n_classes = counts.shape[0]
+    diag = counts.diagonal()
+    row_totals, col_totals = counts.sum(1), counts.sum(0)
+    total = float(counts.sum())
+    present = row_totals > 0
+    accuracy = float(diag.sum()) / total if total else math.nan
+    mean_recall = float((diag[present] / row_totals[present]).mean()) if present.any() else math.nan
+
+    shown = torch.arange(n_classes)
+    note = ""
+    if n_classes > max_classes:
+        errors = row_totals + col_totals - 2 * diag
+        order = sorted(range(n_classes), key=lambda i: (-float(errors[i]), i))
+        shown = torch.tensor(sorted(order[:max_classes]))
+        note = f"\nshowing the {max_classes} of {n_classes} classes with the most errors"
+    m = len(shown)
+    sub = counts[shown][:, shown]
+    totals = row_totals[shown, None]
+    fractions = torch.where(totals > 0, sub / totals.clamp_min(1e-300), torch.nan)
+
+    cell = min(_CM_CELL_MAX, max(_CM_CELL_MIN, _CM_MATRIX_INCHES / m))
+    few = m <= _CM_ANNOTATE_MAX
+    tick_size = min(10.0, max(5.0, cell * 72 * 0.6))
+    name_chars = _CM_NAME_CHARS_FEW if few else _CM_NAME_CHARS_MANY
+    names = [_short(class_names[int(i)], name_chars) for i in shown]
+    label_in = max(len(n) for n in names) * tick_size * 0.6 / 72 + 0.6
+    side = max(cell * m, 4.0)  # room for the title
+    fig = Figure(figsize=(side + label_in + 1.5, side + label_in + 1.2), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#d9d9d9")
+    image = ax.imshow(fractions.numpy(), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046 * max(1.0, 6.0 / side), pad=0.02)
+    colorbar.set_label("fraction of the true class (row-normalised)", fontsize=9)
+
+    ax.set_xticks(range(m), names, fontsize=tick_size)
+    ax.set_yticks(range(m), names, fontsize=tick_size)
+    if few:
+        for label in ax.get_xticklabels():
+            label.set(rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_xticks([i - 0.5 for i in range(m + 1)], minor=True)
+        ax.set_yticks([i - 0.5 for i in range(m + 1)], minor=True)
+        ax.grid(which="minor", color="white", linewidth=1.0)
+        ax.tick_params(which="minor", length=0)
+        text_size = min(10.0, max(6.0, cell * 72 * 0.32))
+        for r in range(m):
+            for c in range(m):
+                count = float(sub[r, c])
+                if count == 0:
+                    continue
+                frac = float(fractions[r, c])
+                if normalize:
+                    pct = 100 * frac
+                    text = "<1" if 0 < pct < 0.5 else f"{pct:.0f}"
+                else:
+                    text = f"{count:.0f}" if count.is_integer() else f"{count:.3g}"
+                color = "white" if frac > 0.6 else "#1a1a1a"
+                ax.text(c, r, text, ha="center", va="center", fontsize=text_size, color=color)
+    else:
+        for label in ax.get_xticklabels():
+            label.set(rotation=90, ha="center")
+        ax.tick_params(length=2, pad=1)
+    ax.set_xlabel("predicted class", fontsize=10)
+    ax.set_ylabel("true class", fontsize=10)
+    unit = " (cells: % of row)" if few and normalize else " (cells: counts)" if few else ""
+    ax.set_title(
+        f"Confusion matrix{unit}\naccuracy {100 * accuracy:.1f}%, mean per-class recall "
+        f"{100 * mean_recall:.1f}%, {total:.0f} samples{note}",
+        fontsize=10,
+    )
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=_DPI, facecolor="white", bbox_inches="tight")
+    return out
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` finite values (NaN stays a gap)."""
+    out: list[float] = []
+    recent: list[float] = []
+    for v in values:
+        if math.isfinite(v):
+            recent = (recent + [v])[-window:]
+            out.append(sum(recent) / len(recent))
+        else:
+            out.append(math.nan)
+    return out
+
+
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    pairs = [(float(r["step"]), float(r[key])) for r in records if _numeric(r.get(key))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _check_records(records: Any, name: str) -> list[dict[str, Any]]:
+    if not isinstance(records, Sequence) or isinstance(records, str | bytes):
+        raise ValueError(f"{name} must be a list of dicts, got {type(records).__name__}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or not _numeric(record.get("step")):
+            raise ValueError(f"{name}[{i}] must be a dict with a numeric 'step', got {record!r}")
+    return list(records)
+
+
+def save_training_curves(
+    path: str | Path,
+    history: list[dict[str, Any]],
+    eval_history: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Saves loss, learning rate and evaluation metrics against step as a PNG.
+
+    Panels, top to bottom, sharing the step axis:
+
+    * ``loss`` of every training record; with 25 or more points the raw curve is
+      drawn faintly under a trailing moving average (window ``n // 25``). The
+      axis is logarithmic when the loss is positive and spans over 20x.
+    * ``lr``, when the records have it.
+    * Evaluation metrics from ``eval_history`` (one line with markers per key,
+      ``step`` and ``epoch`` excluded): metrics whose values all lie in [0, 1]
+      (accuracies, recalls) share one panel, the others (ranks, losses) get a
+      second one, so the scales do not crush each other.
+
+    Non-numeric and non-finite values are skipped (NaN leaves a gap); records
+    may carry other keys (``pairs_per_s``, temperatures), which are ignored.
+
+    Args:
+        path: Output PNG path; parent directories are created.
+        history: Training records, each ``{"step", "loss", "lr", ...}`` (the
+            trainer's ``history`` / ``history.jsonl`` rows).
+        eval_history: Evaluation records, each ``{"step": int, metric: float,
+            ...}``; None or empty for none.
+
+    Returns:
+        The path of the written PNG.
+
+    Raises:
+        ValueError: If a record is not a dict with a numeric ``step``, or no
+            record has a numeric ``loss``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = _check_records(history, "history")
+    evals = _check_records(eval_history or [], "eval_history")
+    steps, losses = _series(records, "loss")
+    if not any(math.isfinite(v) for v in losses):
+        raise ValueError("history has no record with a finite numeric 'loss'")
+    lr_steps, lrs = _series(records, "lr")
+
+    metric_names = list(
+        dict.fromkeys(
+            k for r in evals for k, v in r.items() if k not in ("step", "epoch") and _numeric(v)
+        )
+    )
+    fraction_metrics: list[str] = []
+    other_metrics: list[str] = []
+    for name in metric_names:
+        values = [v for v in _series(evals, name)[1] if math.isfinite(v)]
+        if values:
+            bounded = all(0.0 <= v <= 1.0 for v in values)
+            (fraction_metrics if bounded else other_metrics).append(name)
+
+    panels: list[tuple[str, float]] = [("loss", 2.0)]
+    if lrs:
+        panels.append(("lr", 1.0))
+    if fraction_metrics:
+        panels.append(("eval", 2.0))
+    if other_metrics:
+        panels.append(("eval_other", 1.6))
+    fig = Figure(figsize=(9.0, 1.0 + 1.6 * sum(h for _, h in panels)), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(len(panels), 1, height_ratios=[h for _, h in panels], hspace=0.12)
+    axes: list[Any] = []
+    for i, (kind, _) in enumerate(panels):
+        ax = fig.add_subplot(grid[i], sharex=axes[0] if axes else None)
+        ax.grid(True, color="#e0e0e0", linewidth=0.6)
+        axes.append(ax)
+        if kind == "loss":
+            window = len(losses) // 25
+            if window > 1:
+                ax.plot(steps, losses, color="#1f77b4", alpha=0.3, linewidth=0.8, label="loss")
+                ax.plot(
+                    steps,
+                    _moving_average(losses, window),
+                    color="#1f77b4",
+                    linewidth=1.6,
+                    label=f"loss, mean of last {window}",
+                )
+                ax.legend(fontsize=8, loc="upper right")
+            else:
+                ax.plot(steps, losses, color="#1f77b4", linewidth=1.4, marker=".")
+            finite = [v for v in losses if math.isfinite(v)]
+            if min(finite) > 0 and max(finite) / min(finite) > 20:
+                ax.set_yscale("log")
+            ax.set_ylabel("train loss")
+            ax.set_title("Training curves", fontsize=11)
+        elif kind == "lr":
+            ax.plot(lr_steps, lrs, color="#ff7f0e", linewidth=1.4)
+            ax.set_ylabel("learning rate")
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        else:
+            names = fraction_metrics if kind == "eval" else other_metrics
+            for name in names:
+                ax.plot(*_series(evals, name), marker="o", markersize=3, linewidth=1.2, label=name)
+            ax.set_ylabel("eval (fraction)" if kind == "eval" else "eval")
+            ax.legend(
+                fontsize=8,
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                ncol=1 + len(names) // 16,
+                frameon=False,
+            )
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+    axes[-1].set_xlabel("step")
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=_DPI, facecolor="white", bbox_inches="tight")
     return out

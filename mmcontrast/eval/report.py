@@ -1,10 +1,17 @@
-"""Readable text for any metrics dict: the retrieval table, or aligned name/value rows."""
+"""Result files and readable text: per-task JSON, metric tables, model comparison tables."""
 
 from __future__ import annotations
+
+import json
+import math
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
 from mmcontrast.eval.retrieval import format_table
 
 RETRIEVAL_PREFIXES = ("image_retrieval_", "text_retrieval_")
+PACKAGES = ("mmcontrast", "torch", "transformers", "open_clip_torch", "datasets")
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -15,3 +22,55 @@ def format_metrics(metrics: dict[str, float]) -> str:
         width = max(len(k) for k in others)
         parts.append("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in others.items()))
     return "\n".join(parts)
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that decide the numbers."""
+    import torch
+
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    found["torch"] = torch.__version__  # with its build tag (+cu130, +cpu)
+    return found
+
+
+def write_result(
+    output_dir: str | Path, task: str, metrics: dict[str, float], details: dict[str, Any]
+) -> Path:
+    """``OUTPUT/TASK.json``: ``{"task", **details, "metrics"}`` (non-finite values as null)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+    path = output_dir / f"{task}.json"
+    path.write_text(json.dumps({"task": task, **details, "metrics": clean}, indent=2, default=str))
+    return path
+
+
+def comparison_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown table, one row per model, one column per (task, headline metric)."""
+    columns: list[tuple[str, str]] = []
+    for by_task in results.values():
+        for task, metrics in by_task.items():
+            for key in headline_keys(task, metrics):
+                if (task, key) not in columns:
+                    columns.append((task, key))
+    header = ["model", *(f"{task}: {key}" for task, key in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for model, by_task in results.items():
+        cells = [model]
+        for task, key in columns:
+            value = by_task.get(task, {}).get(key)
+            cells.append("-" if value is None or not math.isfinite(value) else f"{value:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def headline_keys(task: str, metrics: dict[str, float]) -> list[str]:
+    """The metrics worth a column: recalls for retrieval, accuracies and recall otherwise."""
+    if task == "retrieval":
+        return [k for k in metrics if "_recall@" in k]
+    return [k for k in metrics if "acc1" in k or "acc5" in k or "mean_per_class_recall" in k]

@@ -37,8 +37,14 @@ class Method(nn.Module):
         output_dir: Path | None = None,
         step: int | None = None,
         extra: dict[str, Any] | None = None,
+        accelerator: Any = None,
     ) -> dict[str, float]:
-        """Held-out metrics; ``output_dir`` receives JSON (with ``extra``) and pictures. Default: none."""
+        """Held-out metrics; ``output_dir`` receives JSON (with ``extra``) and pictures.
+
+        Called on every process with the training ``accelerator`` (embeddings are sharded
+        and gathered; every process returns the metrics) and ``output_dir`` on the main
+        process only, or outside training with neither. Default: no metrics.
+        """
         return {}
 
     def lr_prefixes(self) -> dict[str, float]:

@@ -95,18 +95,26 @@ class ImageTextContrastive(Method):
         output_dir: Path | None = None,
         step: int | None = None,
         extra: dict[str, Any] | None = None,
+        accelerator: Any = None,
     ) -> dict[str, float]:
         if not self.cfg.data.eval_split:
             return {}
+        from mmcontrast.eval.adapters.mmcontrast_run import MmcontrastAdapter
+
         table = load_pairs(self.cfg.data, self.cfg.data.eval_split, self.cfg.data.max_eval_samples)
-        return evaluate_retrieval(
-            self.model,
-            table,
-            self.image_transform(train=False),
-            self.model.text.tokenizer(),
-            batch_size=self.cfg.eval.batch_size,
-            ks=self.cfg.eval.ks,
-            output_dir=output_dir,
-            grid_queries=self.cfg.eval.grid_queries if self.cfg.eval.grid_png else 0,
-            extra=extra,
-        )
+        was_training = self.training
+        self.eval()
+        try:
+            return evaluate_retrieval(
+                MmcontrastAdapter("training", next(self.parameters()).device, self),
+                table,
+                batch_size=self.cfg.eval.batch_size,
+                ks=self.cfg.eval.ks,
+                output_dir=output_dir,
+                grid_queries=self.cfg.eval.grid_queries if self.cfg.eval.grid_png else 0,
+                extra={"step": step, **(extra or {})},
+                num_workers=self.cfg.data.num_workers,
+                accelerator=accelerator,
+            )
+        finally:
+            self.train(was_training)

@@ -9,7 +9,6 @@ with weighted kNN and a linear probe.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,9 +18,7 @@ from accelerate import PartialState
 from torch import Tensor, nn
 
 from mmcontrast.config import Config, from_dict, to_dict
-from mmcontrast.data.image_text import image_batches
 from mmcontrast.data.labelled import LabelledImages, load_labelled
-from mmcontrast.data.transforms import image_transform
 from mmcontrast.data.views import (
     MultiViewCollator,
     MultiViewDataset,
@@ -30,6 +27,7 @@ from mmcontrast.data.views import (
 )
 from mmcontrast.eval.knn import knn_metrics
 from mmcontrast.eval.linear_probe import linear_probe
+from mmcontrast.eval.report import write_result
 from mmcontrast.methods.base import Method
 from mmcontrast.models.tower import build_tower, resolved_preprocess
 from mmcontrast.registry import LOSSES
@@ -100,31 +98,35 @@ class VisionMethod(Method):
     # ----------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def embed(self, table: LabelledImages) -> tuple[Tensor, Tensor, Counter]:
+    def embed(
+        self, table: LabelledImages, accelerator: Any = None
+    ) -> tuple[Tensor, Tensor, Counter]:
         """Backbone features and labels of every readable image (eval transform)."""
+        from mmcontrast.eval.adapters.mmcontrast_run import MmcontrastAdapter
+        from mmcontrast.eval.embed import embed_images
+
         was_training = self.training
         self.eval()
-        device = next(self.backbone.parameters()).device
-        transform = image_transform(resolved_preprocess(self.backbone))
-        features: list[Tensor] = []
-        rows: list[int] = []
-        skipped: Counter = Counter()
-        for batch_rows, pixels, unreadable in image_batches(
-            table, transform, self.cfg.eval.batch_size, self.cfg.data.num_workers
-        ):
-            skipped.update(unreadable.values())
-            if pixels is not None:
-                features.append(self.backbone(pixel_values=pixels.to(device)).float().cpu())
-                rows += batch_rows
-        self.train(was_training)
-        labels = table.labels()[torch.tensor(rows, dtype=torch.long)]
-        return torch.cat(features), labels, skipped
+        try:
+            device = next(self.backbone.parameters()).device
+            embedded = embed_images(
+                MmcontrastAdapter("training", device, self),
+                table,
+                self.cfg.eval.batch_size,
+                self.cfg.data.num_workers,
+                accelerator,
+            )
+        finally:
+            self.train(was_training)
+        labels = table.labels()[torch.tensor(embedded.rows, dtype=torch.long)]
+        return embedded.features, labels, embedded.skipped
 
     def evaluate(
         self,
         output_dir: Path | None = None,
         step: int | None = None,
         extra: dict[str, Any] | None = None,
+        accelerator: Any = None,
     ) -> dict[str, float]:
         """Weighted kNN (train split as the bank) and a linear probe on the eval split."""
         data, cfg = self.cfg.data, self.cfg.eval
@@ -134,32 +136,28 @@ class VisionMethod(Method):
         query_table = load_labelled(
             data, data.eval_split, data.max_eval_samples, bank_table.class_names
         )
-        bank, bank_labels, _ = self.embed(bank_table)
-        queries, query_labels, skipped = self.embed(query_table)
+        bank, bank_labels, _ = self.embed(bank_table, accelerator)
+        queries, query_labels, skipped = self.embed(query_table, accelerator)
         results = {
             "knn": knn_metrics(
                 bank, bank_labels, queries, query_labels, tuple(cfg.knn_k), cfg.knn_temperature
             )
         }
         if cfg.linear_probe:
-            results["linear_probe"] = linear_probe(
+            results["linear"] = linear_probe(
                 bank, bank_labels, queries, query_labels, num_classes=len(bank_table.class_names)
             )
         if output_dir is not None:
-            output_dir = Path(output_dir)
-            output_dir.mkdir(parents=True, exist_ok=True)
+            details = {
+                "data": query_table.source,
+                "bank": bank_table.source,
+                "num_bank": len(bank),
+                "num_queries": len(queries),
+                "skipped": dict(skipped),
+                "step": step,
+                "method": self.cfg.method,
+                **(extra or {}),
+            }
             for task, metrics in results.items():
-                record = {
-                    "task": task,
-                    "data": query_table.source,
-                    "bank": bank_table.source,
-                    "num_bank": len(bank),
-                    "num_queries": len(queries),
-                    "skipped": dict(skipped),
-                    "step": step,
-                    "method": self.cfg.method,
-                    "metrics": metrics,
-                    **(extra or {}),
-                }
-                (output_dir / f"{task}.json").write_text(json.dumps(record, indent=2))
+                write_result(output_dir, task, metrics, details)
         return {k: v for metrics in results.values() for k, v in metrics.items()}

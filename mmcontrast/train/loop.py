@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 import mmcontrast.methods  # noqa: F401  (registers methods)
 from mmcontrast.config import Config, save_config, to_dict
+from mmcontrast.eval.plots import save_training_curves
 from mmcontrast.eval.report import format_metrics
 from mmcontrast.methods.base import Method
 from mmcontrast.registry import METHODS
@@ -103,9 +104,8 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     if accelerator.is_main_process:
         save_config(cfg, output_dir / "config.yaml")
         if not resume:
-            (output_dir / "history.jsonl").unlink(
-                missing_ok=True
-            )  # a fresh run starts a fresh history
+            for name in ("history.jsonl", "eval_history.jsonl"):  # a fresh run, a fresh history
+                (output_dir / name).unlink(missing_ok=True)
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
 
     unwrapped: Method = accelerator.unwrap_model(method)
@@ -181,12 +181,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                 tic, tic_step = time.perf_counter(), state.step
             step_losses = []
             if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < stop_at:
-                _evaluate(
-                    accelerator,
-                    unwrapped,
-                    output_dir / "eval" / f"step-{state.step:08d}",
-                    state.step,
-                )
+                _evaluate(accelerator, unwrapped, output_dir, state.step, final=False)
                 method.train()
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
@@ -215,7 +210,13 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         if accelerator.is_main_process:
             save_weights(unwrapped, cfg, output_dir)
         if cfg.eval.at_end:
-            summary["eval"] = _evaluate(accelerator, unwrapped, output_dir / "eval", state.step)
+            summary["eval"] = _evaluate(accelerator, unwrapped, output_dir, state.step, final=True)
+        if accelerator.is_main_process:
+            save_training_curves(
+                output_dir / "curves.png",
+                _read_history(output_dir / "history.jsonl"),
+                _read_history(output_dir / "eval_history.jsonl"),
+            )
     elif cfg.train.stop_at_step:
         save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
     accelerator.end_training()
@@ -241,18 +242,36 @@ def _multi_process_cpu() -> bool:
 
 
 def _evaluate(
-    accelerator: Accelerator, method: Method, folder: Path, step: int
+    accelerator: Accelerator, method: Method, output_dir: Path, step: int, final: bool
 ) -> dict[str, float]:
-    """Evaluate on the main process without touching the training RNG streams."""
-    metrics: dict[str, float] = {}
-    if accelerator.is_main_process:
-        with torch.random.fork_rng(devices=[]):
-            metrics = method.evaluate(folder, step)
-        if metrics:
-            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-            accelerator.print(f"evaluation at step {step}:\n{format_metrics(metrics)}")
+    """Evaluate on every process (embeddings sharded) without touching the training RNGs.
+
+    The main process writes ``eval/`` (final) or ``eval/step-N/``, a line of
+    ``eval_history.jsonl`` and the trackers' ``eval/*`` values.
+    """
+    folder = output_dir / "eval" if final else output_dir / "eval" / f"step-{step:08d}"
+    main = accelerator.is_main_process
+    with torch.random.fork_rng(devices=[]):
+        metrics = method.evaluate(folder if main else None, step, accelerator=accelerator)
+    if main and metrics:
+        with open(output_dir / "eval_history.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        accelerator.print(f"evaluation at step {step}:\n{format_metrics(metrics)}")
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines history; a step logged twice (a resumed run) keeps the last."""
+    if not path.is_file():
+        return []
+    by_step = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def _flat_config(cfg: Config) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""The interface every evaluated model family implements, and how a model spec picks one.
+
+An :class:`EvalModel` turns images into pixel tensors (its own preprocessing), pixel
+batches into image embeddings and captions into text embeddings. The evaluation tasks
+(retrieval, zero-shot, kNN, linear probe) only talk to this interface, so any CLIP-like
+model is scored with the same code. Families register in ``MODEL_FAMILIES``; a spec
+``FAMILY:REST`` names its family, otherwise each family's ``matches`` is asked in turn.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mmcontrast.registry import Registry
+
+MODEL_FAMILIES = Registry("model family")
+
+# Families asked in this order when a spec names none (specific forms before broad ones).
+DETECTION_ORDER = ["mmcontrast", "clip", "siglip", "vision-text-dual-encoder", "open_clip"]
+
+
+class PerImage:
+    """Marks a per-image transform (e.g. a PIL-only processor): no uint8 batch fast path."""
+
+    per_image = True
+
+    def __init__(self, transform: Callable[[Any], Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Any) -> Tensor:
+        return self.transform(image)
+
+
+class EvalModel(ABC):
+    """A model under evaluation: preprocessing, image and (optionally) text embeddings.
+
+    Embeddings are returned as they come from the model (the tasks normalise them);
+    ``has_text`` is False for vision-only models, which support kNN and linear probes.
+    """
+
+    family: ClassVar[str]
+    has_text: bool = True
+
+    def __init__(self, spec: str, device: torch.device) -> None:
+        self.spec = spec
+        self.device = device
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, spec: str) -> bool:
+        """Whether an unprefixed spec (a path, Hub id or name) belongs to this family."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, spec: str, device: torch.device) -> EvalModel:
+        """Build the model on ``device`` in eval mode."""
+
+    @abstractmethod
+    def image_transform(self) -> Callable[[Any], Tensor]:
+        """One image (PIL, or a uint8 tensor unless wrapped in ``PerImage``) -> pixels."""
+
+    @abstractmethod
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` pixels from ``image_transform`` -> ``[B, D]`` embeddings."""
+
+    def encode_texts(self, texts: list[str]) -> Tensor:
+        """Captions -> ``[B, D]`` embeddings."""
+        raise ValueError(
+            f"{self.spec} ({self.family}) has no text tower: use --task knn or linear, "
+            "or a model with a text tower for retrieval and zero-shot"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What was evaluated, for the result JSON."""
+        return {"spec": self.spec, "family": self.family}
+
+
+def split_family(spec: str) -> tuple[str | None, str]:
+    """``"siglip:path"`` -> ``("siglip", "path")``; specs without a known prefix -> ``(None, spec)``."""
+    head, sep, rest = spec.partition(":")
+    if sep and head in MODEL_FAMILIES:
+        return head, rest
+    return None, spec
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_eval_model(spec: str, device: torch.device | str | None = None) -> EvalModel:
+    """Load the model a spec names, detecting its family unless prefixed.
+
+    Accepted specs: an mmcontrast run or checkpoint folder; a Hugging Face ``CLIPModel``,
+    ``SiglipModel`` or ``VisionTextDualEncoderModel`` directory or Hub id; ``open_clip:NAME``
+    or ``open_clip:NAME:PRETRAINED`` (a pretrained tag or a checkpoint file) or
+    ``hf-hub:ORG/REPO``; any of these prefixed with its family (``siglip:DIR``).
+
+    Raises:
+        ValueError: No family recognises the spec.
+    """
+    import mmcontrast.eval.adapters  # noqa: F401  (registers the families)
+
+    device = torch.device(device) if device is not None else default_device()
+    family, rest = split_family(spec)
+    if family is None:
+        for name in DETECTION_ORDER:
+            if MODEL_FAMILIES.get(name).matches(spec):
+                family, rest = name, spec
+                break
+    if family is None:
+        raise ValueError(
+            f"cannot tell which kind of model {spec!r} is: give an mmcontrast run folder, a "
+            "transformers CLIPModel/SiglipModel/VisionTextDualEncoderModel folder or Hub id, "
+            "or open_clip:NAME[:PRETRAINED]; or prefix the spec with its family "
+            f"({', '.join(MODEL_FAMILIES.names())}), e.g. clip:openai/clip-vit-base-patch32"
+        )
+    return MODEL_FAMILIES.get(family).load(rest, device)
+
+
+def features_of(output: Any) -> Tensor:
+    """transformers 5 returns a model output whose ``pooler_output`` holds the embeddings."""
+    if isinstance(output, Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if isinstance(pooled, Tensor):
+        return pooled
+    return output[0]

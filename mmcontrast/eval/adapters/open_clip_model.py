@@ -1,0 +1,89 @@
+"""open_clip models: ``NAME``, ``NAME:PRETRAINED`` (a tag or a checkpoint file) or ``hf-hub:ORG/REPO``.
+
+The model, its validation preprocessing and its tokenizer all come from open_clip, as in
+CLIP_benchmark. ``NAME`` may also be a model config JSON; a bare name without a pretrained
+tag gives random weights (useful for tests, announced in the result's ``pretrained``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmcontrast.eval.adapters.base import MODEL_FAMILIES, EvalModel, PerImage
+from mmcontrast.models.open_clip_tower import open_clip_model_name
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``"ViT-B-32:laion2b_s34b_b79k"`` -> name and pretrained; ``hf-hub:`` ids stay whole."""
+    if spec.startswith("hf-hub:"):
+        return spec, None
+    name, sep, pretrained = spec.partition(":")
+    return name, (pretrained or None) if sep else None
+
+
+@MODEL_FAMILIES.register(
+    "open_clip", "open_clip model: open_clip:NAME[:PRETRAINED tag or file], or hf-hub:ORG/REPO"
+)
+class OpenClipAdapter(EvalModel):
+    family = "open_clip"
+
+    def __init__(
+        self, spec: str, device: torch.device, model: Any, preprocess: Any, tokenizer: Any
+    ) -> None:
+        super().__init__(spec, device)
+        self.model = model.to(device).eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name, self.pretrained = parse_spec(spec)
+
+    @classmethod
+    def matches(cls, spec: str) -> bool:
+        import open_clip
+
+        name, _ = parse_spec(spec)
+        return (
+            name.startswith("hf-hub:")
+            or name in open_clip.list_models()
+            or (name.endswith(".json") and Path(name).is_file())
+        )
+
+    @classmethod
+    def load(cls, spec: str, device: torch.device) -> EvalModel:
+        import open_clip
+
+        name, pretrained = parse_spec(spec)
+        if not name.startswith("hf-hub:"):
+            name = open_clip_model_name(name)
+        if pretrained and not Path(pretrained).is_file() and not name.startswith("hf-hub:"):
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            if pretrained not in tags:
+                raise ValueError(
+                    f"open_clip model {name!r} has no pretrained tag {pretrained!r} and no such "
+                    f"file exists (tags: {', '.join(tags) or 'none'})"
+                )
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained
+            )
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"could not load open_clip model {spec!r}: {err}") from err
+        return cls(spec, device, model, preprocess, open_clip.get_tokenizer(name))
+
+    def image_transform(self) -> Callable[[Any], Tensor]:
+        return PerImage(self.preprocess)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        return self.model.encode_image(pixels.to(self.device))
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "name": self.name, "pretrained": self.pretrained}

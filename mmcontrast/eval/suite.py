@@ -1,0 +1,121 @@
+"""Evaluate several models on several tasks in one call: result JSON per model and task,
+a readable table per result, and one comparison table.
+
+Example:
+    >>> results = evaluate_models(["runs/quickstart"], ["retrieval"], data="emoji")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmcontrast.eval.adapters import load_eval_model
+from mmcontrast.eval.adapters.base import EvalModel
+from mmcontrast.eval.adapters.mmcontrast_run import MmcontrastAdapter
+from mmcontrast.eval.data import EvalData, resolve_data
+from mmcontrast.eval.report import comparison_table, format_metrics, versions
+from mmcontrast.eval.tasks import TASKS, EvalOptions, TaskRun
+
+CLASSIFICATION_DATA = ("emoji-category", "emoji-subcategory", "fashion_mnist", "fashion-mnist")
+
+
+def default_tasks(model: EvalModel, data: EvalData) -> list[str]:
+    """What a model is usually scored on: its own run's evaluation, else by data kind."""
+    if not model.has_text:
+        linear = isinstance(model, MmcontrastAdapter) and model.method.cfg.eval.linear_probe
+        return ["knn", "linear"] if linear else ["knn"]
+    if data.name in CLASSIFICATION_DATA:
+        return ["zeroshot"]
+    return ["retrieval"]
+
+
+def model_data(
+    model: EvalModel,
+    data: str | None,
+    split: str | None,
+    train_split: str | None,
+    columns: dict[str, str | None],
+    class_names: list[str] | None,
+) -> EvalData:
+    """The data to score ``model`` on: ``data``, or an mmcontrast run's own data."""
+    base = model.method.cfg.data if isinstance(model, MmcontrastAdapter) else None
+    if data is None and base is None:
+        raise ValueError(
+            f"--data is needed for {model.spec}: only mmcontrast runs know their data "
+            "(give a folder, a datasets name, or a built-in: emoji, emoji-category, "
+            "emoji-subcategory, fashion_mnist)"
+        )
+    resolved = resolve_data(
+        data or base.path,  # type: ignore[union-attr]
+        split,
+        train_split,
+        base=base if data is None else None,
+        **columns,
+    )
+    if class_names is not None:
+        resolved.class_names = class_names
+    return resolved
+
+
+def slug(spec: str) -> str:
+    """A folder name for a model spec: ``runs/quickstart`` -> ``runs_quickstart``."""
+    return re.sub(r"[^\w.-]+", "_", spec.strip("/")).strip("_") or "model"
+
+
+def evaluate_models(
+    models: Sequence[str],
+    tasks: Sequence[str] | None = None,
+    data: str | None = None,
+    output_dir: str | Path | None = None,
+    options: EvalOptions | None = None,
+    split: str | None = None,
+    train_split: str | None = None,
+    columns: dict[str, str | None] | None = None,
+    class_names: list[str] | None = None,
+    device: str | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Scores every model on every task; returns ``{model: {task: metrics}}``.
+
+    With one model, results go to ``output_dir`` (default: an mmcontrast run's ``eval``
+    folder, else ``eval_results``); with several, to one subfolder per model, plus
+    ``comparison.md`` and ``comparison.json`` in ``output_dir``.
+    """
+    options = options or EvalOptions()
+    for task in tasks or []:
+        TASKS.get(task)  # unknown task names fail before any model loads
+    if output_dir is None:
+        single_run = len(models) == 1 and MmcontrastAdapter.matches(models[0])
+        output_dir = Path(models[0]) / "eval" if single_run else Path("eval_results")
+    output_dir = Path(output_dir)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for spec in models:
+        model = load_eval_model(spec, device)
+        model.spec = spec
+        eval_data = model_data(model, data, split, train_split, columns or {}, class_names)
+        folder = output_dir / slug(spec) if len(models) > 1 else output_dir
+        details: dict[str, Any] = {
+            "model": model.describe(),
+            "eval_data": eval_data.describe(),
+            "options": dataclasses.asdict(options),
+            "versions": versions(),
+        }
+        run = TaskRun(model, eval_data, options, folder, details)
+        results[spec] = {}
+        for task in tasks or default_tasks(model, eval_data):
+            metrics = TASKS.get(task)(run)
+            results[spec][task] = metrics
+            print(f"{spec} | {task} on {eval_data.name} ({eval_data.split}):")
+            print(format_metrics(metrics) + "\n")
+    if len(results) > 1 or any(len(by_task) > 1 for by_task in results.values()):
+        table = comparison_table(results)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "comparison.md").write_text(table + "\n")
+        (output_dir / "comparison.json").write_text(json.dumps(results, indent=2))
+        print(table)
+    print(f"results in {output_dir}")
+    return results

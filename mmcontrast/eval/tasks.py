@@ -1,0 +1,192 @@
+"""The evaluation tasks, each a function of (model, data, options): one registry, four tasks.
+
+* ``retrieval``: image-text retrieval on pairs (CLIP_benchmark's recall@k, plus ranks);
+* ``zeroshot``: zero-shot classification from class names and prompt templates;
+* ``knn``: weighted kNN on frozen image features (train split as the bank);
+* ``linear``: a logistic-regression probe on frozen image features.
+
+Every task returns its metrics and, given an output folder, writes ``TASK.json`` (metrics
+plus what was evaluated) and its picture. A task is a function of one :class:`TaskRun` (the
+model, the data, the options), which also computes each split's image features once for
+all the tasks that need them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import Tensor
+
+from mmcontrast.data.labelled import load_labelled
+from mmcontrast.data.pairs import load_pairs
+from mmcontrast.eval.adapters.base import EvalModel
+from mmcontrast.eval.classification import confusion_matrix
+from mmcontrast.eval.data import EvalData
+from mmcontrast.eval.embed import embed_images
+from mmcontrast.eval.image_text import evaluate_retrieval
+from mmcontrast.eval.knn import knn_metrics
+from mmcontrast.eval.linear_probe import linear_probe
+from mmcontrast.eval.plots import save_confusion_matrix
+from mmcontrast.eval.report import write_result
+from mmcontrast.eval.zero_shot import build_zero_shot_classifier, zero_shot_evaluate
+from mmcontrast.registry import Registry
+
+TASKS = Registry("evaluation task")
+
+
+@dataclass
+class EvalOptions:
+    """Knobs shared by the tasks (the CLI's flags)."""
+
+    batch_size: int = 64
+    num_workers: int = 0
+    ks: tuple[int, ...] = (1, 5, 10)  # retrieval recall@k
+    templates: str | list[str] | None = None  # zero-shot; None: the data's default
+    knn_k: tuple[int, ...] = (20, 200)
+    knn_temperature: float = 0.07
+    max_samples: int | None = None  # per split, for quick looks
+    max_matrix_elements: int = 2**26  # similarity entries held at once
+    pictures: bool = True
+
+
+class LabelledFeatures(NamedTuple):
+    features: Tensor  # [N, D]
+    labels: Tensor  # [N]
+    class_labels: list[str]
+    source: str
+    skipped: dict[str, int]
+
+
+@dataclass
+class TaskRun:
+    """One model on one data source: what every task reads, and the features they share."""
+
+    model: EvalModel
+    data: EvalData
+    options: EvalOptions = field(default_factory=EvalOptions)
+    output_dir: Path | None = None  # None: metrics only, no files
+    details: dict[str, Any] = field(default_factory=dict)  # merged into each result JSON
+    features: dict[tuple[str, tuple[str, ...] | None], LabelledFeatures] = field(
+        default_factory=dict
+    )
+
+    def labelled_features(self, split: str, class_labels: list[str] | None) -> LabelledFeatures:
+        """Image features and labels of a labelled split, computed once per run."""
+        key = (split, tuple(class_labels) if class_labels is not None else None)
+        if key not in self.features:
+            options = self.options
+            table = load_labelled(self.data.config, split, options.max_samples, class_labels)
+            embedded = embed_images(self.model, table, options.batch_size, options.num_workers)
+            self.features[key] = LabelledFeatures(
+                embedded.features,
+                table.labels()[embedded.rows],
+                table.class_names,
+                table.source,
+                dict(embedded.skipped),
+            )
+        return self.features[key]
+
+    def bank_and_queries(self) -> tuple[LabelledFeatures, LabelledFeatures]:
+        """The train split (kNN bank, probe training) and the scored split, same classes."""
+        bank = self.labelled_features(self.data.train_split, self.data.class_labels)
+        queries = self.labelled_features(
+            self.data.split, self.data.class_labels or bank.class_labels
+        )
+        return bank, queries
+
+    def write(self, task: str, metrics: dict[str, float], record: dict[str, Any]) -> None:
+        if self.output_dir is not None:
+            write_result(self.output_dir, task, metrics, {**record, **self.details})
+
+
+@TASKS.register("retrieval", "image-text retrieval: recall@k both ways, mean/median rank")
+def retrieval(run: TaskRun) -> dict[str, float]:
+    options = run.options
+    return evaluate_retrieval(
+        run.model,
+        load_pairs(run.data.config, run.data.split, options.max_samples),
+        batch_size=options.batch_size,
+        ks=options.ks,
+        output_dir=run.output_dir,
+        grid_queries=12 if options.pictures else 0,
+        extra=run.details,
+        num_workers=options.num_workers,
+        max_matrix_elements=options.max_matrix_elements,
+    )
+
+
+@TASKS.register("zeroshot", "zero-shot classification from class names and prompt templates")
+def zeroshot(run: TaskRun) -> dict[str, float]:
+    images = run.labelled_features(run.data.split, run.data.class_labels)
+    names = run.data.class_names or images.class_labels
+    if len(names) != len(images.class_labels):
+        raise ValueError(
+            f"{len(names)} class names for {len(images.class_labels)} classes in {images.source}"
+        )
+    templates = run.options.templates or run.data.templates
+    classifier = build_zero_shot_classifier(
+        run.model.encode_texts, names, templates, batch_size=run.options.batch_size
+    )
+    metrics, predictions = zero_shot_evaluate(
+        images.features,
+        images.labels,
+        classifier,
+        max_matrix_elements=run.options.max_matrix_elements,
+    )
+    record = {
+        "data": images.source,
+        "num_images": len(images.labels),
+        "num_classes": len(names),
+        "class_names": names,
+        "templates": templates,
+        "skipped": images.skipped,
+    }
+    run.write("zeroshot", metrics, record)
+    if run.output_dir is not None and run.options.pictures:
+        matrix = confusion_matrix(predictions, images.labels, len(names))
+        save_confusion_matrix(run.output_dir / "zeroshot_confusion.png", matrix, names)
+    return metrics
+
+
+def _probe_record(bank: LabelledFeatures, queries: LabelledFeatures) -> dict[str, Any]:
+    return {
+        "data": queries.source,
+        "bank": bank.source,
+        "num_bank": len(bank.labels),
+        "num_queries": len(queries.labels),
+        "num_classes": len(bank.class_labels),
+        "skipped": queries.skipped,
+    }
+
+
+@TASKS.register("knn", "weighted kNN on frozen image features (train split as the bank)")
+def knn(run: TaskRun) -> dict[str, float]:
+    bank, queries = run.bank_and_queries()
+    metrics = knn_metrics(
+        bank.features,
+        bank.labels,
+        queries.features,
+        queries.labels,
+        ks=run.options.knn_k,
+        temperature=run.options.knn_temperature,
+        max_matrix_elements=run.options.max_matrix_elements,
+        num_classes=len(bank.class_labels),
+    )
+    run.write("knn", metrics, _probe_record(bank, queries))
+    return metrics
+
+
+@TASKS.register("linear", "linear probe (logistic regression) on frozen image features")
+def linear(run: TaskRun) -> dict[str, float]:
+    bank, queries = run.bank_and_queries()
+    metrics = linear_probe(
+        bank.features,
+        bank.labels,
+        queries.features,
+        queries.labels,
+        num_classes=len(bank.class_labels),
+    )
+    run.write("linear", metrics, _probe_record(bank, queries))
+    return metrics
