@@ -130,6 +130,7 @@ class AugmentConfig:
     local_size: int | None = None  # default: 3/7 of the global size (96 for 224)
     local_crop_scale: tuple[float, float] = (0.05, 0.14)
     local_blur_prob: float = 0.5
+    batched: bool = False  # draw a batch's views at once (in-memory uint8 images; batch_views.py)
 
 
 @dataclass

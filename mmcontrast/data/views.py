@@ -39,8 +39,8 @@ def view_transforms(pre: ImagePreprocess, aug: AugmentConfig) -> list[Callable[[
     Raises:
         ValueError: A probability outside [0, 1], a bad crop scale or a negative count.
     """
-    _check(aug)
-    local_size = aug.local_size or max(8, round(pre.size * 3 / 7))
+    check_augment(aug)
+    local_size = local_view_size(pre, aug)
     globals_ = [
         _pipeline(pre, aug, pre.size, aug.crop_scale, aug.blur_prob[i], aug.solarize_prob[i])
         for i in range(2)
@@ -78,7 +78,13 @@ def _pipeline(
     return v2.Compose(steps)
 
 
-def _check(aug: AugmentConfig) -> None:
+def local_view_size(pre: ImagePreprocess, aug: AugmentConfig) -> int:
+    """``augment.local_size``, by default 3/7 of the global size (96 for 224)."""
+    return aug.local_size or max(8, round(pre.size * 3 / 7))
+
+
+def check_augment(aug: AugmentConfig) -> None:
+    """Raises ``ValueError`` on a probability outside [0, 1], a bad crop scale or count."""
     probs = {
         "horizontal_flip": [aug.horizontal_flip],
         "color_jitter_prob": [aug.color_jitter_prob],

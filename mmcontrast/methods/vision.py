@@ -10,14 +10,17 @@ with weighted kNN and a linear probe.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from accelerate import PartialState
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from mmcontrast.config import Config, from_dict, to_dict
+from mmcontrast.data.batch_views import BatchedViewCollator, BatchedViews, RawSamples
 from mmcontrast.data.labelled import LabelledImages, load_labelled
 from mmcontrast.data.views import (
     MultiViewCollator,
@@ -70,23 +73,29 @@ class VisionMethod(Method):
 
     # ----------------------------------------------------------------- training data
 
-    def train_data(self) -> tuple[MultiViewDataset, MultiViewCollator]:
+    def train_data(self) -> tuple[Dataset, Callable[[list[Any]], dict[str, Any]]]:
         data = self.cfg.data
         table = load_labelled(data, data.train_split, data.max_train_samples)
         if data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
             load_labelled(data, data.eval_split, 1, table.class_names)  # fail now, not later
-        transforms = view_transforms(resolved_preprocess(self.backbone), self.cfg.augment)
-        dataset = MultiViewDataset(table, transforms, seed=self.cfg.train.seed)
+        pre, seed = resolved_preprocess(self.backbone), self.cfg.train.seed
+        dataset: Dataset
+        collate: Callable[[list[Any]], dict[str, Any]]
+        if self.cfg.augment.batched:
+            dataset = RawSamples(table, seed)
+            collate = BatchedViewCollator(BatchedViews(pre, self.cfg.augment), seed)
+        else:
+            dataset = MultiViewDataset(table, view_transforms(pre, self.cfg.augment), seed)
+            collate = MultiViewCollator()
         if self.cfg.eval.views_png and PartialState().is_main_process:
-            self._save_views(dataset)
-        return dataset, MultiViewCollator()
+            self._save_views(dataset, collate)
+        return dataset, collate
 
-    def _save_views(self, dataset: MultiViewDataset) -> None:
-        samples = [dataset[i] for i in range(min(8, len(dataset)))]
-        good = [s for s in samples if "views" in s]
-        if not good:
+    def _save_views(self, dataset: Dataset, collate: Callable[[list[Any]], dict[str, Any]]) -> None:
+        batch = collate([dataset[i] for i in range(min(8, len(dataset)))])  # type: ignore[arg-type]
+        if "views" not in batch:
             return
-        views = [torch.stack([s["views"][v] for s in good]) for v in range(len(good[0]["views"]))]
+        views = batch["views"]
         pre = resolved_preprocess(self.backbone)
         path = Path(self.cfg.train.output_dir) / "views.png"
         path.parent.mkdir(parents=True, exist_ok=True)
