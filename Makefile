@@ -43,4 +43,4 @@ lint: setup
 	$(VENV)/bin/mypy mmcontrast
 
 clean:
-	rm -rf runs data/emoji
+	rm -rf runs data/emoji eval_results

@@ -156,12 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="evaluate models: retrieval, zero-shot, kNN, linear probe",
         description=(
-            "Evaluate one or more models on one or more tasks. MODEL is an mmcontrast run or "
-            "checkpoint folder, a transformers CLIPModel / SiglipModel / "
-            "VisionTextDualEncoderModel folder or Hub id, or open_clip:NAME[:PRETRAINED] "
-            "(a tag or a checkpoint file); prefix a family to skip detection (siglip:DIR). "
-            "DATA is an imagefolder, a datasets name, or a built-in: emoji (retrieval), "
-            "emoji-category, emoji-subcategory, fashion_mnist (zero-shot, kNN, linear)."
+            "Evaluate one or more models on one or more tasks.\n\n"
+            "MODEL: an mmcontrast run or checkpoint folder; a transformers CLIPModel,\n"
+            "  SiglipModel or VisionTextDualEncoderModel folder or Hub id;\n"
+            "  open_clip:NAME[:PRETRAINED] (a tag or a checkpoint file) or hf-hub:ORG/REPO.\n"
+            "  Prefix a family to skip detection (siglip:DIR; see `mmcontrast list models`).\n"
+            "DATA: an imagefolder, a datasets name, or a built-in: emoji (retrieval),\n"
+            "  emoji-category, emoji-subcategory, fashion_mnist (zeroshot, knn, linear)."
         ),
         epilog=(
             "examples:\n"
