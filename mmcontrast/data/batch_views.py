@@ -30,10 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from mmcontrast.config import AugmentConfig
-from mmcontrast.data.image_text import sample_seed
+from mmcontrast.data.image_text import SeededSamples, sample_seed
 from mmcontrast.data.views import check_augment, local_view_size
 from mmcontrast.models.tower import ImagePreprocess
 
@@ -193,7 +192,7 @@ def gaussian_blur(x: Tensor, sigma_range: Sequence[float], g: torch.Generator) -
     return flat.view(b, c, size, size)
 
 
-class RawSamples(Dataset):
+class RawSamples(SeededSamples):
     """``{"index", "image" (uint8 [C, H, W]), "label", "epoch"}`` rows for ``BatchedViewCollator``."""
 
     def __init__(self, table: Any, seed: int = 0) -> None:
@@ -203,18 +202,8 @@ class RawSamples(Dataset):
                 f"augment.batched needs images held in memory as one uint8 tensor (e.g. "
                 f"fashion_mnist); {table.source} is read image by image: set augment.batched: false"
             )
-        self.table, self.seed, self.epoch = table, seed, 0
+        super().__init__(table, seed)
         self.images = images if images.ndim == 4 else images[:, None]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def skipped_at_load(self) -> dict[str, int]:
-        return dict(self.table.skipped)
-
-    def __len__(self) -> int:
-        return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from mmcontrast.data.image_text import ImageOnlyDataset, ImageTable, image_batches
+from mmcontrast.data.image_text import ImageOnlyDataset, ImageTable, _as_list, image_batches
 from mmcontrast.eval.adapters.base import EvalModel
 
 
@@ -56,10 +56,6 @@ def embed_images(
             f"(skipped: {dict(skipped)})"
         )
     return EmbeddedImages(torch.cat(chunks), rows, skipped)
-
-
-def _as_list(samples: list[Any]) -> list[Any]:
-    return samples
 
 
 @torch.no_grad()
