@@ -1,4 +1,4 @@
-"""The ``mmcontrast`` command: ``train``, ``eval``, ``list`` and ``data``.
+"""The ``mmcontrast`` command: ``train``, ``eval``, ``export``, ``push``, ``convert``, ``list``, ``data``.
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
     mmcontrast train recipes/quickstart.yaml --resume latest
     mmcontrast eval --model runs/quickstart --data data/emoji --split test
     mmcontrast eval --model runs/quickstart --task zeroshot --data emoji-category
+    mmcontrast export runs/quickstart --output exports/quickstart
+    mmcontrast push exports/quickstart --repo-id me/emoji-clip --dry-run
     mmcontrast list losses
     mmcontrast data emoji --output data/emoji
 """
@@ -18,6 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mmcontrast.config import ConfigError, load_recipe
 
@@ -92,6 +95,79 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
     )
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mmcontrast.hub.export import export
+
+    result = export(
+        args.run,
+        args.output,
+        format=args.format,
+        model_id=args.repo_id,
+        license=args.license,
+        overwrite=args.overwrite,
+    )
+    print(result.summary())
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from mmcontrast.hub.push import push_folder
+
+    result = push_folder(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        dry_run=args.dry_run,
+    )
+    if result.dry_run:
+        print(result.text)
+        return 0
+    print(f"pushed {len(result.files)} files to {result.repo_url}")
+    if result.commit_url:
+        print(f"commit: {result.commit_url}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from mmcontrast.hub.convert import open_clip_to_transformers, transformers_to_open_clip
+
+    target = args.to or _conversion_target(args.source)
+    try:
+        _convert(args, target, open_clip_to_transformers, transformers_to_open_clip)
+    except RuntimeError as err:  # the converted model failed its equality check
+        raise ValueError(f"conversion refused: {err}") from None
+    return 0
+
+
+def _convert(args: argparse.Namespace, target: str, to_hf: Any, to_oc: Any) -> None:
+    if target == "transformers":
+        source = args.source.removeprefix("open_clip:")
+        out = to_hf(source, args.output, checkpoint=args.checkpoint)
+        print(f"converted open_clip {source} to a transformers CLIPModel in {out}")
+    else:
+        if args.checkpoint:
+            raise ValueError(
+                "--checkpoint is for open_clip sources; a transformers folder holds its weights"
+            )
+        out = to_oc(args.source, args.output, revision=args.revision)
+        print(f"converted {args.source} to open_clip's format in {out} (load: local-dir:{out})")
+
+
+def _conversion_target(source: str) -> str:
+    """open_clip names, config JSONs and open_clip folders -> transformers; else -> open_clip."""
+    if source.startswith(("open_clip:", "local-dir:", "hf-hub:")) or source.endswith(".json"):
+        return "transformers"
+    if (Path(source) / "open_clip_config.json").is_file():
+        return "transformers"
+    if (Path(source) / "config.json").is_file():
+        return "open_clip"
+    import open_clip
+
+    return "transformers" if source in open_clip.list_models() else "open_clip"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -213,6 +289,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
+        "export",
+        help="export a run for plain transformers (or timm), with a model card",
+        description=(
+            "Export a run or checkpoint folder: safetensors weights, config, processor or\n"
+            "tokenizer files, the training recipe, evaluation results and a model card.\n\n"
+            "Image-text models become a transformers CLIPModel, SiglipModel or\n"
+            "VisionTextDualEncoderModel (AutoModel.from_pretrained loads them) when the\n"
+            "architecture allows (linear projections, towers pooled by their own pooler);\n"
+            "otherwise mmcontrast's format (mmcontrast.from_pretrained), with the reason.\n"
+            "Vision recipes export their backbone as transformers, timm or torchvision weights."
+        ),
+        epilog="example:\n  mmcontrast export runs/quickstart --output exports/quickstart",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder (train.output_dir) or one of its checkpoints")
+    p.add_argument("--output", required=True, help="new folder to write the export to")
+    p.add_argument(
+        "--format",
+        choices=["auto", "transformers", "mmcontrast"],
+        default="auto",
+        help="auto: transformers when possible (default); transformers: fail if impossible",
+    )
+    p.add_argument(
+        "--repo-id", help="Hub id the model card's usage snippet loads (default: the folder)"
+    )
+    p.add_argument("--license", default="apache-2.0", help="licence in the model card")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "push",
+        help="upload an exported folder to the Hugging Face Hub",
+        description=(
+            "Upload an export folder to a Hub model repository (created if needed).\n"
+            "The token comes from HF_TOKEN or `hf auth login`; it is never printed."
+        ),
+        epilog="example:\n  mmcontrast push exports/quickstart --repo-id me/emoji-clip --dry-run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("folder", help="folder written by `mmcontrast export`")
+    p.add_argument("--repo-id", required=True, help="OWNER/NAME of the model repository")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", help="branch to push to (created if needed; default main)")
+    p.add_argument("--commit-message", help="commit message")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print which files would go where (with sizes) and the card; upload nothing",
+    )
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser(
+        "convert",
+        help="convert between open_clip checkpoints and transformers CLIPModel",
+        description=(
+            "Convert a standard ViT CLIP model between open_clip and transformers.\n\n"
+            "open_clip -> transformers: SOURCE is an open_clip model name (ViT-B-32), a model\n"
+            "  config JSON, local-dir:DIR or hf-hub:ORG/REPO; --checkpoint gives the weights\n"
+            "  (.safetensors or torch file, or a pretrained tag). Writes a CLIPModel with its\n"
+            "  CLIPProcessor (AutoModel / AutoProcessor load it).\n"
+            "transformers -> open_clip: SOURCE is a CLIPModel folder or Hub id. Writes\n"
+            "  open_clip_config.json + open_clip_model.safetensors, which open_clip loads as\n"
+            "  local-dir:DIR (or hf-hub:ORG/REPO once pushed).\n"
+            "Both directions check that the converted model gives the same embeddings (1e-5)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  mmcontrast convert ViT-B-32 --checkpoint vit_b_32.safetensors --output clip-hf\n"
+            "  mmcontrast convert clip-hf --output clip-open-clip"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source", help="open_clip model (name, JSON, local-dir:, hf-hub:) or CLIPModel folder"
+    )
+    p.add_argument("--output", required=True, help="folder to write the converted model to")
+    p.add_argument("--checkpoint", help="open_clip weights: a file or a pretrained tag")
+    p.add_argument(
+        "--to", choices=["transformers", "open_clip"], help="direction (default: from SOURCE)"
+    )
+    p.add_argument("--revision", help="Hub revision of a transformers source")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
         "list", help="list recipes, towers, losses, methods, datasets, model families, eval tasks"
     )
     p.add_argument(
@@ -245,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, KeyError, FileNotFoundError, ImportError) as err:
+    except (ConfigError, ValueError, KeyError, OSError, ImportError) as err:
         if args.verbose:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

@@ -178,6 +178,21 @@ class EvalConfig:
 
 
 @dataclass
+class HubConfig:
+    """Sharing on the Hugging Face Hub (``mmcontrast export`` and ``mmcontrast push``).
+
+    With ``push_to_hub`` the main process exports the model and pushes it to ``repo_id``
+    at every checkpoint and at the end; the token comes from ``HF_TOKEN`` or ``hf auth login``.
+    """
+
+    push_to_hub: bool = False
+    repo_id: str | None = None  # OWNER/NAME
+    private: bool = False
+    revision: str | None = None  # branch to push to (created if needed); None = main
+    license: str = "apache-2.0"  # the model card's licence
+
+
+@dataclass
 class Config:
     method: str = "clip"
     method_args: dict[str, Any] = field(default_factory=dict)  # checked by the method
@@ -187,6 +202,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mmcontrast.config import ModelConfig
 from mmcontrast.models.heads import build_projection
-from mmcontrast.models.tower import Tower, build_tower, keep_frozen_in_eval
+from mmcontrast.models.tower import Tower, build_tower, keep_frozen_in_eval, resolved_preprocess
 
 
 class DualEncoder(nn.Module):
@@ -74,6 +74,16 @@ class DualEncoder(nn.Module):
         normalize = text_inputs.pop("normalize", True)
         features = self.text_projection(self.text(**text_inputs))
         return F.normalize(features, dim=-1) if normalize else features
+
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        """Captions -> the text tower's inputs, for ``get_text_features(**inputs)``."""
+        return self.text.tokenizer()(texts)
+
+    def image_transform(self) -> Any:
+        """PIL image -> normalised [3, H, W] tensor, as evaluation sees images."""
+        from mmcontrast.data.transforms import image_transform
+
+        return image_transform(resolved_preprocess(self.vision))
 
     def scale(self) -> Tensor:
         """The logit multiplier exp(logit_scale), capped at exp(max_logit_scale)."""

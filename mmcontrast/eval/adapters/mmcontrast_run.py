@@ -36,23 +36,13 @@ class MmcontrastAdapter(EvalModel):
 
     @classmethod
     def load(cls, spec: str, device: torch.device) -> EvalModel:
-        from mmcontrast.config import load_recipe
-        from mmcontrast.train.checkpoint import load_weights
-        from mmcontrast.train.loop import build_method
+        from mmcontrast.train.checkpoint import load_trained
 
         if not cls.matches(spec):
             raise FileNotFoundError(
                 f"{spec} holds no config.yaml: pass an mmcontrast run folder or checkpoint folder"
             )
-        fixed = [  # towers are built from config only; the run's weights replace them
-            "model.vision.pretrained=false",
-            "model.text.pretrained=false",
-            "model.vision.weights=null",
-            "model.text.weights=null",
-        ]
-        cfg = load_recipe(Path(spec) / "config.yaml", fixed)
-        method = build_method(cfg)
-        load_weights(method, spec)
+        method = load_trained(spec)
         return cls(spec, device, method.to(device).eval())
 
     def image_transform(self) -> Callable[[Any], Tensor]:

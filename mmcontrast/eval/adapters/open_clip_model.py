@@ -1,8 +1,12 @@
-"""open_clip models: ``NAME``, ``NAME:PRETRAINED`` (a tag or a checkpoint file) or ``hf-hub:ORG/REPO``.
+"""open_clip models: ``NAME``, ``NAME:PRETRAINED`` (a tag or a checkpoint file), ``local-dir:DIR``
+or ``hf-hub:ORG/REPO``.
 
 The model, its validation preprocessing and its tokenizer all come from open_clip, as in
 CLIP_benchmark. ``NAME`` may also be a model config JSON; a bare name without a pretrained
 tag gives random weights (useful for tests, announced in the result's ``pretrained``).
+``local-dir:`` and ``hf-hub:`` are open_clip's own schemas: a folder or Hub repo holding
+``open_clip_config.json`` and weights (as ``mmcontrast.hub.convert.transformers_to_open_clip``
+writes them); they bring their weights, so they take no ``:PRETRAINED``.
 """
 
 from __future__ import annotations
@@ -15,19 +19,20 @@ import torch
 from torch import Tensor
 
 from mmcontrast.eval.adapters.base import MODEL_FAMILIES, EvalModel, PerImage
-from mmcontrast.models.open_clip_tower import open_clip_model_name
+from mmcontrast.models.open_clip_tower import OPEN_CLIP_SCHEMAS, open_clip_model_name
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``"ViT-B-32:laion2b_s34b_b79k"`` -> name and pretrained; ``hf-hub:`` ids stay whole."""
-    if spec.startswith("hf-hub:"):
+    """``"ViT-B-32:laion2b_s34b_b79k"`` -> name and pretrained; ``local-dir:``/``hf-hub:`` stay whole."""
+    if spec.startswith(OPEN_CLIP_SCHEMAS):
         return spec, None
     name, sep, pretrained = spec.partition(":")
     return name, (pretrained or None) if sep else None
 
 
 @MODEL_FAMILIES.register(
-    "open_clip", "open_clip model: open_clip:NAME[:PRETRAINED tag or file], or hf-hub:ORG/REPO"
+    "open_clip",
+    "open_clip model: open_clip:NAME[:PRETRAINED tag or file], local-dir:DIR or hf-hub:ORG/REPO",
 )
 class OpenClipAdapter(EvalModel):
     family = "open_clip"
@@ -47,7 +52,7 @@ class OpenClipAdapter(EvalModel):
 
         name, _ = parse_spec(spec)
         return (
-            name.startswith("hf-hub:")
+            name.startswith(OPEN_CLIP_SCHEMAS)
             or name in open_clip.list_models()
             or (name.endswith(".json") and Path(name).is_file())
         )
@@ -57,9 +62,9 @@ class OpenClipAdapter(EvalModel):
         import open_clip
 
         name, pretrained = parse_spec(spec)
-        if not name.startswith("hf-hub:"):
-            name = open_clip_model_name(name)
-        if pretrained and not Path(pretrained).is_file() and not name.startswith("hf-hub:"):
+        name = open_clip_model_name(name)  # a clear error for a missing folder or offline Hub
+        schema = name.startswith(OPEN_CLIP_SCHEMAS)
+        if pretrained and not Path(pretrained).is_file():
             tags = open_clip.list_pretrained_tags_by_model(name)
             if pretrained not in tags:
                 raise ValueError(
@@ -68,7 +73,9 @@ class OpenClipAdapter(EvalModel):
                 )
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained
+                name,
+                pretrained=pretrained,
+                require_pretrained=schema,  # no silent random init when their weights are missing
             )
         except (RuntimeError, OSError) as err:
             raise ValueError(f"could not load open_clip model {spec!r}: {err}") from err

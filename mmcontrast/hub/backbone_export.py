@@ -1,0 +1,70 @@
+"""A vision recipe's backbone in its own library's format, ready for fine-tuning.
+
+transformers towers -> ``save_pretrained`` (``AutoModel`` / ``AutoImageProcessor`` load it);
+timm towers -> timm's Hub layout (``timm.create_model("local-dir:DIR")`` or ``hf-hub:``);
+torchvision towers -> a safetensors state dict for ``torchvision.models.get_model(NAME)``
+with its classifier replaced by ``nn.Identity()``. Built-in CPU backbones have no library
+of their own: they export in mmcontrast's format.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from mmcontrast.hub.transformers_export import NotExpressible, image_processor
+from mmcontrast.models.tower import resolved_preprocess
+
+
+def save_backbone(tower: Any, output: str | Path) -> str:
+    """Write ``tower``'s weights and config to ``output``; returns the library name."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    source = getattr(getattr(tower, "cfg", None), "source", "builtin")
+    model = getattr(tower, "model", tower)
+    if source == "hf":
+        model.save_pretrained(output)
+        image_processor(tower).save_pretrained(output)
+        return "transformers"
+    if source == "timm":
+        from timm.models import save_for_hf
+
+        pre = resolved_preprocess(tower)
+        save_for_hf(
+            model,
+            str(output),
+            model_args=dict(tower.cfg.config_overrides) or None,
+            safe_serialization=True,
+            data_config={
+                "input_size": (3, pre.size, pre.size),
+                "mean": tuple(pre.mean),
+                "std": tuple(pre.std),
+                "crop_pct": 1.0,
+                "crop_mode": "center",
+                "interpolation": "bilinear",
+            },
+        )
+        return "timm"
+    if source == "torchvision":
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(output / "model.safetensors"), metadata={"format": "pt"})
+        pre = resolved_preprocess(tower)
+        info = {
+            "library": "torchvision",
+            "architecture": tower.cfg.name,
+            "classifier": "removed (replace it with torch.nn.Identity() before loading)",
+            "num_features": tower.width,
+            "image_size": pre.size,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+        }
+        (output / "config.json").write_text(json.dumps(info, indent=2) + "\n")
+        return "torchvision"
+    raise NotExpressible(
+        f"the {source!r} backbone {tower.cfg.name!r} belongs to no model library; "
+        "it exports in mmcontrast's format (use an hf, timm or torchvision backbone for a "
+        "library-native export)"
+    )
