@@ -78,11 +78,14 @@ class LossConfig:
     """The loss and its constructor arguments (e.g. ``kwargs: {temperature: 0.2}``).
 
     ``name`` None means the method's own loss (``clip`` for image-text training); a method
-    names the losses it accepts.
+    names the losses it accepts. ``gather_distributed`` (on by default) makes a loss that
+    can use every process's samples as negatives, with the whole batch's loss and
+    gradients; it changes nothing in one process.
     """
 
     name: str | None = None  # see ``mmcontrast list losses``
     kwargs: dict[str, Any] = field(default_factory=dict)
+    gather_distributed: bool = True  # several processes: negatives from all of them
 
 
 @dataclass

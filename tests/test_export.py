@@ -120,7 +120,7 @@ def assert_same_embeddings(run: Path, exported: Path, expected_class: str) -> No
     assert torch.allclose(theirs.image_embeds, ours_images, atol=1e-5)
     assert torch.allclose(theirs.text_embeds, ours_texts, atol=1e-5)
     assert torch.allclose(
-        theirs.logits_per_image.new_tensor(float(dual.scale())), model.logit_scale.exp()
+        theirs.logits_per_image.new_tensor(dual.scale().item()), model.logit_scale.exp()
     )
 
 
@@ -331,6 +331,11 @@ def test_cli_export_then_dry_run_push(
     assert "pipeline_tag: zero-shot-image-classification" in out  # the card, in full
     assert main(["export", str(run), "--output", str(tmp_path / "export")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # no network here (HF_HUB_OFFLINE): one clear line, no traceback
+    assert main(["push", str(tmp_path / "export"), "--repo-id", "me/tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmcontrast push: error:") and "Traceback" not in err
+    assert "--dry-run" in err
 
 
 def test_from_pretrained_unknown_name_is_clear() -> None:
@@ -444,3 +449,62 @@ def test_cli_convert_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert sum(p.numel() for p in model.parameters()) > 0
     assert main(["convert", str(tmp_path / "hf"), "--checkpoint", "x.pt", "--output", "y"]) == 2
     assert "--checkpoint is for open_clip sources" in capsys.readouterr().err
+
+
+CLEAN_LOAD = """
+import sys
+sys.modules["mmcontrast"] = None  # any import of mmcontrast now fails: plain transformers only
+import torch
+from transformers import AutoModel, AutoProcessor
+folder, pixels_file = sys.argv[1], sys.argv[2]
+model = AutoModel.from_pretrained(folder).eval()
+processor = AutoProcessor.from_pretrained(folder)
+texts = processor(text=["a red circle", "green"], return_tensors="pt", padding=True, truncation=True)
+with torch.no_grad():
+    out = model(pixel_values=torch.load(pixels_file), **texts)
+torch.save((out.image_embeds, out.text_embeds), pixels_file + ".out")
+"""
+
+
+def test_export_loads_without_mmcontrast(tmp_path: Path, tokenizer_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    run = make_run(tmp_path / "run", [*vit_vision(), *hf_text(tokenizer_dir)])
+    export(run, tmp_path / "export")
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    subprocess.run(
+        [sys.executable, "-c", CLEAN_LOAD, str(tmp_path / "export"), str(tmp_path / "pixels.pt")],
+        check=True,
+        cwd=tmp_path,
+    )
+    images, texts = torch.load(tmp_path / "pixels.pt.out")
+    dual = load_trained(run).model
+    with torch.no_grad():
+        assert torch.allclose(images, dual.get_image_features(pixels), atol=1e-5)
+        assert torch.allclose(
+            texts, dual.get_text_features(**dual.tokenize(["a red circle", "green"])), atol=1e-5
+        )
+
+
+def test_card_usage_snippet_runs_with_plain_transformers(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """The card's Python block, run as a Hub user would (mmcontrast not importable)."""
+    import re
+    import subprocess
+    import sys
+
+    run = make_run(tmp_path / "run", [*vit_vision(), *hf_text(tokenizer_dir)], metrics=METRICS)
+    export(run, tmp_path / "export")
+    card = (tmp_path / "export" / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S)
+    assert snippet is not None
+    pil_images(40, n=1)[0].save(tmp_path / "example.png")
+    code = 'import sys\nsys.modules["mmcontrast"] = None\n' + snippet.group(1)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tensor(" in result.stdout  # the printed caption scores

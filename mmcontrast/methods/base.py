@@ -7,6 +7,7 @@ targets, queues) after each optimiser step. Adding a method is one file in this 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mmcontrast.config import Config
+from mmcontrast.registry import LOSSES
 
 
 class Method(nn.Module):
@@ -46,6 +48,30 @@ class Method(nn.Module):
         process only, or outside training with neither. Default: no metrics.
         """
         return {}
+
+    def make_loss(self, name: str, **defaults: Any) -> nn.Module:
+        """Loss ``name`` with the recipe's ``loss.kwargs`` over ``defaults``.
+
+        A loss that can gather across processes gets ``loss.gather_distributed``.
+        """
+        if "gather_distributed" in self.cfg.loss.kwargs:
+            raise ValueError(
+                "set loss.gather_distributed (a key of its own), not loss.kwargs.gather_distributed"
+            )
+        kwargs = {**defaults, **self.cfg.loss.kwargs}
+        loss_cls = LOSSES.get(name)
+        if "gather_distributed" in inspect.signature(loss_cls).parameters:
+            kwargs["gather_distributed"] = self.cfg.loss.gather_distributed
+        return loss_cls(**kwargs)
+
+    def loss_is_global(self) -> bool:
+        """Whether ``forward``'s loss gathers every process's samples (``loss_fn`` gathers).
+
+        Such a loss has the whole batch's value on every process but the gradient of this
+        process's share only (see :mod:`mmcontrast.distributed`): the loop multiplies it by
+        the number of processes before ``backward``, since DDP averages gradients.
+        """
+        return bool(getattr(getattr(self, "loss_fn", None), "gather_distributed", False))
 
     def lr_prefixes(self) -> dict[str, float]:
         """Parameter-name prefix -> learning rate for parts with their own ``lr``."""

@@ -33,13 +33,16 @@ class ImageTextContrastive(Method):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         cfg.loss.name = cfg.loss.name or "clip"
-        loss_cls = LOSSES.get(cfg.loss.name)
+        LOSSES.get(cfg.loss.name)  # an unknown name fails here, with the nearest valid one
         if cfg.loss.name not in LOSS_INIT:
             raise ValueError(
                 f"method 'clip' trains with loss 'clip' or 'siglip', not {cfg.loss.name!r} "
                 "(that loss belongs to another method; see `mmcontrast list losses`)"
             )
-        self.loss_fn = loss_cls(**cfg.loss.kwargs)
+        # open_clip's --gather-with-grad --local-loss: the same values and gradients as the
+        # whole [N, N] matrix, computing only this process's [B, N] rows and columns
+        defaults = {"local_loss": True} if cfg.loss.name == "clip" else {}
+        self.loss_fn = self.make_loss(cfg.loss.name, **defaults)
         init_scale, init_bias = LOSS_INIT[cfg.loss.name]
         self.model = build_dual_encoder(cfg.model, init_scale, init_bias)
         self.loss_inputs = set(inspect.signature(self.loss_fn.forward).parameters)

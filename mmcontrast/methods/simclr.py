@@ -23,6 +23,7 @@ class SimCLRArgs:
     hidden_dim: int = 2048  # projection MLP: width -> hidden_dim -> out_dim
     out_dim: int = 128
     temperature: float = 0.5  # NT-Xent (loss.kwargs.temperature overrides)
+    batch_norm: bool = True  # in the projection MLP; its statistics are per process
 
 
 @METHODS.register("simclr", "SimCLR: two views, projection MLP, NT-Xent (Chen et al. 2020)")
@@ -33,7 +34,7 @@ class SimCLR(VisionMethod):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         a = self.args
-        self.projector = mlp([self.backbone.width, a.hidden_dim, a.out_dim])
+        self.projector = mlp([self.backbone.width, a.hidden_dim, a.out_dim], a.batch_norm)
         self.loss_fn = self.build_loss(temperature=a.temperature)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -33,7 +33,6 @@ from mmcontrast.eval.linear_probe import linear_probe
 from mmcontrast.eval.report import write_result
 from mmcontrast.methods.base import Method
 from mmcontrast.models.tower import build_tower, resolved_preprocess
-from mmcontrast.registry import LOSSES
 
 
 class VisionMethod(Method):
@@ -69,7 +68,7 @@ class VisionMethod(Method):
 
     def build_loss(self, **defaults: Any) -> nn.Module:
         """The method's loss with the recipe's ``loss.kwargs`` over the method's defaults."""
-        return LOSSES.get(self.loss_name)(**{**defaults, **self.cfg.loss.kwargs})
+        return self.make_loss(self.loss_name, **defaults)
 
     # ----------------------------------------------------------------- training data
 

@@ -3,6 +3,13 @@
 Flow: config -> method (model + data) -> DataLoader -> ``accelerator.prepare`` -> for each
 batch ``method(batch)["loss"]`` -> backward / clip / step under ``accelerator.accumulate``
 -> log, checkpoint, evaluate -> final weights and evaluation in ``output_dir``.
+
+With P processes each takes its own batches (accelerate shards the loader by batch). A
+method whose loss gathers every process's samples (``loss.gather_distributed``) returns
+the whole batch's loss with the gradient of this process's share; DDP averages gradients,
+so the loop back-propagates P x loss and the weights follow the P*B batch exactly. The
+logged loss is the mean over processes: the P*B batch's loss, for a gathering loss as for a
+per-sample mean (BYOL).
 """
 
 from __future__ import annotations
@@ -111,6 +118,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
 
     unwrapped: Method = accelerator.unwrap_model(method)
+    loss_factor = _loss_factor(accelerator.num_processes, unwrapped)
     stop_at = min(total_steps, cfg.train.stop_at_step or total_steps)
     history: list[dict[str, float]] = []
     skipped: Counter = Counter(
@@ -142,7 +150,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
             with accelerator.accumulate(method):
                 if batch:  # empty when every sample of the batch was unreadable
                     out = method(batch)
-                    accelerator.backward(out["loss"])
+                    accelerator.backward(out["loss"] * loss_factor)
                     step_losses.append(out["loss"].detach())
                     last_scalars = {k: v for k, v in out.items() if k != "loss"}
                     if accelerator.sync_gradients and cfg.train.max_grad_norm:
@@ -158,7 +166,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
             bar.update(1)
             if state.step % cfg.train.log_every == 0 or state.step == stop_at:
                 toc = time.perf_counter()
-                loss = torch.stack(step_losses).mean().item() if step_losses else float("nan")
+                loss = _global_mean(accelerator, step_losses)
                 record = {
                     "step": state.step,
                     "loss": loss,
@@ -239,6 +247,17 @@ def _claim_output_dir(output_dir: Path, overwrite: bool, is_main: bool) -> None:
         )
     if is_main:
         shutil.rmtree(output_dir / "checkpoints")
+
+
+def _loss_factor(num_processes: int, method: Method) -> int:
+    """P for a loss that gathers (its gradient is this process's share; DDP averages), else 1."""
+    return num_processes if method.loss_is_global() else 1
+
+
+def _global_mean(accelerator: Accelerator, losses: list[torch.Tensor]) -> float:
+    """The mean of this step's losses over micro-batches and processes (every process calls it)."""
+    local = torch.stack(losses).mean() if losses else torch.tensor(float("nan"))
+    return float(accelerator.reduce(local.to(accelerator.device), "mean").item())
 
 
 def _multi_process_cpu() -> bool:

@@ -1,0 +1,251 @@
+"""Global negatives in the loop: 2 gloo processes x batch B train like 1 process x 2B.
+
+Each process runs the real loop (``train``) under accelerate's MULTI_CPU with DDP. The
+loader gives process r batches r, r+2, ... of one shuffled order, so a step's two B-batches
+are, in rank order, the 2B-batch of one process; views and captions are seeded per sample.
+Losses per step and final weights must match (float32, 1e-5) with ``loss.gather_distributed``
+on; with local negatives, or without the loop's x P before ``backward``, they must not.
+
+The runs use SGD: the gradients agree to float32 rounding (about 1e-6 here, the size of the
+float32-vs-float64 error of one process), which AdamW's first, nearly sign-like steps turn
+into weight differences of up to 3e-5 at lr 1e-3 for entries whose gradient is near its eps.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import COLOURS, SHAPES, draw, tiny_overrides
+from safetensors.torch import load_file
+
+WORLD, B = 2, 4
+QUICKSTART = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
+BERT = (
+    "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, "
+    "vocab_size: 32, max_position_embeddings: 64, hidden_dropout_prob: 0.0, "
+    "attention_probs_dropout_prob: 0.0}"
+)
+VIT = (
+    "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, "
+    "image_size: 16, patch_size: 8}"
+)
+
+
+def clip_run(shapes: Path, tokenizer: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """CLIP on tiny random ViT + BERT towers (no dropout), both towers trained, SGD."""
+    return [
+        *tiny_overrides(shapes, tokenizer, Path("unused")),
+        f"model.text.config_overrides={BERT}",
+        "model.vision.weights=null",
+        "model.vision.lock=false",
+        "train.cache_locked_features=false",
+        "data.max_train_samples=16",  # 2 steps per epoch: 3 steps cross an epoch
+        f"train.batch_size={batch}",
+        "train.max_steps=3",
+        "train.warmup_steps=0",
+        "train.optimizer=sgd",
+        "train.lr=0.2",
+        "eval.at_end=false",
+        *extra,
+    ]
+
+
+def simclr_run(labelled: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """SimCLR (NT-Xent) on a tiny ViT, no BatchNorm anywhere, SGD without clipping."""
+    return [
+        "method=simclr",
+        "method_args.hidden_dim=32",
+        "method_args.out_dim=16",
+        "method_args.batch_norm=false",
+        "model.vision.source=hf",
+        "model.vision.name=vit",
+        "model.vision.pretrained=false",
+        f"model.vision.config_overrides={VIT}",
+        "model.vision.image_size=16",
+        f"data.path={labelled}",
+        "data.max_train_samples=16",
+        f"train.batch_size={batch}",
+        "train.max_steps=3",
+        "train.optimizer=sgd",
+        "train.lr=0.2",
+        "train.max_grad_norm=null",
+        "train.progress_bar=false",
+        "train.trackers=[]",
+        "train.log_every=1",
+        "eval.at_end=false",
+        "eval.views_png=false",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mmcontrast.data.imagefolder import write_imagefolder
+
+    root = tmp_path_factory.mktemp("labelled")
+    write_imagefolder(
+        [{"image": draw(c, s), "label": s} for c in COLOURS for s in SHAPES], root, "train"
+    )
+    return root
+
+
+Case = tuple[str | None, list[str]]  # (recipe, overrides)
+
+
+def _cases(shapes: Path, tokenizer: Path, labelled: Path) -> dict[str, Case]:
+    """Runs made on 2 processes (batch B each); ``*-local`` and ``*-no-factor`` must differ."""
+    accumulate = ("loss.name=siglip", "train.gradient_accumulation_steps=2", "train.max_steps=2")
+    local = ("loss.gather_distributed=false",)
+    return {
+        "clip": (QUICKSTART, clip_run(shapes, tokenizer, B)),
+        "clip-local": (QUICKSTART, clip_run(shapes, tokenizer, B, local)),
+        "siglip-accumulate": (QUICKSTART, clip_run(shapes, tokenizer, B, accumulate)),
+        "simclr": (None, simclr_run(labelled, B)),
+        "simclr-local": (None, simclr_run(labelled, B, local)),
+        "simclr-no-factor": (None, simclr_run(labelled, B)),
+    }
+
+
+def _worker(rank: int, cases: dict[str, Case], root: str) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD)
+    )
+    os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    os.environ.update(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true")  # gloo on CPU
+    torch.set_num_threads(1)
+    from accelerate.state import AcceleratorState, GradientState
+
+    from mmcontrast.config import load_recipe
+    from mmcontrast.train import loop
+
+    real_factor = loop._loss_factor
+    for name, (recipe, overrides) in cases.items():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        dist.init_process_group(  # accelerate keeps it; train() destroys it at its end
+            "gloo",
+            init_method=f"file://{root}/init-{name}",
+            rank=rank,
+            world_size=WORLD,
+            timeout=datetime.timedelta(seconds=120),
+        )
+        loop._loss_factor = (lambda n, m: 1) if name.endswith("no-factor") else real_factor  # type: ignore[assignment]
+        cfg = load_recipe(recipe, [*overrides, f"train.output_dir={root}/{name}"])
+        loop.train(cfg)
+
+
+@pytest.fixture(scope="module")
+def two_processes(
+    shapes_dir: Path, tokenizer_dir: Path, labelled: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    root = tmp_path_factory.mktemp("two_processes")
+    cases = _cases(shapes_dir, tokenizer_dir, labelled)
+    mp.spawn(_worker, args=(cases, str(root)), nprocs=WORLD, join=True)
+    return root
+
+
+def _result(folder: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    return [h["loss"] for h in history], load_file(str(folder / "model.safetensors"))
+
+
+def _one_process(
+    recipe: str | None, overrides: list[str], folder: Path
+) -> tuple[list[float], dict[str, torch.Tensor]]:
+    from mmcontrast.config import load_recipe
+    from mmcontrast.train.loop import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only wait for each other
+    try:
+        with mock.patch.dict(os.environ, ACCELERATE_USE_CPU="true"):  # CPU on a GPU machine too
+            train(load_recipe(recipe, [*overrides, f"train.output_dir={folder}"]))
+    finally:
+        torch.set_num_threads(threads)
+    return _result(folder)
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("case", ["clip", "siglip-accumulate"])
+def test_image_text_two_processes_equal_one_process_with_twice_the_batch(
+    two_processes: Path,
+    shapes_dir: Path,
+    tokenizer_dir: Path,
+    labelled: Path,
+    tmp_path: Path,
+    case: str,
+) -> None:
+    recipe, overrides = _cases(shapes_dir, tokenizer_dir, labelled)[case]
+    losses, weights = _one_process(recipe, [*overrides, f"train.batch_size={2 * B}"], tmp_path)
+    got_losses, got_weights = _result(two_processes / case)
+    assert len(losses) == len(got_losses) and len(set(losses)) == len(losses)
+    assert got_losses == pytest.approx(losses, abs=1e-5, rel=1e-5)
+    _assert_same(got_weights, weights)
+    if case == "clip":  # local negatives: a B-batch loss, another training
+        local_losses, local_weights = _result(two_processes / "clip-local")
+        assert abs(local_losses[0] - losses[0]) > 0.1
+        assert _max_difference(local_weights, weights) > 1e-4
+
+
+def test_simclr_two_processes_equal_one_process_with_twice_the_batch(
+    two_processes: Path, labelled: Path, tmp_path: Path
+) -> None:
+    losses, weights = _one_process(None, simclr_run(labelled, 2 * B), tmp_path)
+    got_losses, got_weights = _result(two_processes / "simclr")
+    assert len(set(losses)) == len(losses) == 3
+    assert got_losses == pytest.approx(losses, abs=1e-5, rel=1e-5)
+    _assert_same(got_weights, weights)
+    local_losses, local_weights = _result(two_processes / "simclr-local")
+    assert abs(local_losses[0] - losses[0]) > 0.1
+    assert _max_difference(local_weights, weights) > 1e-4
+    # without x P the gradient is 1/P of the whole batch's: same first loss, other weights
+    unscaled_losses, unscaled_weights = _result(two_processes / "simclr-no-factor")
+    assert unscaled_losses[0] == pytest.approx(losses[0], abs=1e-5)
+    assert _max_difference(unscaled_weights, weights) > 1e-4
+
+
+def test_the_recipe_switch_and_the_backward_factor(tiny_run: list[str]) -> None:
+    """``loss.gather_distributed`` (default on) reaches every loss that can gather; the loop
+    multiplies by P exactly those; ``loss.kwargs`` may not set it a second way."""
+    from mmcontrast.config import load_recipe
+    from mmcontrast.methods.base import Method
+    from mmcontrast.train.loop import _loss_factor, build_method
+
+    def image_text(*extra: str) -> Method:
+        return build_method(
+            load_recipe(QUICKSTART, [*tiny_run, "model.vision.weights=null", *extra])
+        )
+
+    def vision(name: str) -> Method:
+        tiny = ["model.vision.source=builtin", "model.vision.name=tiny_cnn"]
+        heads = ["method_args.hidden_dim=8", "method_args.out_dim=4"]
+        return build_method(load_recipe(None, [f"method={name}", *tiny, *heads]))
+
+    clip = image_text()
+    assert clip.loss_fn.gather_distributed and clip.loss_fn.local_loss  # open_clip's flags
+    assert _loss_factor(2, clip) == 2 and _loss_factor(1, clip) == 1
+    assert image_text("loss.name=siglip").loss_is_global()
+    local = image_text("loss.gather_distributed=false")
+    assert not local.loss_is_global() and _loss_factor(2, local) == 1
+    with pytest.raises(ValueError, match="set loss.gather_distributed"):
+        image_text("loss.kwargs={gather_distributed: true}")
+    assert vision("simclr").loss_is_global() and vision("moco_v3").loss_is_global()
+    byol = vision("byol")  # negative cosine: a per-sample mean, DDP's average is right
+    assert not byol.loss_is_global() and _loss_factor(2, byol) == 1
