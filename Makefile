@@ -29,7 +29,9 @@ fashion-mnist:
 demo: setup
 	$(VENV)/bin/mmcontrast data emoji --output data/emoji
 	$(VENV)/bin/mmcontrast train recipes/quickstart.yaml
+	$(VENV)/bin/mmcontrast export runs/quickstart --output exports/quickstart --overwrite
 	@echo "retrieval grid: runs/quickstart/eval/retrieval_grid.png"
+	@echo "plain-transformers export and model card: exports/quickstart (README.md)"
 
 test: setup
 	$(PY) -m pytest -q
@@ -43,4 +45,4 @@ lint: setup
 	$(VENV)/bin/mypy mmcontrast
 
 clean:
-	rm -rf runs data/emoji eval_results
+	rm -rf runs data/emoji eval_results exports

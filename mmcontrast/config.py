@@ -153,6 +153,9 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine schedule floor as a fraction of lr
     gradient_accumulation_steps: int = 1
+    # gradient caching (method clip): embed a batch grad_cache_micro_batch samples at a time,
+    # the loss over the whole batch, then replay; None = off. Must divide batch_size
+    grad_cache_micro_batch: int | None = None
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"  # no | fp16 | bf16
     log_every: int = 10

@@ -30,6 +30,23 @@ class Method(nn.Module):
         """Return ``{"loss": scalar, ...}`` for one batch."""
         raise NotImplementedError
 
+    def embed_for_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The loss's inputs for a batch: gradient caching (``train.grad_cache_micro_batch``).
+
+        Per-sample tensors have the batch on their first dimension; 0-dim tensors (logit
+        scale and bias) do not depend on the batch. ``forward(batch, embed_only=True)`` must
+        return this, so that the loop can call it through the DDP wrapper.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no embed_for_loss()")
+
+    def loss_from_embeddings(self, embeddings: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``forward``'s result from :meth:`embed_for_loss`'s outputs (concatenated)."""
+        raise NotImplementedError(f"{type(self).__name__} has no loss_from_embeddings()")
+
+    def supports_grad_cache(self) -> bool:
+        """Whether the loss can come from cached embeddings (:meth:`embed_for_loss`)."""
+        return type(self).embed_for_loss is not Method.embed_for_loss
+
     def train_data(self) -> tuple[Dataset, Callable[[list[Any]], dict[str, Any]]]:
         """The training dataset (with ``set_epoch``) and its collate function."""
         raise NotImplementedError

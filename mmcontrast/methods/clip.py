@@ -51,11 +51,21 @@ class ImageTextContrastive(Method):
                 f"loss {cfg.loss.name!r} needs a logit bias: set model.init_logit_bias (e.g. -10)"
             )
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def forward(self, batch: dict[str, Any], embed_only: bool = False) -> dict[str, Tensor]:
+        out = self.embed_for_loss(batch)
+        return out if embed_only else self.loss_from_embeddings(out)
+
+    def embed_for_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Image and text embeddings [B, D], logit scale (and bias) of a batch of pairs."""
         inputs = {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
         out = self.model(**inputs)
-        loss = self.loss_fn(**{k: v for k, v in out.items() if k in self.loss_inputs})
-        return {"loss": loss, "logit_scale": out["logit_scale"].detach()}
+        # a parameter returned as itself has no autograd node, and DDP's search for unused
+        # parameters (from the outputs' nodes) would miss it when gradient caching replays
+        return {k: v.view_as(v) if v.grad_fn is None else v for k, v in out.items()}
+
+    def loss_from_embeddings(self, embeddings: dict[str, Tensor]) -> dict[str, Tensor]:
+        loss = self.loss_fn(**{k: v for k, v in embeddings.items() if k in self.loss_inputs})
+        return {"loss": loss, "logit_scale": embeddings["logit_scale"].detach()}
 
     def image_transform(self, train: bool) -> Callable[[Any], Tensor]:
         return image_transform(resolved_preprocess(self.model.vision), self.cfg.data, train=train)

@@ -46,6 +46,11 @@ from mmcontrast.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from mmcontrast.train.grad_cache import (
+    check_grad_cache_support,
+    grad_cache_backward,
+    micro_batches_per_batch,
+)
 from mmcontrast.train.optim import build_optimizer, cosine_schedule
 from mmcontrast.train.sampler import EpochShuffleSampler
 
@@ -60,6 +65,7 @@ def build_method(cfg: Config) -> Method:
 def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     """Train ``cfg``; ``resume`` is a checkpoint folder or ``latest``. Returns a summary."""
     output_dir = Path(cfg.train.output_dir)
+    chunks = micro_batches_per_batch(cfg.train)  # gradient caching: micro-batches per batch
     accelerator = Accelerator(
         cpu=_multi_process_cpu(),
         mixed_precision=cfg.train.mixed_precision,
@@ -75,6 +81,8 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         _claim_output_dir(output_dir, cfg.train.overwrite_output_dir, accelerator.is_main_process)
     set_seed(cfg.train.seed)
     method = build_method(cfg)
+    if chunks:
+        check_grad_cache_support(method, accelerator)
     dataset, collate = method.train_data()
     size = len(cast(Sized, dataset))
     if size < cfg.train.batch_size:
@@ -149,8 +157,11 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
             skipped.update(batch.pop("skipped", {}))
             with accelerator.accumulate(method):
                 if batch:  # empty when every sample of the batch was unreadable
-                    out = method(batch)
-                    accelerator.backward(out["loss"] * loss_factor)
+                    if chunks:  # gradient caching: the batch's loss, micro-batch by micro-batch
+                        out = grad_cache_backward(accelerator, method, batch, chunks, loss_factor)
+                    else:
+                        out = method(batch)
+                        accelerator.backward(out["loss"] * loss_factor)
                     step_losses.append(out["loss"].detach())
                     last_scalars = {k: v for k, v in out.items() if k != "loss"}
                     if accelerator.sync_gradients and cfg.train.max_grad_norm:
