@@ -120,7 +120,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         norm = accelerator.clip_grad_norm_(method.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(out["loss"]), float(norm)
+        return float(out["loss"].detach()), float(norm)
 
     step({k: v[:micro] for k, v in batch.items()}, None)  # optimiser state, lazy inits
     torch.manual_seed(0)
@@ -131,7 +131,14 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     loss, norm = step(batch, chunks)
     seconds = time.perf_counter() - tic
     peak = _status("VmHWM")
-    return {**config, "before": before, "peak": peak, "seconds": seconds, "value": loss, "norm": norm}
+    return {
+        **config,
+        "before": before,
+        "peak": peak,
+        "seconds": seconds,
+        "value": loss,
+        "norm": norm,
+    }
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--micro", type=int, default=64)
     parser.add_argument("--losses", nargs="+", default=["clip", "siglip"])
     parser.add_argument("--siglip-chunk", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -40,6 +40,23 @@ METRIC_NAMES = {
     "text_retrieval_mean_rank": "image->text mean rank",
     "text_retrieval_median_rank": "image->text median rank",
 }
+NOT_METRICS = {"lp_weight_decay"}  # reported settings, kept out of model-index
+
+
+def metric_label(key: str) -> str:
+    """A reader's name for a metric key (``knn20_acc1`` -> ``kNN (k=20) top-1 accuracy``)."""
+    if key in METRIC_NAMES:
+        return METRIC_NAMES[key]
+    match = re.fullmatch(r"knn(\d+)_(.+)", key)
+    if match:
+        return f"kNN (k={match.group(1)}) {METRIC_NAMES.get(match.group(2), match.group(2))}"
+    if key == "lp_weight_decay":
+        return "linear probe: chosen weight decay"
+    if key.startswith("lp_"):
+        return f"linear probe {METRIC_NAMES.get(key[3:], key[3:])}"
+    return key
+
+
 TASK_TYPES = {  # model-index task types
     "retrieval": ("image-text-retrieval", "Zero-shot image-text retrieval"),
     "zeroshot": ("zero-shot-image-classification", "Zero-shot image classification"),
@@ -165,8 +182,8 @@ def _eval_results(evaluations: list[dict[str, Any]], cfg: Config) -> list[EvalRe
         task_type, task_name = TASK_TYPES.get(ev["task"], (ev["task"], ev["task"]))
         data = _dataset_label(ev, cfg)
         for key, value in ev["metrics"].items():
-            if not isinstance(value, int | float) or value != value:  # skip NaN
-                continue
+            if not isinstance(value, int | float) or value != value or key in NOT_METRICS:
+                continue  # NaN (e.g. top-5 of fewer than 5 classes) or a setting
             results.append(
                 EvalResult(
                     task_type=task_type,
@@ -175,7 +192,7 @@ def _eval_results(evaluations: list[dict[str, Any]], cfg: Config) -> list[EvalRe
                     dataset_name=data,
                     dataset_split=ev.get("split") or cfg.data.eval_split,
                     metric_type=key,
-                    metric_name=METRIC_NAMES.get(key, key),
+                    metric_name=metric_label(key),
                     metric_value=round(float(value), 4),
                 )
             )
@@ -367,7 +384,9 @@ def _results_markdown(evaluations: list[dict[str, Any]]) -> str:
         for key, value in ev["metrics"].items():
             if isinstance(value, int | float) and value == value:
                 shown = f"{value:.4f}" if isinstance(value, float) and value <= 1 else f"{value:g}"
-                lines.append(f"| {METRIC_NAMES.get(key, key)} | {shown} |")
+                if key == "lp_weight_decay":
+                    shown = f"{value:g}"
+                lines.append(f"| {metric_label(key)} | {shown} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 

@@ -26,7 +26,9 @@ With several processes the loss gathers the embeddings of all of them
 the whole P*B batch's, and the loop's factor P before ``backward`` carries over; under DDP
 only the last micro-batch's replay synchronises gradients (the others run under
 ``no_sync``), and every process runs the same number of micro-batches (``chunks``, fixed
-by the config), so DDP's collectives pair up even when a batch lost unreadable samples.
+by the config), so DDP's collectives pair up even when a batch lost unreadable samples
+(as long as it keeps at least ``chunks`` rows).
+
 BatchNorm layers see micro-batch statistics (as in any micro-batching); their running
 statistics are updated by the replay only.
 
@@ -104,19 +106,19 @@ class RngState:
     """The generators dropout draws from: the CPU one and, on a GPU, that device's."""
 
     cpu: Tensor
-    cuda: Tensor | None = None
-    device: torch.device | None = None
+    cuda: tuple[torch.device, Tensor] | None = None
 
     @classmethod
     def capture(cls, device: torch.device) -> RngState:
         if device.type == "cuda":
-            return cls(torch.get_rng_state(), torch.cuda.get_rng_state(device), device)
+            return cls(torch.get_rng_state(), (device, torch.cuda.get_rng_state(device)))
         return cls(torch.get_rng_state())
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
+            device, state = self.cuda
+            torch.cuda.set_rng_state(state, device)
 
 
 def split_batch(batch: Mapping[str, Any], chunks: int) -> list[dict[str, Any]]:
@@ -179,6 +181,7 @@ def grad_cache_backward(
     after_embedding = RngState.capture(device)
 
     leaves = _leaves(parts)
+    del parts  # the concatenated leaves replace the per-micro-batch embeddings
     with accelerator.autocast():
         out = method.loss_from_embeddings(leaves)
     accelerator.backward(out["loss"] * loss_factor)

@@ -10,6 +10,10 @@ the whole batch's loss with the gradient of this process's share; DDP averages g
 so the loop back-propagates P x loss and the weights follow the P*B batch exactly. The
 logged loss is the mean over processes: the P*B batch's loss, for a gathering loss as for a
 per-sample mean (BYOL).
+
+With ``train.grad_cache_micro_batch`` a batch's forward and backward go through
+:func:`mmcontrast.train.grad_cache.grad_cache_backward` (the whole batch's loss, one
+micro-batch's activations at a time); clipping, stepping and logging stay as they are.
 """
 
 from __future__ import annotations
