@@ -27,10 +27,12 @@ gradient), which checks that the two steps did the same work.
 
     .venv/bin/python scripts/bench_memory.py                        # 256, 1024, 4096 x clip, siglip
     .venv/bin/python scripts/bench_memory.py --batches 256 1024 --losses siglip --threads 1
+    .venv/bin/python scripts/bench_memory.py --losses clip --clip-chunk 0   # CLIP unchunked
 
-SigLIP runs with ``loss.kwargs.chunk_size`` (``--siglip-chunk``, default 256): its logits
-are then never more than [N, 256], while CLIP's loss holds the [N, N] logits of the whole
-batch (and their gradient), which gradient caching does not shrink.
+Both losses run with ``loss.kwargs.chunk_size`` (``--clip-chunk``, ``--siglip-chunk``,
+default 256; 0 leaves it unset): their logits are then never more than [N, 256]. Without
+it the loss holds the [N, N] logits of the whole batch (and their gradient), which
+gradient caching does not shrink.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         f"train.batch_size={batch_size}",
         "train.max_grad_norm=1.0",
     ]
-    if config["loss"] == "siglip" and config["siglip_chunk"]:
-        overrides.append(f"loss.kwargs={{chunk_size: {config['siglip_chunk']}}}")
+    if config["chunk"]:
+        overrides.append(f"loss.kwargs={{chunk_size: {config['chunk']}}}")
     if config["cached"]:
         overrides.append(f"train.grad_cache_micro_batch={micro}")
     cfg = load_recipe(None, overrides)
@@ -161,6 +163,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _label(result: dict[str, Any]) -> str:
+    return f"{result['loss']}, chunk {result['chunk']}" if result["chunk"] else result["loss"]
+
+
 def table(results: list[dict[str, Any]], micro: int) -> str:
     mib = 2**20
     lines = [
@@ -168,8 +174,8 @@ def table(results: list[dict[str, Any]], micro: int) -> str:
         "| peak / cached smallest | step / cached smallest | loss | grad norm |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for loss in dict.fromkeys(r["loss"] for r in results):
-        rows = [r for r in results if r["loss"] == loss]
+    for loss in dict.fromkeys(map(_label, results)):
+        rows = [r for r in results if _label(r) == loss]
         base = min((r for r in rows if r["cached"]), key=lambda r: r["batch"])
         for r in sorted(rows, key=lambda r: (not r["cached"], r["batch"])):
             own, base_own = r["peak"] - r["before"], base["peak"] - base["before"]
@@ -184,8 +190,8 @@ def table(results: list[dict[str, Any]], micro: int) -> str:
 
 def summary(results: list[dict[str, Any]]) -> str:
     lines = []
-    for loss in dict.fromkeys(r["loss"] for r in results):
-        cached = [r for r in results if r["loss"] == loss and r["cached"]]
+    for loss in dict.fromkeys(map(_label, results)):
+        cached = [r for r in results if _label(r) == loss and r["cached"]]
         peaks = [r["peak"] for r in cached]
         steps = [r["peak"] - r["before"] for r in cached]
         lines.append(
@@ -200,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--micro", type=int, default=64)
     parser.add_argument("--losses", nargs="+", default=["clip", "siglip"])
+    parser.add_argument("--clip-chunk", type=int, default=256)
     parser.add_argument("--siglip-chunk", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -226,12 +233,12 @@ def main(argv: list[str] | None = None) -> None:
                     "micro": args.micro,
                     "cached": cached,
                     "threads": args.threads,
-                    "siglip_chunk": args.siglip_chunk,
+                    "chunk": {"clip": args.clip_chunk, "siglip": args.siglip_chunk}.get(loss),
                 }
                 results.append(run(config))
                 r = results[-1]
                 print(
-                    f"{loss} batch {batch} {'cached' if cached else 'plain'}: "
+                    f"{_label(r)} batch {batch} {'cached' if cached else 'plain'}: "
                     f"peak {r['peak'] / 2**20:,.0f} MiB, step {(r['peak'] - r['before']) / 2**20:,.0f} MiB, "
                     f"{r['seconds']:.2f} s",
                     flush=True,

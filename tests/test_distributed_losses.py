@@ -78,6 +78,26 @@ CASES = [
         sizes=(3, 5),
     ),
     Case(
+        "clip-chunked",
+        lambda g: losses.ClipLoss(gather_distributed=g, chunk_size=3),
+        lambda: _image_text(8),
+        _scale,
+    ),
+    Case(
+        "clip-local-chunked-unequal",
+        lambda g: losses.ClipLoss(gather_distributed=g, local_loss=True, chunk_size=2),
+        lambda: _image_text(8),
+        _scale,
+        sizes=(3, 5),
+    ),
+    Case(
+        "clip-local-chunked-empty-rank",
+        lambda g: losses.ClipLoss(gather_distributed=g, local_loss=True, chunk_size=3),
+        lambda: _image_text(8),
+        _scale,
+        sizes=(0, 8),
+    ),
+    Case(
         "siglip",
         lambda g: losses.SigLipLoss(gather_distributed=g),
         lambda: _image_text(8),

