@@ -104,6 +104,65 @@ def test_siglip_init(tokenizer_dir: Path) -> None:
     assert method.model.logit_bias.item() == pytest.approx(-10.0)
 
 
+def test_logit_scale_and_bias_are_shape_one_and_old_state_dicts_load(tokenizer_dir: Path) -> None:
+    cfg = load_recipe(None, ["loss.name=siglip"])
+    cfg.model = ModelConfig(vision=vit(), text=bert(tokenizer_dir), embed_dim=16)
+    from mmcontrast.train.loop import build_method
+
+    method = build_method(cfg)
+    assert all(p.ndim > 0 for p in method.parameters())  # torch's FSDP refuses 0-dim ones
+    assert method.model.logit_scale.shape == method.model.logit_bias.shape == (1,)
+    assert method.model.scale().shape == ()  # the losses get 0-dim scale and bias
+    tokens = method.model.tokenize(["a red circle", "a blue star"])
+    out = method.model(pixel_values=torch.randn(2, 3, 32, 32), **tokens)
+    assert out["logit_scale"].shape == out["logit_bias"].shape == ()
+    # a checkpoint from before the change holds 0-dim values: they load into the [1] params
+    old = {k: v.clone() for k, v in method.state_dict().items()}
+    old["model.logit_scale"] = torch.tensor(1.5)
+    old["model.logit_bias"] = torch.tensor(-3.0)
+    method.load_state_dict(old, strict=True)
+    assert method.model.logit_scale.shape == (1,) and method.model.logit_bias.shape == (1,)
+    assert method.model.logit_scale.item() == pytest.approx(1.5)
+    assert method.model.logit_bias.item() == pytest.approx(-3.0)
+    method.model.load_state_dict({"logit_scale": torch.tensor(2.0)}, strict=False)  # no prefix
+    assert method.model.logit_scale.item() == pytest.approx(2.0)
+
+
+def test_dual_encoder_trains_under_fsdp2_fully_shard(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """FSDP2 in a one-process gloo group on CPU: the logit scale and bias shard and get gradients."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    cfg = load_recipe(None, ["loss.name=siglip"])
+    cfg.model = ModelConfig(vision=vit(), text=bert(tokenizer_dir), embed_dim=16)
+    from mmcontrast.train.loop import build_method
+
+    method = build_method(cfg).eval()  # no dropout: the same loss with and without FSDP
+    tokens = method.model.tokenize(["a red circle", "a blue star", "a green square"])
+    batch = {"pixel_values": torch.randn(3, 3, 32, 32), **tokens}
+    loss = method(batch)["loss"]
+    loss.backward()
+    expected = loss.item()
+    grads = [p.grad.clone() for p in (method.model.logit_scale, method.model.logit_bias)]
+    method.zero_grad(set_to_none=True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        fully_shard(method.model)
+        assert isinstance(method.model.logit_scale, DTensor)
+        out = method(batch)
+        assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+        out["loss"].backward()
+        params = (method.model.logit_scale, method.model.logit_bias)
+        for param, grad in zip(params, grads, strict=True):
+            assert grad.abs().item() > 0
+            assert torch.allclose(param.grad.full_tensor(), grad, rtol=1e-4, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_timm_tower() -> None:
     tower = build_tower(
         TowerConfig(source="timm", name="test_efficientnet", pretrained=False), "vision"

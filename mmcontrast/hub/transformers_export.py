@@ -143,7 +143,8 @@ def _projection_kind(dual: Any) -> str:
 
 
 def _logit_scale(dual: Any) -> Tensor:
-    return dual.logit_scale.detach().clamp(max=dual.max_logit_scale).clone()
+    """The capped log scale, 0-dim (CLIPModel's shape; SigLIP's export reshapes it to [1])."""
+    return dual.logit_scale.detach().clamp(max=dual.max_logit_scale).reshape(()).clone()
 
 
 def _tower_state(tower: Any, prefix: str) -> dict[str, Tensor]:

@@ -3,6 +3,8 @@
 Image and text features are projected to ``embed_dim`` and L2-normalised. A learnable
 logit scale (stored as its log, initialised to ln(1/0.07) for CLIP or ln 10 for SigLIP)
 is capped at ``max_logit_scale`` (ln 100); an optional logit bias serves the sigmoid loss.
+Both are stored as shape-[1] parameters (torch's FSDP refuses 0-dim ones) and come out of
+``scale()`` and ``forward`` as 0-dim tensors; checkpoints that saved them 0-dim still load.
 
 Reference: Radford et al. 2021 (CLIP), Zhai et al. 2022 (LiT: locking a tower).
 """
@@ -43,14 +45,16 @@ class DualEncoder(nn.Module):
         self.text_projection = build_projection(
             projection, text.width, embed_dim, projection_hidden_dim
         )
-        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        # shape [1], not 0-dim: torch's FSDP (FSDP1 and fully_shard) refuses scalar parameters
+        self.logit_scale = nn.Parameter(torch.tensor([float(init_logit_scale)]))
         self.logit_bias = (
-            nn.Parameter(torch.tensor(float(init_logit_bias)))
+            nn.Parameter(torch.tensor([float(init_logit_bias)]))
             if init_logit_bias is not None
             else None
         )
         self.max_logit_scale = max_logit_scale
         self.embed_dim = embed_dim
+        self.register_load_state_dict_pre_hook(_scalars_to_shape_one)
 
     def get_image_features(
         self,
@@ -86,8 +90,8 @@ class DualEncoder(nn.Module):
         return image_transform(resolved_preprocess(self.vision))
 
     def scale(self) -> Tensor:
-        """The logit multiplier exp(logit_scale), capped at exp(max_logit_scale)."""
-        return self.logit_scale.clamp(max=self.max_logit_scale).exp()
+        """The logit multiplier exp(logit_scale), capped at exp(max_logit_scale); 0-dim."""
+        return self.logit_scale.squeeze(0).clamp(max=self.max_logit_scale).exp()
 
     def forward(
         self,
@@ -104,7 +108,8 @@ class DualEncoder(nn.Module):
             "logit_scale": self.scale(),
         }
         if self.logit_bias is not None:
-            out["logit_bias"] = self.logit_bias
+            # 0-dim for the losses; a copy, not a view (FSDP2 warns about views in outputs)
+            out["logit_bias"] = self.logit_bias.squeeze(0).clone()
         return out
 
     def train(self, mode: bool = True) -> DualEncoder:
@@ -112,6 +117,23 @@ class DualEncoder(nn.Module):
         if mode:
             keep_frozen_in_eval(self)  # locked (LiT) parts keep BatchNorm statistics and no dropout
         return self
+
+
+def _scalars_to_shape_one(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Older checkpoints saved the logit scale and bias 0-dim: read them as shape [1]."""
+    for name in ("logit_scale", "logit_bias"):
+        value = state_dict.get(prefix + name)
+        if isinstance(value, Tensor) and value.ndim == 0:
+            state_dict[prefix + name] = value.reshape(1)
 
 
 def build_dual_encoder(
