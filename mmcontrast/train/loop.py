@@ -129,7 +129,9 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                 (output_dir / name).unlink(missing_ok=True)
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
 
-    unwrapped: Method = accelerator.unwrap_model(method)
+    unwrapped: Method = accelerator.unwrap_model(
+        method, keep_torch_compile=False
+    )  # plain keys in saved weights
     loss_factor = _loss_factor(accelerator.num_processes, unwrapped)
     stop_at = min(total_steps, cfg.train.stop_at_step or total_steps)
     history: list[dict[str, float]] = []
