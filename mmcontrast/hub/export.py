@@ -19,7 +19,7 @@ from typing import Any
 from mmcontrast.config import Config, load_recipe, save_config
 from mmcontrast.hub.backbone_export import save_backbone
 from mmcontrast.hub.card import CardContext, read_evaluations, render_card
-from mmcontrast.hub.native import save_native
+from mmcontrast.hub.native import save_native, trained_module
 from mmcontrast.hub.transformers_export import NotExpressible, to_transformers
 from mmcontrast.methods.base import Method
 from mmcontrast.models.tower import resolved_preprocess
@@ -78,7 +78,7 @@ def export(
     save_config(recipe, output / "training_config.yaml")
     evaluations = _copy_evaluations(source, output)
     preview = next((p for p in PREVIEWS if (output / p).is_file()), None)
-    module = _exported_module(method)
+    module = trained_module(method)
     card = render_card(
         CardContext(
             cfg=recipe,
@@ -114,11 +114,11 @@ def _prepare(output: Path, source: Path, overwrite: bool) -> None:
 
 
 def _write_model(method: Method, output: Path, format: str) -> ExportResult:
-    dual = getattr(method, "model", None)
-    if dual is None or not hasattr(dual, "text"):  # a vision recipe: its backbone
+    dual = trained_module(method)
+    if not hasattr(dual, "text"):  # a vision recipe: its backbone
         if format != "mmcontrast":
             try:
-                library = save_backbone(method.backbone, output)
+                library = save_backbone(dual, output)
                 return ExportResult(output, library, "backbone")
             except NotExpressible as err:
                 if format == "transformers":
@@ -143,11 +143,6 @@ def _write_model(method: Method, output: Path, format: str) -> ExportResult:
             return ExportResult(output, "transformers", exported.kind, notes=exported.notes)
     save_native(method, output)
     return ExportResult(output, "mmcontrast", "mmcontrast", reason=reason)
-
-
-def _exported_module(method: Method) -> Any:
-    dual = getattr(method, "model", None)
-    return dual if dual is not None and hasattr(dual, "text") else method.backbone
 
 
 def _poolings(module: Any) -> tuple[str, str] | None:

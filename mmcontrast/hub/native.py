@@ -42,11 +42,17 @@ def save_native(method: Method, output: str | Path) -> list[Path]:
     return written
 
 
+def trained_module(method: Method) -> Any:
+    """What a method trains for others to use: its dual encoder, or a vision backbone."""
+    model = getattr(method, "model", None)
+    return model if model is not None and hasattr(model, "text") else method.backbone
+
+
 def _towers(method: Method) -> dict[str, Any]:
-    model: Any = getattr(method, "model", None)
-    if model is not None and hasattr(model, "text"):
-        return {"vision": model.vision, "text": model.text}
-    return {"vision": method.backbone}
+    module = trained_module(method)
+    if hasattr(module, "text"):
+        return {"vision": module.vision, "text": module.text}
+    return {"vision": module}
 
 
 def _make_self_contained(tower: Any, cfg: TowerConfig, folder: Path) -> list[Path]:
@@ -83,10 +89,7 @@ def from_pretrained(name_or_path: str | Path, revision: str | None = None) -> nn
     folder = Path(name_or_path)
     if not folder.is_dir():
         folder = _download(str(name_or_path), revision)
-    method = load_trained(folder)
-    model = getattr(method, "model", None)
-    module: Any = model if model is not None and hasattr(model, "text") else method.backbone
-    return module.eval()
+    return trained_module(load_trained(folder)).eval()
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

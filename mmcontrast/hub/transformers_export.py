@@ -153,6 +153,17 @@ def _tower_state(tower: Any, prefix: str) -> dict[str, Tensor]:
     return {prefix + k.removeprefix(prefix): v for k, v in state.items()}
 
 
+def _projected_state(dual: Any, vision_prefix: str) -> dict[str, Tensor]:
+    """Towers, linear projections and logit scale under CLIPModel's / VTDE's names."""
+    return {
+        **_tower_state(dual.vision, vision_prefix),
+        **_tower_state(dual.text, "text_model."),
+        "visual_projection.weight": dual.vision_projection.weight.detach(),
+        "text_projection.weight": dual.text_projection.weight.detach(),
+        "logit_scale": _logit_scale(dual),
+    }
+
+
 def _load(model: PreTrainedModel, state: dict[str, Tensor], kind: str) -> PreTrainedModel:
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -173,14 +184,7 @@ def _clip(dual: Any) -> PreTrainedModel:
         projection_dim=dual.embed_dim,
         logit_scale_init_value=float(_logit_scale(dual)),
     )
-    state = {
-        **_tower_state(dual.vision, "vision_model."),
-        **_tower_state(dual.text, "text_model."),
-        "visual_projection.weight": dual.vision_projection.weight.detach(),
-        "text_projection.weight": dual.text_projection.weight.detach(),
-        "logit_scale": _logit_scale(dual),
-    }
-    return _load(CLIPModel(config), state, "CLIPModel")
+    return _load(CLIPModel(config), _projected_state(dual, "vision_model."), "CLIPModel")
 
 
 def _siglip(dual: Any) -> PreTrainedModel:
@@ -204,7 +208,7 @@ def _vision_config(tower: Any) -> PretrainedConfig:
         extra: dict[str, Any] = {  # not declared fields: kept as config attributes
             "hidden_size": tower.width,
             "num_labels": 0,
-            "pretrained_cfg": _timm_pretrained_cfg(pre),
+            "pretrained_cfg": timm_data_config(pre),
         }
         return TimmWrapperConfig(
             architecture=tower.cfg.name,
@@ -216,7 +220,7 @@ def _vision_config(tower: Any) -> PretrainedConfig:
     return config
 
 
-def _timm_pretrained_cfg(pre: Any) -> dict[str, Any]:
+def timm_data_config(pre: Any) -> dict[str, Any]:
     """timm's data config reproducing mmcontrast's eval transform (resize, centre crop)."""
     return {
         "input_size": [3, pre.size, pre.size],
@@ -238,13 +242,7 @@ def _dual_encoder(dual: Any) -> PreTrainedModel:
     vision_prefix = (
         "vision_model.timm_model." if dual.vision.cfg.source == "timm" else "vision_model."
     )
-    state = {
-        **_tower_state(dual.vision, vision_prefix),
-        **_tower_state(dual.text, "text_model."),
-        "visual_projection.weight": dual.vision_projection.weight.detach(),
-        "text_projection.weight": dual.text_projection.weight.detach(),
-        "logit_scale": _logit_scale(dual),
-    }
+    state = _projected_state(dual, vision_prefix)
     return _load(VisionTextDualEncoderModel(config), state, "VisionTextDualEncoderModel")
 
 
