@@ -78,10 +78,33 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+TINY_VIT = {  # random ViT tower for CPU tests (32 px, 2 layers)
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+}
+TINY_BERT = {  # random BERT tower for CPU tests (the tokenizer_dir vocabulary fits in 32)
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 32,
+    "max_position_embeddings": 64,
+}
+
+
+def flow(mapping: dict[str, int]) -> str:
+    """A dict as a YAML flow mapping, for ``--set key={...}`` overrides."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"
+
+
 def tiny_overrides(data: Path, tokenizer: Path, output: Path) -> list[str]:
     """``--set`` overrides for a run on random tiny ViT + BERT towers."""
-    vit = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, image_size: 32, patch_size: 8}"
-    bert = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, vocab_size: 32, max_position_embeddings: 64}"
+    vit = flow(TINY_VIT)
+    bert = flow(TINY_BERT)
     return [
         "model.vision.source=hf",
         "model.vision.name=vit",

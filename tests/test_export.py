@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_BERT, TINY_OPEN_CLIP, TINY_VIT, flow
 from PIL import Image
 
 import mmcontrast
@@ -22,28 +23,9 @@ from mmcontrast.hub.transformers_export import NotExpressible
 from mmcontrast.train.checkpoint import load_trained, save_weights
 from mmcontrast.train.loop import build_method
 
-VISION = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "image_size": 32,
-    "patch_size": 8,
-}
-TEXT = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "vocab_size": 32,
-    "max_position_embeddings": 64,
-}
+VISION, TEXT = TINY_VIT, TINY_BERT
 CAPTIONS = ["a red circle", "a blue square on white", "green"]
 METRICS = {"image_retrieval_recall@1": 0.375, "text_retrieval_recall@1": 0.25}
-
-
-def flow(mapping: dict[str, int]) -> str:
-    return "{" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"
 
 
 def make_run(folder: Path, overrides: list[str], metrics: dict[str, float] | None = None) -> Path:

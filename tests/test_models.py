@@ -6,20 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OPEN_CLIP
+from conftest import TINY_OPEN_CLIP, TINY_VIT
 
 from mmcontrast.config import ModelConfig, TowerConfig, load_recipe
 from mmcontrast.models import build_dual_encoder, build_tower
 from mmcontrast.models.tower import count_parameters
 
-VIT = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "image_size": 32,
-    "patch_size": 8,
-}
+VIT = TINY_VIT
 BERT = {
     "hidden_size": 32,
     "num_hidden_layers": 2,
