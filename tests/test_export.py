@@ -420,7 +420,6 @@ def test_push_to_hub_needs_a_repo_id(tiny_run: list[str]) -> None:
 
 def test_cli_convert_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import open_clip
-    from conftest import TINY_OPEN_CLIP
 
     config = tmp_path / "tiny-cli-oc.json"
     config.write_text(json.dumps(TINY_OPEN_CLIP))
