@@ -90,7 +90,7 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    """Image-text pairs: a local imagefolder directory or any ``datasets`` name/path."""
+    """Image-text pairs: an imagefolder directory, tar shards, or any ``datasets`` name/path."""
 
     path: str = ""  # folder, ``datasets`` name, or a built-in (``mmcontrast list datasets``)
     name: str | None = None  # ``datasets`` configuration name
@@ -102,6 +102,10 @@ class DataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     num_workers: int = 0
+    # read the training split as a stream (tar shards, datasets streaming), never all held;
+    # needs train.max_steps; see data/streaming.py
+    streaming: bool = False
+    shuffle_buffer: int = 1000  # streaming: examples shuffled together (one block at a time)
     # training augmentation (eval uses resize + centre crop)
     random_resized_crop: tuple[float, float] | None = None  # scale range, e.g. [0.8, 1.0]
     horizontal_flip: float = 0.0

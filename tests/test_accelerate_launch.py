@@ -209,3 +209,48 @@ def test_accelerate_launch_two_cpu_processes_end_to_end(
     record = json.loads((run / "eval" / "retrieval.json").read_text())
     assert record["num_images"] == 16 and record["num_texts"] == 32
     assert all(math.isfinite(v) for v in record["metrics"].values())
+
+
+def test_accelerate_launch_two_processes_streaming_and_resuming(
+    shapes_dir: Path, tiny_run: list[str], tmp_path: Path
+) -> None:
+    """2 gloo processes stream tar shards (each its own shards), stop, and resume."""
+    from mmcontrast.cli import main
+
+    shards = tmp_path / "shards"
+    assert main(["shards", str(shapes_dir), "--output", str(shards), "--shard-size", "6"]) == 0
+    run = tmp_path / "run"
+    overrides = [
+        *tiny_run,
+        f"data.path={shards}",
+        "data.streaming=true",
+        "data.shuffle_buffer=4",
+        "data.num_workers=1",
+        "model.vision.weights=null",
+        "train.cache_locked_features=false",
+        "train.max_steps=4",
+        "train.checkpoint_every=2",
+        "eval.grid_png=false",
+    ]
+    command = [
+        sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
+        "--config_file", str(CONFIGS / "cpu-2proc.yaml"), "-m", "mmcontrast", "train", str(QUICKSTART),
+    ]  # fmt: skip
+    for override in overrides:
+        command += ["--set", override]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    code, output = run_with_timeout([*command, "--set", "train.stop_at_step=2"], env, 300)
+    assert code == 0, output[-4000:]
+    assert not (run / "model.safetensors").exists()
+    code, output = run_with_timeout([*command, "--resume"], env, 300)
+    assert code == 0, output[-4000:]
+    assert "resumed from" in output and (run / "model.safetensors").is_file()
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    for rank in (0, 1):  # each process kept its own stream (6 shards: 3 each) and count
+        state = json.loads(
+            (run / "checkpoints" / "step-00000004" / f"data_state_rank{rank}.json").read_text()
+        )
+        assert state["consumed"] == 4 and list(state["positions"]) == [str(rank)]
+    record = json.loads((run / "eval" / "retrieval.json").read_text())
+    assert record["num_images"] == 16  # the streamed test split, read whole

@@ -7,7 +7,13 @@ Two sources:
   column (a string or a list of strings per image); a folder holding ``metadata.*``
   directly is one split;
 * any ``datasets.load_dataset`` name or path, with configurable columns; images may be
-  paths, bytes or ``datasets.Image`` features.
+  paths, bytes or ``datasets.Image`` features;
+* webdataset tar shards (``webdataset.py``): a folder of ``.tar`` files, a glob or a brace
+  pattern; columns are the members' extensions (``jpg``/``png``..., ``txt``, ``json``).
+
+``data.streaming: true`` reads the training split with :func:`open_stream` instead (see
+``streaming.py``); a streamed source's evaluation split is read through the stream too.
+A caption column may name a field inside a column: ``json.text``.
 
 Rows without a usable caption are dropped when the table is loaded and counted; images
 are decoded lazily, and one that is missing or unreadable is skipped when it is met.
@@ -23,6 +29,7 @@ from typing import Any
 import datasets
 
 from mmcontrast.config import DataConfig
+from mmcontrast.data.webdataset import IMAGE_EXTENSIONS, is_webdataset, shard_files
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 
@@ -49,7 +56,17 @@ class PairTable:
         return value
 
     def captions(self, index: int) -> list[str]:
-        return clean_captions(self.dataset[index][self.caption_column])
+        return clean_captions(column_value(self.dataset[index], self.caption_column))
+
+
+def column_value(row: dict[str, Any], column: str) -> Any:
+    """``row[column]``; ``a.b`` reads field ``b`` of column ``a`` (e.g. ``json.text``)."""
+    if column in row or "." not in column:
+        return row[column]
+    value: Any = row
+    for part in column.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def clean_captions(value: Any) -> list[str]:
@@ -71,15 +88,94 @@ def load_pairs(cfg: DataConfig, split: str, max_samples: int | None = None) -> P
     """Load one split of image-text pairs as described by the data config."""
     if not cfg.path:
         raise ValueError("data.path is empty: give an imagefolder directory or a datasets name")
+    if cfg.streaming:
+        return _materialise(cfg, split, max_samples)
     folder = Path(cfg.path)
-    if folder.is_dir() and any(folder.glob("**/metadata.*")):
+    if is_webdataset(cfg.path):
+        table = _load_webdataset(cfg, split)
+    elif folder.is_dir() and any(folder.glob("**/metadata.*")):
         table = _load_imagefolder(folder, split, cfg)
     else:
         table = _load_hub_or_script(cfg, split)
     return _drop_empty_captions(table, max_samples)
 
 
-def _load_imagefolder(folder: Path, split: str, cfg: DataConfig) -> PairTable:
+def open_stream(cfg: DataConfig, split: str) -> PairTable:
+    """One split as a ``datasets.IterableDataset`` (``streaming=True``), images undecoded.
+
+    The table's ``dataset`` is iterable only (no length, no indexing): ``streaming.py``
+    reads it shard by shard. Same sources and column checks as :func:`load_pairs`.
+    """
+    if not cfg.path:
+        raise ValueError("data.path is empty: give tar shards, an imagefolder or a datasets name")
+    folder = Path(cfg.path)
+    if is_webdataset(cfg.path):
+        table = _load_webdataset(cfg, split, streaming=True)
+    elif folder.is_dir() and any(folder.glob("**/metadata.*")):
+        metadata = _find_split_metadata(folder, split)
+        builder = "json" if metadata.suffix == ".jsonl" else "csv"
+        stream = datasets.load_dataset(
+            builder, data_files=str(metadata), split="train", streaming=True
+        )
+        table = _table(stream, cfg, str(metadata), base_dir=metadata.parent, file_column=True)
+    else:
+        stream = load_dataset_split(
+            cfg, split, "tar shards, an imagefolder directory or a datasets name", streaming=True
+        )
+        table = _table(stream, cfg, cfg.path)
+    return table
+
+
+def _materialise(cfg: DataConfig, split: str, max_samples: int | None) -> PairTable:
+    """A streamed source's split read into memory (evaluation: up to ``max_samples`` rows)."""
+    stream = open_stream(cfg, split)
+    rows = stream.dataset if max_samples is None else stream.dataset.take(max_samples)
+    table = PairTable(
+        datasets.Dataset.from_list(list(rows)),
+        stream.image_column,
+        stream.caption_column,
+        base_dir=stream.base_dir,
+        source=stream.source,
+    )
+    return _drop_empty_captions(table, None)
+
+
+def _load_webdataset(cfg: DataConfig, split: str, streaming: bool = False) -> PairTable:
+    files = shard_files(cfg.path, split)
+    dataset = datasets.load_dataset(
+        "webdataset", data_files={split: files}, split=split, streaming=streaming
+    )
+    columns = list(dataset.features or {})
+    image_column, caption_column = cfg.image_column, cfg.caption_column
+    if image_column not in columns:  # webdataset columns are extensions: pick the image one
+        image_column = next((c for c in IMAGE_EXTENSIONS if c in columns), image_column)
+    if caption_column.split(".")[0] not in columns and "txt" in columns:
+        caption_column = "txt"
+    return _table(dataset, cfg, cfg.path, columns=(image_column, caption_column))
+
+
+def _table(
+    dataset: Any,
+    cfg: DataConfig,
+    source: str,
+    base_dir: Path | None = None,
+    file_column: bool = False,
+    columns: tuple[str, str] | None = None,
+) -> PairTable:
+    """Check the columns of a loaded split and wrap it; images are left undecoded."""
+    image_column, caption_column = columns or (cfg.image_column, cfg.caption_column)
+    names = list(dataset.features or {}) or list(dataset.column_names or [])
+    if not names and isinstance(dataset, datasets.IterableDataset):  # features unknown: peek
+        names = list(next(iter(dataset.take(1)), {}))
+    if file_column and image_column not in names:
+        image_column = "file_name"
+    _check_columns(names, [image_column, caption_column], source)
+    if isinstance((dataset.features or {}).get(image_column), datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    return PairTable(dataset, image_column, caption_column, base_dir=base_dir, source=source)
+
+
+def _find_split_metadata(folder: Path, split: str) -> Path:
     metadata = find_metadata(folder, split)
     if metadata is None:
         splits = sorted(p.parent.name for p in folder.glob("*/metadata.*"))
@@ -87,20 +183,21 @@ def _load_imagefolder(folder: Path, split: str, cfg: DataConfig) -> PairTable:
             f"no metadata.jsonl or metadata.csv for split {split!r} in {str(folder)!r} "
             f"(splits found: {', '.join(splits) or 'none'}); set data.train_split / data.eval_split"
         )
+    return metadata
+
+
+def _load_imagefolder(folder: Path, split: str, cfg: DataConfig) -> PairTable:
+    metadata = _find_split_metadata(folder, split)
     builder = "json" if metadata.suffix == ".jsonl" else "csv"
     dataset = datasets.load_dataset(builder, data_files=str(metadata), split="train")
-    image_column = cfg.image_column if cfg.image_column in dataset.column_names else "file_name"
-    _check_columns(dataset, [image_column, cfg.caption_column], str(metadata))
-    return PairTable(
-        dataset, image_column, cfg.caption_column, base_dir=metadata.parent, source=str(metadata)
-    )
+    return _table(dataset, cfg, str(metadata), base_dir=metadata.parent, file_column=True)
 
 
-def load_dataset_split(cfg: DataConfig, split: str, expected: str) -> datasets.Dataset:
+def load_dataset_split(cfg: DataConfig, split: str, expected: str, streaming: bool = False) -> Any:
     """``datasets.load_dataset(cfg.path, cfg.name, split=split)``; failures say what
     ``data.path`` may be (``expected``)."""
     try:
-        return datasets.load_dataset(cfg.path, cfg.name, split=split)
+        return datasets.load_dataset(cfg.path, cfg.name, split=split, streaming=streaming)
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
         raise ValueError(
             f"cannot load dataset {cfg.path!r} split {split!r}: {err.__class__.__name__}: {err}. "
@@ -110,25 +207,27 @@ def load_dataset_split(cfg: DataConfig, split: str, expected: str) -> datasets.D
 
 def _load_hub_or_script(cfg: DataConfig, split: str) -> PairTable:
     dataset = load_dataset_split(
-        cfg, split, "an imagefolder directory (with metadata.jsonl) or a datasets name/path"
+        cfg, split, "an imagefolder directory (with metadata.jsonl), tar shards or a datasets name"
     )
-    _check_columns(dataset, [cfg.image_column, cfg.caption_column], cfg.path)
-    if isinstance(dataset.features.get(cfg.image_column), datasets.Image):
-        dataset = dataset.cast_column(cfg.image_column, datasets.Image(decode=False))
-    return PairTable(dataset, cfg.image_column, cfg.caption_column, source=cfg.path)
+    return _table(dataset, cfg, cfg.path)
 
 
-def _check_columns(dataset: datasets.Dataset, columns: list[str], source: str) -> None:
+def _check_columns(names: list[str], columns: list[str], source: str) -> None:
     for column in columns:
-        if column not in dataset.column_names:
+        if column not in names and column.split(".")[0] not in names:
             raise ValueError(
-                f"column {column!r} not found in {source} (columns: {', '.join(dataset.column_names)}); "
+                f"column {column!r} not found in {source} (columns: {', '.join(names)}); "
                 f"set data.image_column / data.caption_column"
             )
 
 
 def _drop_empty_captions(table: PairTable, max_samples: int | None) -> PairTable:
-    captions = table.dataset[table.caption_column]
+    column = table.caption_column
+    if column in table.dataset.column_names:
+        captions = table.dataset[column]
+    else:  # a field inside a column (json.text)
+        head = column.split(".")[0]
+        captions = [column_value({head: v}, column) for v in table.dataset[head]]
     keep = [i for i, value in enumerate(captions) if clean_captions(value)]
     dropped = len(captions) - len(keep)
     if max_samples is not None:

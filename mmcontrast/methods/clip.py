@@ -12,7 +12,8 @@ from torch import Tensor
 from mmcontrast.config import Config
 from mmcontrast.data.feature_cache import compute_tower_features
 from mmcontrast.data.image_text import ImageTextCollator, ImageTextDataset
-from mmcontrast.data.pairs import load_pairs
+from mmcontrast.data.pairs import load_pairs, open_stream
+from mmcontrast.data.streaming import StreamedPairs
 from mmcontrast.data.transforms import image_transform
 from mmcontrast.eval.image_text import evaluate_retrieval
 from mmcontrast.losses import LOSS_INIT
@@ -70,12 +71,15 @@ class ImageTextContrastive(Method):
     def image_transform(self, train: bool) -> Callable[[Any], Tensor]:
         return image_transform(resolved_preprocess(self.model.vision), self.cfg.data, train=train)
 
-    def train_data(self) -> tuple[ImageTextDataset, ImageTextCollator]:
+    def train_data(self) -> tuple[ImageTextDataset | StreamedPairs, ImageTextCollator]:
+        collate = ImageTextCollator(self.model.text.tokenizer())
+        if self.cfg.data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
+            load_pairs(self.cfg.data, self.cfg.data.eval_split, 1)  # fail now, not after training
+        if self.cfg.data.streaming:
+            return self._streamed_data(), collate
         table = load_pairs(
             self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples
         )
-        if self.cfg.data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
-            load_pairs(self.cfg.data, self.cfg.data.eval_split, 1)  # fail now, not after training
         transform = self.image_transform(train=True)
         features, bad = None, None
         if self.cfg.train.cache_locked_features:
@@ -90,7 +94,24 @@ class ImageTextContrastive(Method):
         dataset = ImageTextDataset(
             table, transform, seed=self.cfg.train.seed, vision_features=features, bad_rows=bad
         )
-        return dataset, ImageTextCollator(self.model.text.tokenizer())
+        return dataset, collate
+
+    def _streamed_data(self) -> StreamedPairs:
+        data, train = self.cfg.data, self.cfg.train
+        if train.cache_locked_features:
+            raise ValueError(
+                "train.cache_locked_features needs the whole training split at once and cannot "
+                "be combined with data.streaming: set train.cache_locked_features=false"
+            )
+        if data.max_train_samples is not None:
+            raise ValueError(
+                "data.max_train_samples does not apply to streamed data (data.streaming): "
+                "bound the run with train.max_steps"
+            )
+        table = open_stream(data, data.train_split)
+        return StreamedPairs(
+            table, self.image_transform(train=True), train.seed, data.shuffle_buffer
+        )
 
     def _check_cacheable(self) -> None:
         vision, data = self.cfg.model.vision, self.cfg.data

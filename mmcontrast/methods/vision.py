@@ -74,6 +74,11 @@ class VisionMethod(Method):
 
     def train_data(self) -> tuple[Dataset, Callable[[list[Any]], dict[str, Any]]]:
         data = self.cfg.data
+        if data.streaming:
+            raise ValueError(
+                f"data.streaming is for image-text training (method clip); method "
+                f"{self.cfg.method!r} reads its labelled images as a table: set data.streaming=false"
+            )
         table = load_labelled(data, data.train_split, data.max_train_samples)
         if data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
             load_labelled(data, data.eval_split, 1, table.class_names)  # fail now, not later

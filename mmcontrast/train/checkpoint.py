@@ -2,7 +2,8 @@
 
 A checkpoint folder holds what ``Accelerator.save_state`` writes (model, optimiser,
 scheduler, grad scaler, every RNG), ``trainer_state.json`` (step, epoch, batches consumed
-in that epoch) and the resolved ``config.yaml``. The newest checkpoint is found by the step
+in that epoch), the resolved ``config.yaml`` and, for streamed data, each process's
+stream positions (``data_state_rank*.json``). The newest checkpoint is found by the step
 recorded inside, not by parsing folder names.
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 from mmcontrast.config import Config, save_config
 
 if TYPE_CHECKING:
+    from mmcontrast.data.streaming import StreamLoader
     from mmcontrast.methods.base import Method
 
 STATE_FILE = "trainer_state.json"
@@ -34,11 +36,24 @@ class TrainerState:
     batches_in_epoch: int = 0  # batches of ``epoch`` already consumed
 
 
-def save_checkpoint(accelerator: Accelerator, cfg: Config, state: TrainerState, keep: int) -> Path:
-    """Write a checkpoint under ``output_dir/checkpoints`` and prune the oldest beyond ``keep``."""
+def save_checkpoint(
+    accelerator: Accelerator,
+    cfg: Config,
+    state: TrainerState,
+    keep: int,
+    data_state: StreamLoader | None = None,
+) -> Path:
+    """Write a checkpoint under ``output_dir/checkpoints`` and prune the oldest beyond ``keep``.
+
+    ``data_state`` (a streamed run's loader) writes each process's stream positions;
+    ``trainer_state.json``, which marks the checkpoint complete, is written last.
+    """
     root = Path(cfg.train.output_dir) / "checkpoints"
     folder = root / f"step-{state.step:08d}"
     accelerator.save_state(str(folder))
+    if data_state is not None:
+        data_state.save(folder, accelerator.process_index)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         save_config(cfg, folder / "config.yaml")

@@ -11,6 +11,9 @@ so the loop back-propagates P x loss and the weights follow the P*B batch exactl
 logged loss is the mean over processes: the P*B batch's loss, for a gathering loss as for a
 per-sample mean (BYOL).
 
+Streamed data (``data.streaming``) comes through a :class:`StreamLoader` instead of a
+prepared DataLoader: endless, read per process, its positions saved in every checkpoint.
+
 With ``train.grad_cache_micro_batch`` a batch's forward and backward go through
 :func:`mmcontrast.train.grad_cache.grad_cache_backward` (the whole batch's loss, one
 micro-batch's activations at a time); clipping, stepping and logging stay as they are.
@@ -37,6 +40,7 @@ from tqdm.auto import tqdm
 
 import mmcontrast.methods  # noqa: F401  (registers methods)
 from mmcontrast.config import Config, save_config, to_dict
+from mmcontrast.data.streaming import StreamedPairs, StreamLoader
 from mmcontrast.eval.plots import save_training_curves
 from mmcontrast.eval.report import format_metrics
 from mmcontrast.hub.sync import check_hub_config, push_snapshot
@@ -88,27 +92,25 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     if chunks:
         check_grad_cache_support(method, accelerator)
     dataset, collate = method.train_data()
-    size = len(cast(Sized, dataset))
-    if size < cfg.train.batch_size:
-        raise ValueError(
-            f"the training data has {size} rows, fewer than train.batch_size={cfg.train.batch_size}"
-        )
-    sampler = EpochShuffleSampler(size, seed=cfg.train.seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        sampler=sampler,
-        collate_fn=collate,
-        num_workers=cfg.data.num_workers,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(
-            cfg.train.seed
-        ),  # keeps worker seeding off the global RNG
-    )
     optimizer = build_optimizer(method, cfg.train, method.lr_prefixes())
-    method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
-    steps_per_epoch = math.ceil(len(loader) / cfg.train.gradient_accumulation_steps)
-    total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
+    streamed = isinstance(dataset, StreamedPairs)
+    if streamed and not cfg.train.max_steps:
+        raise ValueError("streamed data (data.streaming) has no length: set train.max_steps")
+    loader: Any = build_loader(
+        cfg,
+        dataset,
+        collate,
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
+    )
+    if streamed:  # endless, read per process: not prepared (no sharding or dispatching)
+        method, optimizer = accelerator.prepare(method, optimizer)
+        total_steps = int(cfg.train.max_steps or 0)
+    else:
+        method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
+        steps_per_epoch = math.ceil(len(loader) / cfg.train.gradient_accumulation_steps)
+        total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
     scheduler = cosine_schedule(
         optimizer, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio
     )
@@ -119,6 +121,8 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         folder = find_resume_folder(output_dir, resume)
         accelerator.load_state(str(folder))
         state = read_state(folder)
+        if streamed:
+            loader.load(folder, accelerator.process_index)
         accelerator.print(
             f"resumed from {folder} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})"
         )
@@ -152,13 +156,15 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     last_scalars: dict[str, torch.Tensor] = {}
 
     method.train()
+    data_state = loader if streamed else None  # checkpoints keep the streams' positions
     while state.step < stop_at:
         epoch_loader = loader
-        loader.set_epoch(state.epoch)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(state.epoch)
-        if state.batches_in_epoch:
-            epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+        if not streamed:  # a streamed loader never ends and resumes from its own state
+            loader.set_epoch(state.epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(state.epoch)
+            if state.batches_in_epoch:
+                epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
         for batch in epoch_loader:
             skipped.update(batch.pop("skipped", {}))
             with accelerator.accumulate(method):
@@ -211,7 +217,9 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                 _evaluate(accelerator, unwrapped, output_dir, state.step, final=False)
                 method.train()
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-                folder = save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
+                folder = save_checkpoint(
+                    accelerator, cfg, state, cfg.train.keep_checkpoints, data_state
+                )
                 if accelerator.is_main_process and state.step < total_steps:
                     push_snapshot(cfg, folder, state.step, final=False)
             if state.step >= stop_at:
@@ -235,7 +243,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     summary["skipped"] = dict(all_skipped)
     if state.step >= total_steps:
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every != 0:
-            save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
+            save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state)
         if accelerator.is_main_process:
             save_weights(unwrapped, cfg, output_dir)
         if cfg.eval.at_end:
@@ -248,9 +256,42 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
             )
             summary["pushed"] = push_snapshot(cfg, output_dir, state.step, final=True)
     elif cfg.train.stop_at_step:
-        save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints)
+        save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state)
     accelerator.end_training()
     return summary
+
+
+def build_loader(
+    cfg: Config,
+    dataset: Any,
+    collate: Any,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | str = "cpu",
+) -> DataLoader | StreamLoader:
+    """The training batches: a :class:`StreamLoader` for streamed data, else a DataLoader
+    shuffled by (seed, epoch) (accelerate shards it across processes at ``prepare``)."""
+    pin_memory = torch.device(device).type == "cuda"
+    if isinstance(dataset, StreamedPairs):
+        return StreamLoader(
+            dataset, cfg.train.batch_size, collate, cfg.data.num_workers, rank, world, device,
+            pin_memory,
+        )  # fmt: skip
+    size = len(cast(Sized, dataset))
+    if size < cfg.train.batch_size:
+        raise ValueError(
+            f"the training data has {size} rows, fewer than train.batch_size={cfg.train.batch_size}"
+        )
+    return DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=EpochShuffleSampler(size, seed=cfg.train.seed),
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(cfg.train.seed),  # worker seeds off the global RNG
+    )
 
 
 def _claim_output_dir(output_dir: Path, overwrite: bool, is_main: bool) -> None:

@@ -1,0 +1,166 @@
+"""Image-text pairs as webdataset tar shards: finding a split's shards, and writing them.
+
+A webdataset shard is a plain tar file whose members are grouped by key: ``KEY.jpg`` (or
+``.png``, ``.webp``) holds the image, ``KEY.txt`` the caption, ``KEY.json`` any metadata.
+``datasets`` reads shards with its ``webdataset`` builder (one column per extension),
+streamed or not. ``data.path`` names the shards of a split in one of three ways::
+
+    data/shards                      # a folder: data/shards/SPLIT/*.tar, else data/shards/*.tar
+    data/shards/train-*.tar          # a glob
+    data/shards/{split}-{00000..00031}.tar   # braces as webdataset writes them; {split} = the split
+
+``write_shards`` turns any image-text table (an imagefolder, a ``datasets`` source) into
+shards, so a dataset too large to hold can be streamed.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from mmcontrast.data.images import BadSample
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def is_webdataset(path: str) -> bool:
+    """Whether ``data.path`` names tar shards (a pattern, a ``.tar`` file, or a folder of them)."""
+    if path.endswith(".tar") or "{" in path and ".tar" in path:
+        return True
+    folder = Path(path)
+    return folder.is_dir() and (any(folder.glob("*.tar")) or any(folder.glob("*/*.tar")))
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``a-{000..002}.tar`` -> ``a-000.tar a-001.tar a-002.tar`` (zero padding kept)."""
+    match = _RANGE.search(pattern)
+    if not match:
+        return [pattern]
+    first, last = match.group(1), match.group(2)
+    width = len(first) if first.startswith("0") else 0
+    names = []
+    for number in range(int(first), int(last) + 1):
+        expanded = pattern[: match.start()] + f"{number:0{width}d}" + pattern[match.end() :]
+        names.extend(expand_braces(expanded))
+    return names
+
+
+def shard_files(path: str, split: str) -> list[str]:
+    """The tar files of ``split`` under ``data.path``; a clear error when there are none."""
+    pattern = path.replace("{split}", split)
+    folder = Path(pattern)
+    if folder.is_dir():
+        files = sorted(folder.glob(f"{split}/*.tar")) or sorted(folder.glob("*.tar"))
+        if not files and split:
+            splits = sorted({p.parent.name for p in folder.glob("*/*.tar")})
+            raise ValueError(
+                f"no tar shards for split {split!r} in {path!r} (splits with shards: "
+                f"{', '.join(splits) or 'none'}); set data.train_split / data.eval_split"
+            )
+        found = [str(f) for f in files]
+    else:
+        found = []
+        for name in expand_braces(pattern):
+            found.extend(sorted(glob.glob(name)))
+    if not found:
+        raise ValueError(
+            f"no tar shards match {pattern!r} (data.path {path!r}, split {split!r}): give a folder "
+            "of .tar files, a glob, or a brace pattern such as shards/{split}-{00000..00009}.tar"
+        )
+    return found
+
+
+def _encoded_image(value: Any, base_dir: Path | None) -> tuple[bytes, str]:
+    """An image's encoded bytes and extension, re-encoded as PNG only when it has no file form."""
+    if isinstance(value, dict):  # datasets.Image(decode=False)
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, str):
+        file = Path(value) if base_dir is None else base_dir / value
+        if not file.is_file():
+            raise BadSample("missing image file", str(file))
+        ext = file.suffix.lower().lstrip(".")
+        if ext in IMAGE_EXTENSIONS:
+            return file.read_bytes(), ext
+        value = file.read_bytes()
+    if isinstance(value, bytes | bytearray):
+        try:
+            with Image.open(io.BytesIO(value)) as image:
+                ext = (image.format or "").lower().replace("jpeg", "jpg")
+        except (OSError, ValueError, SyntaxError) as err:
+            raise BadSample("unreadable image", str(err)) from None
+        if ext in IMAGE_EXTENSIONS:
+            return bytes(value), ext
+        value = Image.open(io.BytesIO(value))
+    if isinstance(value, Image.Image):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return buffer.getvalue(), "png"
+    raise BadSample("missing image", f"no image in a {type(value).__name__}")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(
+    rows: Iterator[dict[str, Any]],
+    output_dir: str | Path,
+    split: str,
+    image_column: str,
+    caption_column: str,
+    shard_size: int = 1000,
+    base_dir: Path | None = None,
+) -> tuple[list[Path], Counter]:
+    """Write rows as ``output_dir/SPLIT/SPLIT-00000.tar`` ... with ``shard_size`` samples each.
+
+    Each sample gets the image's own encoded bytes (``KEY.jpg`` / ``.png`` ...), its first
+    caption as ``KEY.txt`` (read back with ``data.caption_column: txt``) and every other
+    column, all captions included, as ``KEY.json`` (``data.caption_column: json.text``
+    for a list of captions in column ``text``). A missing or unreadable image is left out
+    and counted. Returns the shard paths and the counts of rows left out, by reason.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    folder = Path(output_dir) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.tar"):
+        old.unlink()
+    shards: list[Path] = []
+    skipped: Counter = Counter()
+    tar: tarfile.TarFile | None = None
+    index = 0
+    for row in rows:
+        try:
+            data, ext = _encoded_image(row[image_column], base_dir)
+        except BadSample as bad:
+            skipped[bad.reason] += 1
+            continue
+        if index % shard_size == 0:
+            if tar is not None:
+                tar.close()
+            shards.append(folder / f"{split}-{len(shards):05d}.tar")
+            tar = tarfile.open(shards[-1], "w")
+        assert tar is not None
+        key = f"{index:09d}"
+        _add(tar, f"{key}.{ext}", data)
+        captions = row[caption_column]
+        first = captions[0] if isinstance(captions, list | tuple) and captions else captions
+        _add(tar, f"{key}.txt", str(first or "").encode())
+        meta = {k: v for k, v in row.items() if k != image_column}
+        _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, default=str).encode())
+        index += 1
+    if tar is not None:
+        tar.close()
+    return shards, skipped
