@@ -52,6 +52,7 @@ class TowerConfig:
     )
     lock: bool = False  # freeze the tower (LiT)
     unlocked_layers: int = 0  # with lock: train only the last N layers (and what follows them)
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     # vision only: preprocessing; None = the tower's own values
     image_size: int | None = None
     image_mean: list[float] | None = None
@@ -168,6 +169,12 @@ class TrainConfig:
     overwrite_output_dir: bool = False  # a fresh run may delete an earlier run's checkpoints
     find_unused_parameters: bool = True  # DDP: needed when a tower has parameters the pooling skips
     cache_locked_features: bool = False  # run a fully locked vision tower once, not every step
+    # torch.compile through accelerate: backend (inductor; aot_eager needs no compiler), mode
+    # (e.g. max-autotune), regional = compile each repeated block once (faster start)
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
+    compile_regional: bool = True
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     progress_bar: bool = True
 

@@ -105,6 +105,13 @@ class HFTower(Tower):
             self.model.pooler = None  # unused: keep it out of the optimiser and the checkpoint
         self.width = self._find_width()
 
+    def enable_gradient_checkpointing(self) -> None:
+        if not self.model.supports_gradient_checkpointing:
+            super().enable_gradient_checkpointing()
+        # non-reentrant: works with frozen inputs and keeps the RNG state for dropout
+        enable = getattr(self.model, "activation_checkpointing_enable", None)  # transformers 5
+        (enable or self.model.gradient_checkpointing_enable)({"use_reentrant": False})
+
     def _auto_pooling(self) -> str:
         if self.modality == "text":
             return "pooler" if self.model_type in POOLER_TEXT_TYPES else "mean"

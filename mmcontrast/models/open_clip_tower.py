@@ -116,6 +116,14 @@ class OpenClipTower(Tower):
             return self.model(pixel_values)
         return self.model.encode_text(input_ids)
 
+    def enable_gradient_checkpointing(self) -> None:
+        if self.modality == "vision":
+            self.model.set_grad_checkpointing(True)
+        elif hasattr(self.model, "text"):  # CustomTextCLIP: its own text module
+            self.model.text.set_grad_checkpointing(True)
+        else:  # CLIP: the text transformer is the model's own
+            self.model.transformer.grad_checkpointing = True
+
     def image_preprocess(self) -> ImagePreprocess:
         size = self.preprocess_cfg.get("size", 224)
         size = size[0] if isinstance(size, list | tuple) else size

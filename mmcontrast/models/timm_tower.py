@@ -47,6 +47,9 @@ class TimmTower(Tower):
     def forward(self, pixel_values: Tensor) -> Tensor:
         return self.model(pixel_values)
 
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.set_grad_checkpointing(True)  # type: ignore[operator]
+
     def image_preprocess(self) -> ImagePreprocess:
         data_cfg = timm.data.resolve_data_config(model=self.model)
         return ImagePreprocess(

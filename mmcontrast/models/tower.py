@@ -46,6 +46,13 @@ class Tower(nn.Module):
         """The module whose children are the tower's layers (used by ``unlocked_layers``)."""
         return find_layer_stack(self)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each layer's activations during backward instead of keeping them."""
+        raise ValueError(
+            f"model.{self.modality}.gradient_checkpointing: {type(self).__name__} towers do not "
+            "support it (Hugging Face, timm and open_clip towers do)"
+        )
+
 
 def build_tower(cfg: TowerConfig, modality: str) -> Tower:
     """Build the tower described by ``cfg`` for ``modality`` ("vision" or "text")."""
@@ -64,6 +71,8 @@ def build_tower(cfg: TowerConfig, modality: str) -> Tower:
             std=list(cfg.image_std or pre.std),
         )
     apply_lock(tower, cfg.lock, cfg.unlocked_layers)
+    if cfg.gradient_checkpointing:
+        tower.enable_gradient_checkpointing()
     return tower
 
 

@@ -34,7 +34,12 @@ from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    TorchDynamoPlugin,
+    gather_object,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -83,6 +88,7 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         kwargs_handlers=[
             DistributedDataParallelKwargs(find_unused_parameters=cfg.train.find_unused_parameters)
         ],
+        dynamo_plugin=_compile_plugin(cfg),
     )
     check_hub_config(cfg)
     if not resume:
@@ -305,6 +311,17 @@ def _claim_output_dir(output_dir: Path, overwrite: bool, is_main: bool) -> None:
         )
     if is_main:
         shutil.rmtree(output_dir / "checkpoints")
+
+
+def _compile_plugin(cfg: Config) -> TorchDynamoPlugin | None:
+    """``train.compile``: accelerate compiles the method at ``prepare`` (None: eager)."""
+    if not cfg.train.compile:
+        return None
+    return TorchDynamoPlugin(
+        backend=cfg.train.compile_backend,
+        mode=cfg.train.compile_mode,
+        use_regional_compilation=cfg.train.compile_regional,
+    )
 
 
 def _loss_factor(num_processes: int, method: Method) -> int:

@@ -1,0 +1,131 @@
+"""Speed and memory options: gradient checkpointing per tower, and torch.compile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_BERT, TINY_OPEN_CLIP, TINY_VIT, flow
+from safetensors.torch import load_file
+from torch import nn
+
+from mmcontrast.config import TowerConfig, load_recipe
+from mmcontrast.models import build_tower
+from mmcontrast.train.loop import train
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+DROPOUT = {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2}
+
+
+def tower_config(kind: str, tmp_path: Path, tokenizer_dir: Path) -> tuple[TowerConfig, str]:
+    """A tiny tower config of each family, with the layer class checkpointing wraps."""
+    if kind == "hf-vit":
+        return TowerConfig(source="hf", name="vit", pretrained=False, config_overrides={**TINY_VIT, **DROPOUT}), "ViTLayer"  # fmt: skip
+    if kind == "hf-bert":
+        overrides = {**TINY_BERT, **DROPOUT}
+        return TowerConfig(source="hf", name="bert", pretrained=False, tokenizer=str(tokenizer_dir), config_overrides=overrides), "BertLayer"  # fmt: skip
+    if kind == "timm":
+        overrides = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "drop_rate": 0.2}  # fmt: skip
+        return TowerConfig(source="timm", name="vit_tiny_patch16_224", pretrained=False, config_overrides=overrides), "Block"  # fmt: skip
+    path = tmp_path / "tiny-oc.json"
+    path.write_text(json.dumps(TINY_OPEN_CLIP))
+    return TowerConfig(source="open_clip", name=str(path), pretrained=False), (
+        "ResidualAttentionBlock"
+    )
+
+
+def gradients(tower: nn.Module, inputs: dict[str, torch.Tensor], layer: str) -> tuple[dict, int]:
+    """Parameter gradients of one backward pass, and how often a ``layer`` block ran
+    (counted at its MLP's first linear map: recomputation may call the block's ``forward``,
+    and attention modules may not call their linear maps as modules)."""
+    calls = [0]
+    block = next(m for m in tower.modules() if type(m).__name__ == layer)
+    linear = next(
+        m for n, m in block.named_modules() if isinstance(m, nn.Linear) and "attn" not in n
+    )
+    hook = linear.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    tower.train()
+    torch.manual_seed(3)
+    tower(**inputs).square().sum().backward()
+    hook.remove()
+    grads = {n: p.grad.clone() for n, p in tower.named_parameters() if p.grad is not None}
+    tower.zero_grad(set_to_none=True)
+    return grads, calls[0]
+
+
+@pytest.mark.parametrize(
+    "kind", ["hf-vit", "hf-bert", "timm", "open_clip-vision", "open_clip-text"]
+)
+def test_gradient_checkpointing_recomputes_and_keeps_gradients(
+    kind: str, tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    cfg, layer = tower_config(kind, tmp_path, tokenizer_dir)
+    modality = "text" if kind.endswith(("bert", "text")) else "vision"
+    torch.manual_seed(0)
+    tower = build_tower(cfg, modality)
+    if modality == "vision":
+        inputs = {"pixel_values": torch.randn(3, 3, 32, 32)}
+    else:
+        inputs = dict(tower.tokenizer()(["a red circle", "the blue star", "a big shape"]))
+    plain, plain_calls = gradients(tower, inputs, layer)
+    tower.enable_gradient_checkpointing()
+    checkpointed, calls = gradients(tower, inputs, layer)
+    assert (plain_calls, calls) == (1, 2)  # the block ran again during backward
+    assert plain.keys() == checkpointed.keys() and len(plain) > 4
+    for name in plain:  # the same dropout masks in the recomputation: the same gradients
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_from_the_recipe_and_refused_where_unsupported(
+    tokenizer_dir: Path,
+) -> None:
+    cfg = TowerConfig(source="hf", name="vit", pretrained=False, config_overrides=TINY_VIT)
+    cfg.gradient_checkpointing = True
+    model = build_tower(cfg, "vision").model
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+    small = TowerConfig(source="builtin", name="resnet_small", pretrained=False)
+    small.gradient_checkpointing = True
+    with pytest.raises(ValueError, match="gradient_checkpointing: .* do not support it"):
+        build_tower(small, "vision")
+
+
+def test_compile_trains_like_eager(tiny_run: list[str], tmp_path: Path) -> None:
+    """``train.compile`` (regional, aot_eager backend: no C++ compiler needed in CI) runs
+    compiled blocks and trains like eager without dropout; the saved weights have plain keys."""
+    from accelerate.state import AcceleratorState
+    from torch._dynamo.utils import counters
+
+    no_dropout = flow(
+        {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    )
+    common = [
+        *tiny_run,
+        f"model.text.config_overrides={no_dropout}",
+        "model.vision.weights=null",
+        "model.vision.lock=false",
+        "train.cache_locked_features=false",
+        "train.max_steps=3",
+        "eval.at_end=false",
+    ]
+    eager = train(load_recipe(QUICKSTART, [*common, f"train.output_dir={tmp_path / 'eager'}"]))
+    AcceleratorState._reset_state(reset_partial_state=True)  # a new dynamo plugin
+    counters.clear()
+    compiled = train(
+        load_recipe(
+            QUICKSTART,
+            [
+                *common,
+                f"train.output_dir={tmp_path / 'compiled'}",
+                "train.compile=true",
+                "train.compile_backend=aot_eager",
+            ],
+        )  # fmt: skip
+    )
+    assert counters["stats"]["unique_graphs"] >= 4  # layers of both towers were compiled
+    for a, b in zip(eager["history"], compiled["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    x = load_file(str(tmp_path / "eager" / "model.safetensors"))
+    y = load_file(str(tmp_path / "compiled" / "model.safetensors"))
+    assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=1e-5) for k in x)
