@@ -51,14 +51,13 @@ mmcontrast ``train.mixed_precision: bf16``)::
     .venv/bin/python scripts/bench_train.py --batch-size 64 --steps 30 --rounds 3
     python scripts/bench_train.py --device cuda --compile          # one GPU, ViT-B-32
 
-``--compile``: open_clip ``--torchcompile``; mmcontrast has no recipe option, so the
-benchmark sets accelerate's own switch (``ACCELERATE_DYNAMO_BACKEND=inductor``, as
-``accelerate config`` does), which compiles the whole method (towers and loss) in
-``accelerator.prepare``. ``--grad-checkpointing``: open_clip ``--grad-checkpointing``;
-mmcontrast has no recipe option either, so the benchmark turns on the same open_clip flag
-(``grad_checkpointing``) on the transformers inside both towers.
+``--compile``: open_clip ``--torchcompile``; mmcontrast ``train.compile: true`` with
+``train.compile_regional: false``, so that, like open_clip, the whole method (towers and
+loss) is compiled by inductor in ``accelerator.prepare``. ``--grad-checkpointing``:
+open_clip ``--grad-checkpointing``; mmcontrast ``model.vision.gradient_checkpointing`` and
+``model.text.gradient_checkpointing`` (open_clip's own flag on each tower).
 
-Needs open_clip's trainer dependencies, which mmcontrast does not: ``pip install
+Needs open_clip's trainer dependencies, which mmcontrast does not: ``pip install -e '.[bench]'`` or ``pip install
 'open_clip_torch[training]'`` (or just ``'webdataset>=0.2.5,<=0.2.86'``, with braceexpand).
 The markdown table replaces the ``## Training throughput vs open_clip`` section of
 ``scripts/BENCHMARKS.md`` (``--no-markdown`` to skip).
@@ -240,8 +239,6 @@ def open_clip_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def mmcontrast_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """The real ``train`` loop with a method whose training data is pre-made tensors."""
     set_threads(spec["threads"])
-    if spec["compile"]:
-        os.environ["ACCELERATE_DYNAMO_BACKEND"] = "inductor"  # what `accelerate config` sets
     import torch
     from torch.utils.data import Dataset
 
@@ -285,10 +282,6 @@ def mmcontrast_worker(spec: dict[str, Any]) -> dict[str, Any]:
         def __init__(self, cfg: Any) -> None:
             super().__init__(cfg)
             recorded["params"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
-            if spec["grad_checkpointing"]:  # open_clip's own flag on each tower's transformer
-                for module in self.model.modules():
-                    if hasattr(module, "grad_checkpointing"):
-                        setattr(module, "grad_checkpointing", True)  # noqa: B010
 
         def train_data(self) -> Any:  # (PremadeBatch, its collate)
             text = self.model.text
@@ -307,7 +300,12 @@ def mmcontrast_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 recorded.update(peak_rss_mib=rss_mib(), cuda_peak_mib=cuda_peak_mib())
                 recorded.update(threads=torch.get_num_threads(), compiled_graphs=compiled_graphs())
 
-    tower = {"source": "open_clip", "name": spec["model"], "pretrained": False}
+    tower = {
+        "source": "open_clip",
+        "name": spec["model"],
+        "pretrained": False,
+        "gradient_checkpointing": spec["grad_checkpointing"],
+    }
     cfg = from_dict(
         Config,
         {
@@ -335,6 +333,8 @@ def mmcontrast_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 "log_every": 1,
                 "trackers": [],
                 "progress_bar": False,
+                "compile": spec["compile"],
+                "compile_regional": False,  # the whole method, as open_clip's --torchcompile
             },
             "eval": {"at_end": False},
         },
@@ -740,7 +740,7 @@ def main() -> None:
         + ("step alone" if args.device == "cpu" else "logged steps")
         + f" ({REFERENCE_NOTE[args.device]}).",
         f"- trainable parameters: open_clip {rows[0]['params']:,}, mmcontrast "
-        f"{rows[2]['params']:,} (its text tower keeps open_clip's unused `logit_scale`); "
+        f"{rows[2]['params']:,}; "
         f"torch threads in training: open_clip {rows[0]['threads']}, mmcontrast "
         f"{rows[2]['threads']}.",
         f"- loss at the first and last step: open_clip {rows[0]['loss'][0]:.4f} -> "

@@ -106,6 +106,9 @@ class OpenClipTower(Tower):
             self.preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}))
         else:
             model.visual = nn.Identity()  # keep only the text half
+            for name in ("logit_scale", "logit_bias"):  # the dual encoder has its own
+                if isinstance(getattr(model, name, None), nn.Parameter):
+                    getattr(model, name).requires_grad_(False)
             self.model = model
             self.context_length = int(getattr(model, "context_length", 77))
 
