@@ -169,6 +169,8 @@ class TrainConfig:
     overwrite_output_dir: bool = False  # a fresh run may delete an earlier run's checkpoints
     find_unused_parameters: bool = True  # DDP: needed when a tower has parameters the pooling skips
     cache_locked_features: bool = False  # run a fully locked vision tower once, not every step
+    sync_batchnorm: bool = False  # several GPUs: BatchNorm statistics over every process's batch
+    allow_tf32: bool = True  # GPUs: float32 matrix products in TF32 (torch "high" precision)
     # torch.compile through accelerate: backend (inductor; aot_eager needs no compiler), mode
     # (e.g. max-autotune), regional = compile each repeated block once (faster start)
     compile: bool = False

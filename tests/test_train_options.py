@@ -129,3 +129,20 @@ def test_compile_trains_like_eager(tiny_run: list[str], tmp_path: Path) -> None:
     x = load_file(str(tmp_path / "eager" / "model.safetensors"))
     y = load_file(str(tmp_path / "compiled" / "model.safetensors"))
     assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=1e-5) for k in x)
+
+
+def test_sync_batchnorm_converts_for_several_gpu_processes_only() -> None:
+    from mmcontrast.train.loop import build_method, sync_batchnorm
+
+    recipe = QUICKSTART.parent / "byol-imagenet-resnet50.yaml"
+    cfg = load_recipe(recipe, ["model.vision.pretrained=false"])
+    assert cfg.train.sync_batchnorm
+    method = build_method(cfg)
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) for m in method.modules())
+    assert batch_norms > 50  # ResNet-50, projector, predictor and the EMA target's copies
+    assert sync_batchnorm(method, cfg, 1, torch.device("cuda")) is method  # one process
+    with pytest.raises(ValueError, match="needs GPUs"):
+        sync_batchnorm(method, cfg, 2, torch.device("cpu"))
+    converted = sync_batchnorm(method, cfg, 2, torch.device("cuda"))  # converts on CPU memory
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == batch_norms
+    assert not any(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in converted.modules())

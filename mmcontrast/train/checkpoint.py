@@ -13,11 +13,13 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from mmcontrast.config import Config, save_config
 
@@ -88,11 +90,26 @@ def find_resume_folder(output_dir: str | Path, resume: str) -> Path:
     return checkpoints[-1]
 
 
-def save_weights(model: nn.Module, cfg: Config, folder: str | Path) -> Path:
-    """Final weights (safetensors) and the resolved config, loadable with ``load_weights``."""
+def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Every weight whole: parameters sharded by FSDP2 (DTensors) are gathered to the main
+    process (a collective: every process calls it; the others get an empty dict)."""
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return cast(dict[str, Tensor], get_model_state_dict(model, options=options))
+    return model.state_dict()
+
+
+def save_weights(
+    model: nn.Module, cfg: Config, folder: str | Path, state: dict[str, Tensor] | None = None
+) -> Path:
+    """Final weights (safetensors) and the resolved config, loadable with ``load_weights``.
+
+    ``state``: the weights when ``model.state_dict()`` would hold shards (:func:`full_state_dict`).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = model.state_dict() if state is None else state
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_file(state, str(folder / WEIGHTS_FILE))
     save_config(cfg, folder / "config.yaml")
     return folder / WEIGHTS_FILE

@@ -54,6 +54,7 @@ from mmcontrast.registry import METHODS
 from mmcontrast.train.checkpoint import (
     TrainerState,
     find_resume_folder,
+    full_state_dict,
     list_checkpoints,
     read_state,
     save_checkpoint,
@@ -94,7 +95,9 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     if not resume:
         _claim_output_dir(output_dir, cfg.train.overwrite_output_dir, accelerator.is_main_process)
     set_seed(cfg.train.seed)
-    method = build_method(cfg)
+    method = sync_batchnorm(build_method(cfg), cfg, accelerator.num_processes, accelerator.device)
+    if cfg.train.allow_tf32 and accelerator.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
     if chunks:
         check_grad_cache_support(method, accelerator)
     dataset, collate = method.train_data()
@@ -250,8 +253,9 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     if state.step >= total_steps:
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every != 0:
             save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state)
+        weights = full_state_dict(unwrapped)  # every process: FSDP gathers its shards
         if accelerator.is_main_process:
-            save_weights(unwrapped, cfg, output_dir)
+            save_weights(unwrapped, cfg, output_dir, weights)
         if cfg.eval.at_end:
             summary["eval"] = _evaluate(accelerator, unwrapped, output_dir, state.step, final=True)
         if accelerator.is_main_process:
@@ -311,6 +315,19 @@ def _claim_output_dir(output_dir: Path, overwrite: bool, is_main: bool) -> None:
         )
     if is_main:
         shutil.rmtree(output_dir / "checkpoints")
+
+
+def sync_batchnorm(method: Method, cfg: Config, num_processes: int, device: torch.device) -> Method:
+    """``train.sync_batchnorm``: BatchNorm layers (momentum targets included) become
+    ``SyncBatchNorm`` when several GPU processes train; one process needs nothing."""
+    if not cfg.train.sync_batchnorm or num_processes == 1:
+        return method
+    if device.type != "cuda":
+        raise ValueError(
+            "train.sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on CPU "
+            "processes; set train.sync_batchnorm=false"
+        )
+    return cast(Method, torch.nn.SyncBatchNorm.convert_sync_batchnorm(method))
 
 
 def _compile_plugin(cfg: Config) -> TorchDynamoPlugin | None:
