@@ -20,6 +20,7 @@ Without an initialised process group every function here acts as for one process
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -96,6 +97,34 @@ def gather(tensor: Tensor) -> Tensor:
     if not is_distributed():
         return tensor
     return _gather(tensor, batch_sizes(tensor.shape[0], tensor.device))
+
+
+@torch.no_grad()
+def shuffled_forward(module: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``module(x)`` for this process's rows, computed on a random share of all processes' rows.
+
+    MoCo's shuffling BN (He et al. 2020, section 3.3): the batches of every process are
+    gathered, permuted (rank 0 draws the permutation from its generator and broadcasts it)
+    and split evenly; each process runs ``module`` on its share, and the outputs return to
+    the processes and rows they came from. BatchNorm inside ``module`` then normalises a
+    key with other samples' statistics than its query's, which closes the shortcut. Every
+    process must pass the same batch size. With one process it is ``module(x)``.
+    """
+    if not is_distributed():
+        return module(x)
+    sizes = batch_sizes(x.shape[0], x.device)
+    if len(set(sizes)) != 1:
+        raise ValueError(f"shuffled_forward needs equal batches on every process, got {sizes}")
+    everything = _gather(x, sizes)
+    total = everything.shape[0]
+    if rank() == 0:
+        order = torch.randperm(total).to(x.device)
+    else:
+        order = torch.empty(total, dtype=torch.long, device=x.device)
+    dist.broadcast(order, src=0)
+    size, start = sizes[0], rank() * sizes[0]
+    outputs = _gather(module(everything[order[start : start + size]]), sizes)  # in `order`
+    return outputs[torch.argsort(order)[start : start + size]]
 
 
 def local_offset(local_size: int, device: torch.device) -> tuple[int, int]:

@@ -32,6 +32,7 @@ class MoCoV2Args:
     momentum: float = 0.999  # key encoder EMA
     temperature: float = 0.2
     symmetric: bool = False  # also use view 2 as query (the loss of both directions, averaged)
+    shuffle_bn: bool = True  # several processes: keys through shuffling BN (paper, 3.3)
 
 
 @METHODS.register("moco_v2", "MoCo v2: momentum key encoder, queue of negatives (He et al. 2020)")
@@ -58,20 +59,25 @@ class MoCoV2(VisionMethod):
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         x0, x1 = batch["views"][:2]
         with torch.no_grad():
-            k1 = F.normalize(self.key_encoder(x1), dim=1)
+            k1 = F.normalize(self._keys(x1), dim=1)
         q0 = self.projector(self.backbone(pixel_values=x0))
         negatives = self.queue.clone()
         loss = self.loss_fn(q0, k1, negatives)
         keys = [k1]
         if self.args.symmetric:
             with torch.no_grad():
-                k0 = F.normalize(self.key_encoder(x0), dim=1)
+                k0 = F.normalize(self._keys(x0), dim=1)
             q1 = self.projector(self.backbone(pixel_values=x1))
             loss = (loss + self.loss_fn(q1, k0, negatives)) / 2
             keys.append(k0)
         for key in keys:
             self._enqueue(distributed.gather(key))
         return {"loss": loss}
+
+    def _keys(self, views: Tensor) -> Tensor:
+        if self.args.shuffle_bn:
+            return distributed.shuffled_forward(self.key_encoder, views)
+        return self.key_encoder(views)
 
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:
