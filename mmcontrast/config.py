@@ -155,6 +155,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
+    fused_optimizer: bool = True  # adamw / sgd: torch's fused kernels (same update, faster)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine schedule floor as a fraction of lr
     gradient_accumulation_steps: int = 1

@@ -146,3 +146,23 @@ def test_sync_batchnorm_converts_for_several_gpu_processes_only() -> None:
     converted = sync_batchnorm(method, cfg, 2, torch.device("cuda"))  # converts on CPU memory
     assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == batch_norms
     assert not any(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in converted.modules())
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_optimizer_gives_the_same_updates(name: str) -> None:
+    from mmcontrast.config import TrainConfig
+    from mmcontrast.train.optim import build_optimizer
+
+    weights = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        cfg = TrainConfig(optimizer=name, fused_optimizer=fused, lr=0.05, weight_decay=0.1)
+        optimizer = build_optimizer(model, cfg)
+        assert optimizer.defaults.get("fused") is (True if fused else None)
+        for _ in range(5):
+            model(torch.randn(4, 8)).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-5)
