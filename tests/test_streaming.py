@@ -263,3 +263,29 @@ def test_vision_recipes_refuse_streaming() -> None:
     method = build_method(load_recipe(recipe, ["data.streaming=true"]))
     with pytest.raises(ValueError, match="data.streaming is for image-text training"):
         method.train_data()
+
+
+def test_a_datasets_source_streams_with_image_features(tmp_path: Path) -> None:
+    """A ``datasets`` path (parquet files with an Image column, as on the Hub) streams
+    shard by shard, images left undecoded until the worker decodes them."""
+    import datasets
+
+    root = tmp_path / "parquet"
+    (root / "data").mkdir(parents=True)
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    for part in range(3):
+        rows = {"image": [{"bytes": png(part * 4 + i), "path": None} for i in range(4)],
+                "text": [f"row {part * 4 + i}" for i in range(4)]}  # fmt: skip
+        table = datasets.Dataset.from_dict(rows, features=features)
+        table.to_parquet(str(root / "data" / f"train-{part:05d}-of-00003.parquet"))
+    stream = open_stream(DataConfig(path=str(root)), "train")
+    assert stream.dataset.num_shards == 3
+    assert isinstance(stream.dataset.features["image"], datasets.Image)
+    assert not stream.dataset.features["image"].decode
+    dataset = StreamedPairs(stream, transform=lambda image: torch.tensor(image.getpixel((0, 0))))
+    dataset.workers = 3
+    seen = {}
+    for s in range(3):
+        for sample in itertools.islice(dataset.samples(s, StreamPosition()), 4):
+            seen[sample["caption"]] = int(sample["pixel_values"][0])
+    assert seen == {f"row {i}": i for i in range(12)}  # each reader its own file, decoded
