@@ -30,6 +30,10 @@ machine's load hits both:
   batch to the device (free on CPU), forward + loss, ``accelerator.backward``,
   ``clip_grad_norm_``, ``optimizer.step``, ``zero_grad`` and the scheduler step.
 
+Each side steps AdamW its own default way: open_clip with torch's per-parameter loop,
+mmcontrast with torch's fused kernel (``train.fused_optimizer``, the same update);
+``--unfused-optimizer`` gives mmcontrast open_clip's loop, to compare the rest alone.
+
 The first ``--warmup-steps`` of each side are discarded; the table gives the median pairs/s
 over the remaining ``--steps`` (with the 25th-75th percentile range), the ratio mmcontrast
 / open_clip, peak memory (CPU: the process's peak RSS, ``ru_maxrss``, and its rise over the
@@ -333,6 +337,7 @@ def mmcontrast_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 "log_every": 1,
                 "trackers": [],
                 "progress_bar": False,
+                "fused_optimizer": not spec["unfused_optimizer"],
                 "compile": spec["compile"],
                 "compile_regional": False,  # the whole method, as open_clip's --torchcompile
             },
@@ -534,7 +539,9 @@ def setting_lines(
         + ("" if gflops == counted else f" (the issue's figure; torch counts {counted:.2f})")
         + " (x3 per training step). "
         f"Batch {args.batch_size}, {args.precision}, AdamW lr {args.lr} wd {args.wd} betas "
-        f"{tuple(args.betas)} eps {args.eps}, clip norm {args.max_grad_norm}, compile "
+        f"{tuple(args.betas)} eps {args.eps} (open_clip: torch's default per-parameter loop; "
+        f"mmcontrast: {'the same' if args.unfused_optimizer else 'fused, its default'}), "
+        f"clip norm {args.max_grad_norm}, compile "
         f"{'on' if args.compile else 'off'}, gradient checkpointing "
         f"{'on' if args.grad_checkpointing else 'off'}.",
         f"{args.rounds} round(s) of each side ({' then '.join(round_order(args.rounds))}); "
@@ -638,6 +645,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--grad-checkpointing", action="store_true", help="activation checkpointing in both towers"
     )
     parser.add_argument(
+        "--unfused-optimizer",
+        action="store_true",
+        help="mmcontrast with train.fused_optimizer=false (open_clip's per-parameter AdamW loop)",
+    )
+    parser.add_argument(
         "--peak-tflops",
         type=float,
         help="the device's peak dense TFLOP/s at --precision, for MFU (default: 989, an "
@@ -716,7 +728,7 @@ def main() -> None:
             **{k: getattr(args, k) for k in (
                 "device", "batch_size", "threads", "precision", "compile",
                 "grad_checkpointing", "lr", "wd", "eps", "max_grad_norm", "seed",
-                "open_clip_workers",
+                "open_clip_workers", "unfused_optimizer",
             )},
         }  # fmt: skip
         results: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
