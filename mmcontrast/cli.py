@@ -208,7 +208,10 @@ def cmd_shards(args: argparse.Namespace) -> int:
         caption_column=args.caption_column,
     )
     for split in args.splits:
-        table = load_pairs(data, split)
+        try:
+            table = load_pairs(data, split)
+        except ValueError as err:
+            raise ValueError(f"{err} (choose the splits to write with --splits)") from None
         shards, left_out = write_shards(
             iter(table.dataset),
             args.output,
@@ -218,10 +221,11 @@ def cmd_shards(args: argparse.Namespace) -> int:
             args.shard_size,
             table.base_dir,
         )
-        dropped = f" ({dict(table.skipped)} dropped)" if table.skipped else ""
-        print(
-            f"{split}: {len(table)} pairs in {len(shards)} shard(s) under {shards[0].parent}{dropped}"
-        )
+        written = len(table) - sum(left_out.values())
+        left_out.update(table.skipped)
+        dropped = f"; left out: {dict(left_out)}" if left_out else ""
+        folder = Path(args.output) / split
+        print(f"{split}: {written} pairs in {len(shards)} shard(s) under {folder}{dropped}")
     print(f"train on them with: --set data.path={args.output} --set data.streaming=true")
     return 0
 

@@ -66,7 +66,7 @@ def test_shard_files_by_folder_glob_and_braces(tmp_path: Path) -> None:
     assert shard_files(braces, "train") == train_files[:2]
     with pytest.raises(ValueError, match="splits with shards: test, train"):
         shard_files(str(tmp_path), "validation")
-    with pytest.raises(ValueError, match="no tar shards match"):
+    with pytest.raises(ValueError, match="no \(non-empty\) tar shards match"):
         shard_files(str(tmp_path / "nothing-*.tar"), "train")
 
 
@@ -104,6 +104,13 @@ def test_a_pass_reads_every_example_once(tmp_path: Path, count, shard_size, stre
     dataset = stream_of(numbered_shards(tmp_path, count, shard_size), buffer=3, workers=streams)
     seen = Counter(i for s in range(streams) for i in one_pass(dataset, s))
     assert sorted(seen) == list(range(count)) and set(seen.values()) == {1}
+
+
+def test_readers_sharing_shards_get_even_shares(tmp_path: Path) -> None:
+    """3 shards of 5 for 4 readers (stride mode): pass lengths differ by at most one."""
+    dataset = stream_of(numbered_shards(tmp_path, 15, 5), buffer=4, workers=4)
+    lengths = [len(one_pass(dataset, s)) for s in range(4)]
+    assert sum(lengths) == 15 and max(lengths) - min(lengths) <= 1, lengths
 
 
 def test_shuffled_within_blocks_and_anew_each_pass(tmp_path: Path) -> None:
@@ -158,6 +165,27 @@ def collate_ids(samples: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+def test_resuming_at_the_end_of_a_one_block_pass(tmp_path: Path, workers: int) -> None:
+    """A stream's pass that fits in one shuffle block, stopped exactly at its end (the
+    default buffer of 1000 with a small dataset): the next pass follows."""
+    root = numbered_shards(tmp_path, 16, 8)
+
+    def loader() -> StreamLoader:
+        table = open_stream(DataConfig(path=str(root)), "train")
+        return StreamLoader(
+            StreamedPairs(table, lambda image: torch.zeros(1)), 4, collate_ids, workers
+        )
+
+    batches = [b["ids"] for b in itertools.islice(loader(), 8)]
+    for stop in range(1, 7):
+        stopped = loader()
+        list(itertools.islice(stopped, stop))
+        resumed = loader()
+        resumed.load_state_dict(stopped.state_dict())
+        assert [b["ids"] for b in itertools.islice(resumed, 8 - stop)] == batches[stop:], stop
+
+
+@pytest.mark.parametrize("workers", [0, 2])
 def test_loader_state_resumes_the_same_batches(tmp_path: Path, workers: int) -> None:
     root = numbered_shards(tmp_path, 30, 4)
 
@@ -178,6 +206,10 @@ def test_loader_state_resumes_the_same_batches(tmp_path: Path, workers: int) -> 
     other.dataset.workers = 3
     with pytest.raises(ValueError, match="same process count and data.num_workers"):
         other.load_state_dict(stopped.state_dict())
+    reshuffled = loader()
+    reshuffled.dataset.shuffle_buffer = 7
+    with pytest.raises(ValueError, match="shuffle_buffer 5 -> 7"):
+        reshuffled.load_state_dict(stopped.state_dict())
 
 
 def test_streamed_imagefolder_with_collator(shapes_dir: Path, tokenizer_dir: Path) -> None:
@@ -229,6 +261,9 @@ def test_streamed_training_resumes_exactly(
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="same process count and data.num_workers"):
         train(load_recipe(QUICKSTART, [*common, split_dir, "data.num_workers=1"]), resume="latest")
+    with pytest.raises(ValueError, match="resume it with data.streaming=true"):
+        train(load_recipe(QUICKSTART, [*common, split_dir, "data.streaming=false",
+                                       "train.max_steps=12"]), resume="latest")  # fmt: skip
 
 
 def test_streamed_training_evaluates_the_streamed_test_split(
@@ -289,3 +324,82 @@ def test_a_datasets_source_streams_with_image_features(tmp_path: Path) -> None:
         for sample in itertools.islice(dataset.samples(s, StreamPosition()), 4):
             seen[sample["caption"]] = int(sample["pixel_values"][0])
     assert seen == {f"row {i}": i for i in range(12)}  # each reader its own file, decoded
+
+
+def jpeg(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (value, 0, 0)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_mixed_image_formats_share_one_column(tmp_path: Path) -> None:
+    rows = [{"image": png(i) if i % 3 else jpeg(i), "text": f"row {i}"} for i in range(8)]
+    shards, left_out = write_shards(iter(rows), tmp_path, "train", "image", "text", 3)
+    assert not left_out and len(shards) == 3
+    table = load_pairs(DataConfig(path=str(tmp_path)), "train")
+    assert table.image_column == "jpg" and "png" not in table.dataset.column_names  # the first's
+    streamed = stream_of(tmp_path, buffer=100)
+    samples = list(itertools.islice(streamed.samples(0, StreamPosition()), 8))
+    assert all("skip" not in s for s in samples)
+
+
+def test_shards_command_counts_what_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mmcontrast.data.imagefolder import write_imagefolder
+
+    source = tmp_path / "source"
+    records = [
+        {"image": Image.new("RGB", (4, 4)), "text": [f"row {i}", f"alt {i}"]} for i in range(4)
+    ]
+    write_imagefolder(records, source, "train")
+    for name in ("000000.png", "000001.png"):
+        (source / "train" / name).unlink()
+    out = tmp_path / "out"
+    assert main(["shards", str(source), "--output", str(out), "--splits", "train"]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 2 pairs in 1 shard(s)" in printed and "'missing image file': 2" in printed
+    again = tmp_path / "again"  # shards of shards, captions from the JSON
+    args = [
+        "shards",
+        str(out),
+        "--output",
+        str(again),
+        "--splits",
+        "train",
+        "--caption-column",
+        "json.text",
+    ]
+    assert main(args) == 0
+    table = load_pairs(DataConfig(path=str(again), caption_column="json.text"), "train")
+    assert sorted(table.captions(i)[0] for i in range(2)) == ["row 2", "row 3"]
+    assert main(["shards", str(source), "--output", str(out), "--splits", "test"]) == 2
+    assert "choose the splits to write with --splits" in capsys.readouterr().err
+
+
+def test_a_mistyped_caption_field_is_an_error(tmp_path: Path) -> None:
+    numbered_shards(tmp_path, 4, 2)
+    for streaming in (False, True):
+        cfg = DataConfig(path=str(tmp_path), caption_column="json.txet", streaming=streaming)
+        with pytest.raises(ValueError, match="no such field .*fields of 'json': text"):
+            (open_stream if streaming else load_pairs)(cfg, "train")
+
+
+def test_empty_shards_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import tarfile
+
+    numbered_shards(tmp_path, 6, 3)
+    tarfile.open(tmp_path / "train" / "train-00000-empty.tar", "w").close()
+    with caplog.at_level("WARNING", logger="mmcontrast"):
+        files = shard_files(str(tmp_path), "train")
+    assert len(files) == 2 and "skipping 1 empty tar shard" in caplog.text
+    assert len(load_pairs(DataConfig(path=str(tmp_path)), "train")) == 6
+
+
+def test_a_streamed_evaluation_split_keeps_captioned_rows_up_to_the_cap(tmp_path: Path) -> None:
+    rows = [{"image": png(i), "text": "" if i < 3 else f"row {i}"} for i in range(8)]
+    write_shards(iter(rows), tmp_path, "test", "image", "text", 4)
+    for streaming in (False, True):
+        table = load_pairs(DataConfig(path=str(tmp_path), streaming=streaming), "test", 3)
+        assert [table.captions(i) for i in range(len(table))] == [["row 3"], ["row 4"], ["row 5"]]
+        assert table.skipped["empty caption"] == 3

@@ -127,17 +127,29 @@ def open_stream(cfg: DataConfig, split: str) -> PairTable:
 
 
 def _materialise(cfg: DataConfig, split: str, max_samples: int | None) -> PairTable:
-    """A streamed source's split read into memory (evaluation: up to ``max_samples`` rows)."""
+    """A streamed source's split read into memory (evaluation): its first ``max_samples``
+    rows with a caption, as :func:`load_pairs` keeps them."""
     stream = open_stream(cfg, split)
-    rows = stream.dataset if max_samples is None else stream.dataset.take(max_samples)
+    rows, dropped = [], 0
+    for row in stream.dataset:
+        if not clean_captions(column_value(row, stream.caption_column)):
+            dropped += 1
+            continue
+        rows.append(row)
+        if max_samples is not None and len(rows) >= max_samples:
+            break
+    if not rows:
+        raise ValueError(f"split {split!r} of {stream.source} has no row with a caption")
     table = PairTable(
-        datasets.Dataset.from_list(list(rows)),
+        datasets.Dataset.from_list(rows),
         stream.image_column,
         stream.caption_column,
         base_dir=stream.base_dir,
         source=stream.source,
     )
-    return _drop_empty_captions(table, None)
+    if dropped:
+        table.skipped["empty caption"] += dropped
+    return table
 
 
 def _load_webdataset(cfg: DataConfig, split: str, streaming: bool = False) -> PairTable:
@@ -147,10 +159,12 @@ def _load_webdataset(cfg: DataConfig, split: str, streaming: bool = False) -> Pa
     )
     columns = list(dataset.features or {})
     image_column, caption_column = cfg.image_column, cfg.caption_column
-    if image_column not in columns:  # webdataset columns are extensions: pick the image one
+    defaults = DataConfig()
+    # webdataset columns are extensions: the default names fall back to them
+    if image_column == defaults.image_column and image_column not in columns:
         image_column = next((c for c in IMAGE_EXTENSIONS if c in columns), image_column)
-    if caption_column.split(".")[0] not in columns and "txt" in columns:
-        caption_column = "txt"
+    if caption_column == defaults.caption_column and caption_column not in columns:
+        caption_column = "txt" if "txt" in columns else caption_column
     return _table(dataset, cfg, cfg.path, columns=(image_column, caption_column))
 
 
@@ -170,6 +184,18 @@ def _table(
     if file_column and image_column not in names:
         image_column = "file_name"
     _check_columns(names, [image_column, caption_column], source)
+    if "." in caption_column and caption_column not in names:  # a field inside a column
+        first = next(
+            iter(dataset.take(1) if isinstance(dataset, datasets.IterableDataset) else dataset),
+            None,
+        )
+        if first is not None and column_value(first, caption_column) is None:
+            head = caption_column.split(".")[0]
+            fields = list(first[head]) if isinstance(first[head], dict) else []
+            raise ValueError(
+                f"caption column {caption_column!r}: the first row of {source} has no such field "
+                f"(fields of {head!r}: {', '.join(fields) or 'none, it is not a mapping'})"
+            )
     if isinstance((dataset.features or {}).get(image_column), datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     return PairTable(dataset, image_column, caption_column, base_dir=base_dir, source=source)

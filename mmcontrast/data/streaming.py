@@ -108,7 +108,7 @@ class StreamedPairs(IterableDataset):
             for item in self._pass(stream, first):
                 seen = True
                 yield item
-            if not seen and first.shard == 0 and first.example == 0 and first.block == 0:
+            if not seen and first == StreamPosition(epoch):  # a whole pass, not a resumed end
                 raise ValueError(
                     f"reader {stream} of {self.streams()} (processes x data.num_workers) got no "
                     f"examples from {self.table.source}: the split is empty or has fewer "
@@ -130,6 +130,7 @@ class StreamedPairs(IterableDataset):
         """Rows from example ``example`` of the ``shard``-th shard in ``order`` on."""
         phase = stream % stride
         for rank in range(shard, len(order)):
+            offset = order[rank] if stride > 1 else 0  # spreads each shard's remainder
             part = self.table.dataset.shard(num_shards=self.num_shards, index=order[rank])
             skip = example if rank == shard else 0
             if skip:
@@ -137,7 +138,7 @@ class StreamedPairs(IterableDataset):
             j = skip
             for batch in part.iter(batch_size=64):
                 for i in range(len(next(iter(batch.values())))):
-                    if j % stride == phase:
+                    if (j + offset) % stride == phase:
                         yield rank, j, {k: v[i] for k, v in batch.items()}
                     j += 1
 
@@ -236,6 +237,13 @@ class StreamLoader:
                 "reads all of them and keeps 1 example in %d; more shards read faster",
                 dataset.table.source, shards, streams, streams,
             )  # fmt: skip
+        elif shards % streams and rank == 0:
+            logger.warning(
+                "%s has %d shards for %d readers (processes x data.num_workers): some readers "
+                "get one shard more, and the examples of the others come round more often; "
+                "use a multiple of %d shards for even sampling",
+                dataset.table.source, shards, streams, streams,
+            )  # fmt: skip
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.dataset.start = dict(self.positions)
@@ -254,11 +262,17 @@ class StreamLoader:
             self.consumed += 1
             yield send_to_device(batch, self.device)
 
+    def _layout(self) -> dict[str, int]:
+        """What the positions mean: resuming with another layout would misread them."""
+        data = self.dataset
+        return {"shards": data.num_shards, "shuffle_buffer": data.shuffle_buffer, "seed": data.seed}
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "consumed": self.consumed,
             "world": self.dataset.world,
             "workers": self.dataset.workers,
+            **self._layout(),
             "positions": {str(k): asdict(v) for k, v in self.positions.items()},
         }
 
@@ -269,6 +283,14 @@ class StreamLoader:
                 f"the checkpoint streamed its data with {saved[0]} process(es) x {saved[1]} "
                 f"reader(s) each, this run has {self.dataset.world} x {self.dataset.workers}: "
                 "resume with the same process count and data.num_workers"
+            )
+        changed = {k: (state.get(k), v) for k, v in self._layout().items() if state.get(k) != v}
+        if changed:
+            described = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"the streamed data changed since the checkpoint ({described}): its stream "
+                "positions no longer apply; resume with the same shards, data.shuffle_buffer and "
+                "train.seed"
             )
         self.consumed = int(state["consumed"])
         self.positions = {int(k): StreamPosition(**v) for k, v in state["positions"].items()}

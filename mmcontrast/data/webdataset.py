@@ -8,6 +8,7 @@ streamed or not. ``data.path`` names the shards of a split in one of three ways:
     data/shards                      # a folder: data/shards/SPLIT/*.tar, else data/shards/*.tar
     data/shards/train-*.tar          # a glob
     data/shards/{split}-{00000..00031}.tar   # braces as webdataset writes them; {split} = the split
+    https://host/shards/{split}-{00000..00031}.tar   # remote: braces only (no globbing)
 
 ``write_shards`` turns any image-text table (an imagefolder, a ``datasets`` source) into
 shards, so a dataset too large to hold can be streamed.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import re
 import tarfile
 from collections import Counter
@@ -27,7 +29,9 @@ from typing import Any
 
 from PIL import Image
 
-from mmcontrast.data.images import BadSample
+from mmcontrast.data.images import BadSample, load_image
+
+logger = logging.getLogger("mmcontrast")
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -60,7 +64,13 @@ def shard_files(path: str, split: str) -> list[str]:
     pattern = path.replace("{split}", split)
     folder = Path(pattern)
     if folder.is_dir():
-        files = sorted(folder.glob(f"{split}/*.tar")) or sorted(folder.glob("*.tar"))
+        files = sorted(folder.glob(f"{split}/*.tar"))
+        if not files and list(folder.glob("*.tar")):
+            files = sorted(folder.glob("*.tar"))
+            logger.warning(
+                "%s has no %s/ folder of shards: split %r reads the .tar files at its top, as "
+                "every other split does", path, split, split,
+            )  # fmt: skip
         if not files and split:
             splits = sorted({p.parent.name for p in folder.glob("*/*.tar")})
             raise ValueError(
@@ -68,16 +78,29 @@ def shard_files(path: str, split: str) -> list[str]:
                 f"{', '.join(splits) or 'none'}); set data.train_split / data.eval_split"
             )
         found = [str(f) for f in files]
+    elif "://" in pattern:  # remote shards (https://, hf://, s3:// ...): named, not globbed
+        found = expand_braces(pattern)
     else:
         found = []
         for name in expand_braces(pattern):
             found.extend(sorted(glob.glob(name)))
+    empty = [f for f in found if not _has_members(f)]
+    if empty:  # datasets' webdataset builder cannot read an empty tar
+        logger.warning("skipping %d empty tar shard(s): %s", len(empty), ", ".join(empty[:5]))
+        found = [f for f in found if f not in empty]
     if not found:
         raise ValueError(
-            f"no tar shards match {pattern!r} (data.path {path!r}, split {split!r}): give a folder "
+            f"no (non-empty) tar shards match {pattern!r} (data.path {path!r}, split {split!r}): give a folder "
             "of .tar files, a glob, or a brace pattern such as shards/{split}-{00000..00009}.tar"
         )
     return found
+
+
+def _has_members(path: str) -> bool:
+    if "://" in path:  # remote: not opened here
+        return True
+    with tarfile.open(path) as tar:
+        return tar.next() is not None
 
 
 def _encoded_image(value: Any, base_dir: Path | None) -> tuple[bytes, str]:
@@ -88,7 +111,7 @@ def _encoded_image(value: Any, base_dir: Path | None) -> tuple[bytes, str]:
         file = Path(value) if base_dir is None else base_dir / value
         if not file.is_file():
             raise BadSample("missing image file", str(file))
-        ext = file.suffix.lower().lstrip(".")
+        ext = file.suffix.lower().lstrip(".").replace("jpeg", "jpg")
         if ext in IMAGE_EXTENSIONS:
             return file.read_bytes(), ext
         value = file.read_bytes()
@@ -108,6 +131,14 @@ def _encoded_image(value: Any, base_dir: Path | None) -> tuple[bytes, str]:
     raise BadSample("missing image", f"no image in a {type(value).__name__}")
 
 
+def _reencode(data: bytes, ext: str) -> bytes:
+    """``data`` (any image) encoded as ``ext``: one image format, one column, per dataset."""
+    image = load_image(data) if ext == "jpg" else Image.open(io.BytesIO(data))
+    buffer = io.BytesIO()
+    image.save(buffer, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext], quality=95)
+    return buffer.getvalue()
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -125,8 +156,9 @@ def write_shards(
 ) -> tuple[list[Path], Counter]:
     """Write rows as ``output_dir/SPLIT/SPLIT-00000.tar`` ... with ``shard_size`` samples each.
 
-    Each sample gets the image's own encoded bytes (``KEY.jpg`` / ``.png`` ...), its first
-    caption as ``KEY.txt`` (read back with ``data.caption_column: txt``) and every other
+    Each sample gets the image's own encoded bytes (``KEY.jpg`` / ``.png`` ...; images in
+    another format than the first one are re-encoded to it, since every extension becomes
+    a column of its own when read back), its first caption as ``KEY.txt`` (read back with ``data.caption_column: txt``) and every other
     column, all captions included, as ``KEY.json`` (``data.caption_column: json.text``
     for a list of captions in column ``text``). A missing or unreadable image is left out
     and counted. Returns the shard paths and the counts of rows left out, by reason.
@@ -140,10 +172,15 @@ def write_shards(
     shards: list[Path] = []
     skipped: Counter = Counter()
     tar: tarfile.TarFile | None = None
-    index = 0
+    from mmcontrast.data.pairs import column_value  # pairs imports this module
+
+    index, image_ext, reencoded = 0, "", 0
     for row in rows:
         try:
             data, ext = _encoded_image(row[image_column], base_dir)
+            image_ext = image_ext or ext
+            if ext != image_ext:
+                data, reencoded = _reencode(data, image_ext), reencoded + 1
         except BadSample as bad:
             skipped[bad.reason] += 1
             continue
@@ -154,13 +191,19 @@ def write_shards(
             tar = tarfile.open(shards[-1], "w")
         assert tar is not None
         key = f"{index:09d}"
-        _add(tar, f"{key}.{ext}", data)
-        captions = row[caption_column]
+        _add(tar, f"{key}.{image_ext}", data)
+        captions = column_value(row, caption_column)
         first = captions[0] if isinstance(captions, list | tuple) and captions else captions
         _add(tar, f"{key}.txt", str(first or "").encode())
-        meta = {k: v for k, v in row.items() if k != image_column}
+        meta = {k: v for k, v in row.items() if k != image_column and not k.startswith("__")}
+        if isinstance(meta.get("json"), dict):  # shards of shards: their metadata, not nested
+            meta = {**meta.pop("json"), **meta}
         _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, default=str).encode())
         index += 1
     if tar is not None:
         tar.close()
+    if reencoded:
+        logger.warning(
+            "%s: %d image(s) re-encoded as %s, the format of the first", split, reencoded, image_ext
+        )
     return shards, skipped

@@ -132,6 +132,10 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         state = read_state(folder)
         if streamed:
             loader.load(folder, accelerator.process_index)
+        elif list(folder.glob("data_state_rank*.json")):
+            raise ValueError(
+                f"{folder} was written by a streamed run: resume it with data.streaming=true"
+            )
         accelerator.print(
             f"resumed from {folder} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})"
         )
