@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -31,6 +31,32 @@ class ImageTable(Protocol):
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A per-sample seed, stable across runs, workers and resumes."""
     return (seed * 1_000_003 + epoch) * 1_000_000_007 + index & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@contextmanager
+def seeded(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """The global CPU generator seeded for one sample, restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only: torch.manual_seed also seeds every accelerator, slowly
+        torch.random.default_generator.manual_seed(sample_seed(seed, epoch, index))
+        yield
+
+
+def pair_sample(
+    image: Any, captions: list[str], transform: Callable[[Any], Tensor]
+) -> dict[str, Any]:
+    """``{"pixel_values", "caption"}`` (one caption drawn), or ``{"skip": reason}``.
+
+    Draws from the global generator: call it inside :func:`seeded`.
+    """
+    if not captions:
+        return {"skip": "empty caption"}
+    try:
+        decoded = load_image(image)
+    except BadSample as bad:
+        return {"skip": bad.reason}
+    caption = captions[int(torch.randint(len(captions), ()))]
+    return {"pixel_values": transform(decoded), "caption": caption}
 
 
 class SeededSamples(Dataset):
@@ -57,12 +83,8 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    @contextmanager
-    def seeded(self, index: int) -> Iterator[None]:
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also seeds every accelerator, slowly
-            torch.random.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
-            yield
+    def seeded(self, index: int) -> AbstractContextManager[None]:
+        return seeded(self.seed, self.epoch, index)
 
 
 class ImageTextDataset(SeededSamples):
@@ -94,13 +116,7 @@ class ImageTextDataset(SeededSamples):
                 captions = self.table.captions(index)
                 caption = captions[int(torch.randint(len(captions), ()))]
                 return {"vision_features": self.vision_features[index], "caption": caption}
-            try:
-                image = load_image(self.table.image(index))
-            except BadSample as bad:
-                return {"skip": bad.reason}
-            captions = self.table.captions(index)
-            caption = captions[int(torch.randint(len(captions), ()))]
-            return {"pixel_values": self.transform(image), "caption": caption}
+            return pair_sample(self.table.image(index), self.table.captions(index), self.transform)
 
 
 class ImageTextCollator:

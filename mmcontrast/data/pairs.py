@@ -50,13 +50,20 @@ class PairTable:
 
     def image(self, index: int) -> Any:
         """The raw image value of a row (path, bytes or dict), ready for ``load_image``."""
-        value = self.dataset[index][self.image_column]
+        return self.row_image(self.dataset[index])
+
+    def captions(self, index: int) -> list[str]:
+        return self.row_captions(self.dataset[index])
+
+    def row_image(self, row: dict[str, Any]) -> Any:
+        """:meth:`image` of a row already read (e.g. from a stream)."""
+        value = row[self.image_column]
         if self.base_dir is not None and isinstance(value, str):
             return str(self.base_dir / value)
         return value
 
-    def captions(self, index: int) -> list[str]:
-        return clean_captions(column_value(self.dataset[index], self.caption_column))
+    def row_captions(self, row: dict[str, Any]) -> list[str]:
+        return clean_captions(column_value(row, self.caption_column))
 
 
 def column_value(row: dict[str, Any], column: str) -> Any:
@@ -86,18 +93,9 @@ def find_metadata(folder: Path, split: str) -> Path | None:
 
 def load_pairs(cfg: DataConfig, split: str, max_samples: int | None = None) -> PairTable:
     """Load one split of image-text pairs as described by the data config."""
-    if not cfg.path:
-        raise ValueError("data.path is empty: give an imagefolder directory or a datasets name")
     if cfg.streaming:
         return _materialise(cfg, split, max_samples)
-    folder = Path(cfg.path)
-    if is_webdataset(cfg.path):
-        table = _load_webdataset(cfg, split)
-    elif folder.is_dir() and any(folder.glob("**/metadata.*")):
-        table = _load_imagefolder(folder, split, cfg)
-    else:
-        table = _load_hub_or_script(cfg, split)
-    return _drop_empty_captions(table, max_samples)
+    return _drop_empty_captions(_load_split(cfg, split, streaming=False), max_samples)
 
 
 def open_stream(cfg: DataConfig, split: str) -> PairTable:
@@ -106,24 +104,21 @@ def open_stream(cfg: DataConfig, split: str) -> PairTable:
     The table's ``dataset`` is iterable only (no length, no indexing): ``streaming.py``
     reads it shard by shard. Same sources and column checks as :func:`load_pairs`.
     """
+    return _load_split(cfg, split, streaming=True)
+
+
+def _load_split(cfg: DataConfig, split: str, streaming: bool) -> PairTable:
+    """The split from tar shards, an imagefolder or ``datasets``, streamed or not."""
     if not cfg.path:
-        raise ValueError("data.path is empty: give tar shards, an imagefolder or a datasets name")
+        raise ValueError(
+            "data.path is empty: give an imagefolder directory, tar shards or a datasets name"
+        )
     folder = Path(cfg.path)
     if is_webdataset(cfg.path):
-        table = _load_webdataset(cfg, split, streaming=True)
-    elif folder.is_dir() and any(folder.glob("**/metadata.*")):
-        metadata = _find_split_metadata(folder, split)
-        builder = "json" if metadata.suffix == ".jsonl" else "csv"
-        stream = datasets.load_dataset(
-            builder, data_files=str(metadata), split="train", streaming=True
-        )
-        table = _table(stream, cfg, str(metadata), base_dir=metadata.parent, file_column=True)
-    else:
-        stream = load_dataset_split(
-            cfg, split, "tar shards, an imagefolder directory or a datasets name", streaming=True
-        )
-        table = _table(stream, cfg, cfg.path)
-    return table
+        return _load_webdataset(cfg, split, streaming)
+    if folder.is_dir() and any(folder.glob("**/metadata.*")):
+        return _load_imagefolder(folder, split, cfg, streaming)
+    return _load_hub_or_script(cfg, split, streaming)
 
 
 def _materialise(cfg: DataConfig, split: str, max_samples: int | None) -> PairTable:
@@ -132,7 +127,7 @@ def _materialise(cfg: DataConfig, split: str, max_samples: int | None) -> PairTa
     stream = open_stream(cfg, split)
     rows, dropped = [], 0
     for row in stream.dataset:
-        if not clean_captions(column_value(row, stream.caption_column)):
+        if not stream.row_captions(row):
             dropped += 1
             continue
         rows.append(row)
@@ -152,7 +147,7 @@ def _materialise(cfg: DataConfig, split: str, max_samples: int | None) -> PairTa
     return table
 
 
-def _load_webdataset(cfg: DataConfig, split: str, streaming: bool = False) -> PairTable:
+def _load_webdataset(cfg: DataConfig, split: str, streaming: bool) -> PairTable:
     files = shard_files(cfg.path, split)
     dataset = datasets.load_dataset(
         "webdataset", data_files={split: files}, split=split, streaming=streaming
@@ -212,10 +207,12 @@ def _find_split_metadata(folder: Path, split: str) -> Path:
     return metadata
 
 
-def _load_imagefolder(folder: Path, split: str, cfg: DataConfig) -> PairTable:
+def _load_imagefolder(folder: Path, split: str, cfg: DataConfig, streaming: bool) -> PairTable:
     metadata = _find_split_metadata(folder, split)
     builder = "json" if metadata.suffix == ".jsonl" else "csv"
-    dataset = datasets.load_dataset(builder, data_files=str(metadata), split="train")
+    dataset = datasets.load_dataset(
+        builder, data_files=str(metadata), split="train", streaming=streaming
+    )
     return _table(dataset, cfg, str(metadata), base_dir=metadata.parent, file_column=True)
 
 
@@ -231,9 +228,12 @@ def load_dataset_split(cfg: DataConfig, split: str, expected: str, streaming: bo
         ) from None
 
 
-def _load_hub_or_script(cfg: DataConfig, split: str) -> PairTable:
+def _load_hub_or_script(cfg: DataConfig, split: str, streaming: bool) -> PairTable:
     dataset = load_dataset_split(
-        cfg, split, "an imagefolder directory (with metadata.jsonl), tar shards or a datasets name"
+        cfg,
+        split,
+        "an imagefolder directory (with metadata.jsonl), tar shards or a datasets name",
+        streaming=streaming,
     )
     return _table(dataset, cfg, cfg.path)
 

@@ -32,9 +32,8 @@ from accelerate.utils import send_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmcontrast.data.image_text import sample_seed
-from mmcontrast.data.images import BadSample, load_image
-from mmcontrast.data.pairs import PairTable, clean_captions, column_value
+from mmcontrast.data.image_text import pair_sample, sample_seed, seeded
+from mmcontrast.data.pairs import PairTable
 
 logger = logging.getLogger("mmcontrast")
 
@@ -175,20 +174,10 @@ class StreamedPairs(IterableDataset):
             yield position, block[order[offset]]
 
     def _decode(self, row: dict[str, Any], epoch: int, index: int) -> dict[str, Any]:
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            captions = clean_captions(column_value(row, self.table.caption_column))
-            if not captions:
-                return {"skip": "empty caption"}
-            value = row[self.table.image_column]
-            if self.table.base_dir is not None and isinstance(value, str):
-                value = str(self.table.base_dir / value)
-            try:
-                image = load_image(value)
-            except BadSample as bad:
-                return {"skip": bad.reason}
-            caption = captions[int(torch.randint(len(captions), ()))]
-            return {"pixel_values": self.transform(image), "caption": caption}
+        with seeded(self.seed, epoch, index):
+            return pair_sample(
+                self.table.row_image(row), self.table.row_captions(row), self.transform
+            )
 
 
 class StreamCollator:
