@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_report import (  # scripts/bench_report.py
+    MARKDOWN,
+    command_line,
+    cpu_name,
+    markdown_table,
+    write_section,
+)
 
 from mmcontrast.eval.retrieval import retrieval_metrics
 
@@ -56,7 +61,6 @@ except ImportError:
     batchify = recall_at_k = None
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKDOWN = ROOT / "scripts" / "BENCHMARKS.md"
 HEADING = "## Retrieval metrics vs CLIP_benchmark"
 KS = (1, 5, 10)
 CAPTIONS_PER_IMAGE = 5
@@ -211,31 +215,15 @@ def text_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |"]
-    lines.append("| " + " | ".join("---" for _ in COLUMNS) + " |")
-    lines += ["| " + " | ".join(cell(r) for _, cell in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def metrics_lines(n_images: int, metrics: dict) -> str:
     values = ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
     return f"- {n_images:,} images: {values}"
 
 
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def markdown_section(
     args: argparse.Namespace, rows: list[dict], metric_lines: list[str], loads: list[float]
 ) -> str:
-    exe = Path(sys.executable)
-    exe = exe.relative_to(ROOT) if exe.is_relative_to(ROOT) else Path("python")
-    command = shlex.join([str(exe), "scripts/bench_retrieval.py", *sys.argv[1:]])
+    command = command_line("scripts/bench_retrieval.py")
     return "\n".join([
         HEADING, "",
         f"`{command}` ({time.strftime('%Y-%m-%d')}): {os.cpu_count()} CPU cores "
@@ -250,23 +238,9 @@ def markdown_section(
         f"{loads[0]:.2f} at the start, {loads[1]:.2f} at the end. Times include the kernel's "
         "page faults on fresh large allocations, which vary between runs on a VM; compare "
         "rows of one run.", "",
-        markdown_table(rows), "",
+        markdown_table(rows, COLUMNS), "",
         "Metrics (CLIP_benchmark):", "", *metric_lines, "",
     ])  # fmt: skip
-
-
-def write_markdown(section: str, path: Path = MARKDOWN) -> None:
-    """Replaces the section under HEADING (up to the next '## ' heading), or appends it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    if HEADING in lines:
-        start = lines.index(HEADING)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), None)
-        after = "\n".join(lines[end:]) + "\n" if end is not None else ""
-        before = "\n".join(lines[:start]).rstrip() + "\n\n"
-    else:
-        before, after = text.rstrip() + "\n\n", ""
-    path.write_text(before + section + ("\n" + after if after else ""))
 
 
 # ---------------------------------------------------------------- main
@@ -336,7 +310,7 @@ def main() -> None:
         print(text_table(rows) + "\n")
     print("Metrics (CLIP_benchmark):\n" + "\n".join(metric_lines))
     if not args.no_markdown:
-        write_markdown(markdown_section(args, rows, metric_lines, loads))
+        write_section(HEADING, markdown_section(args, rows, metric_lines, loads))
         print(f"\nwrote the '{HEADING[3:]}' section of {MARKDOWN.relative_to(ROOT)}")
 
 

@@ -74,10 +74,8 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import resource
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -87,8 +85,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_report import (  # scripts/bench_report.py
+    MARKDOWN,
+    command_line,
+    cpu_name,
+    markdown_table,
+    write_section,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
-MARKDOWN = ROOT / "scripts" / "BENCHMARKS.md"
 HEADING = "## Training throughput vs open_clip"
 SIDES = ("open_clip", "mmcontrast")
 CPU_MODEL = "bench-vit-w256-l6"
@@ -499,20 +504,6 @@ def text_table(rows: list[dict[str, Any]], cols: list[tuple[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: list[dict[str, Any]], cols: list[tuple[str, Any]]) -> str:
-    lines = ["| " + " | ".join(name for name, _ in cols) + " |"]
-    lines.append("| " + " | ".join("---" for _ in cols) + " |")
-    lines += ["| " + " | ".join(cell(r) for _, cell in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def device_name(device: str) -> str:
     import torch
 
@@ -562,9 +553,7 @@ def markdown_section(
     args: argparse.Namespace, rows: list[dict[str, Any]], cols: list[tuple[str, Any]],
     lines: list[str], notes: list[str],
 ) -> str:  # fmt: skip
-    exe = Path(sys.executable)
-    exe = exe.relative_to(ROOT) if exe.is_relative_to(ROOT) else Path("python")
-    command = shlex.join([str(exe), "scripts/bench_train.py", *sys.argv[1:]])
+    command = command_line("scripts/bench_train.py")
     return "\n".join([
         HEADING, "",
         f"`{command}` ({time.strftime('%Y-%m-%d')}): " + " ".join(lines), "",
@@ -581,20 +570,6 @@ def markdown_section(
         markdown_table(rows, cols), "",
         *notes, "",
     ])  # fmt: skip
-
-
-def write_markdown(section: str, path: Path = MARKDOWN) -> None:
-    """Replaces the section under HEADING (up to the next '## ' heading), or appends it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    if HEADING in lines:
-        start = lines.index(HEADING)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), None)
-        after = "\n".join(lines[end:]) + "\n" if end is not None else ""
-        before = "\n".join(lines[:start]).rstrip() + "\n\n"
-    else:
-        before, after = text.rstrip() + "\n\n", ""
-    path.write_text(before + section + ("\n" + after if after else ""))
 
 
 # ---------------------------------------------------------------- main
@@ -791,7 +766,7 @@ def main() -> None:
     print(text_table(rows, cols) + "\n")
     print("\n".join(notes))
     if not args.no_markdown:
-        write_markdown(markdown_section(args, rows, cols, lines, notes))
+        write_section(HEADING, markdown_section(args, rows, cols, lines, notes))
         print(f"\nwrote the '{HEADING[3:]}' section of {MARKDOWN.relative_to(ROOT)}")
 
 

@@ -1,0 +1,50 @@
+"""What the benchmark scripts share: markdown tables, the CPU's name, the command as run,
+and replacing a script's own section of ``scripts/BENCHMARKS.md``."""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKDOWN = ROOT / "scripts" / "BENCHMARKS.md"
+
+
+def markdown_table(rows: list[dict[str, Any]], cols: list[tuple[str, Callable[[Any], str]]]) -> str:
+    """A markdown table: one column per ``(header, cell function of a row)``."""
+    lines = ["| " + " | ".join(name for name, _ in cols) + " |"]
+    lines.append("| " + " | ".join("---" for _ in cols) + " |")
+    lines += ["| " + " | ".join(cell(r) for _, cell in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def command_line(script: str) -> str:
+    """This run's command as typed from the repository root (``script`` relative to it)."""
+    exe = Path(sys.executable)
+    exe = exe.relative_to(ROOT) if exe.is_relative_to(ROOT) else Path("python")
+    return shlex.join([str(exe), script, *sys.argv[1:]])
+
+
+def write_section(heading: str, section: str, path: Path = MARKDOWN) -> None:
+    """Replaces the section under ``heading`` (up to the next '## ' heading), or appends it."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), None)
+        after = "\n".join(lines[end:]) + "\n" if end is not None else ""
+        before = "\n".join(lines[:start]).rstrip() + "\n\n"
+    else:
+        before, after = text.rstrip() + "\n\n", ""
+    path.write_text(before + section + ("\n" + after if after else ""))
