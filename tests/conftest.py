@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,25 @@ def fresh_accelerator_state() -> None:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def train_stopped_and_resumed(
+    recipe: Path | None,
+    overrides: list[str],
+    root: Path,
+    stop_at: int = 5,
+    when_stopped: Callable[[dict], None] | None = None,
+) -> tuple[dict, dict, dict]:
+    """Train ``recipe`` straight through into ``root/full``, and into ``root/split`` stopped
+    at step ``stop_at`` (``when_stopped`` sees that summary) then resumed; returns the three
+    summaries (full, first, second)."""
+    from mmcontrast.config import load_recipe
+    from mmcontrast.train.loop import train
+
+    full = train(load_recipe(recipe, [*overrides, f"train.output_dir={root / 'full'}"]))
+    split = [*overrides, f"train.output_dir={root / 'split'}"]
+    first = train(load_recipe(recipe, [*split, f"train.stop_at_step={stop_at}"]))
+    if when_stopped is not None:
+        when_stopped(first)
+    second = train(load_recipe(recipe, split), resume="latest")
+    return full, first, second

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_stopped_and_resumed
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -249,10 +250,8 @@ def test_streamed_training_resumes_exactly(
         "train.checkpoint_every=3",
         "eval.at_end=false",
     ]
-    full = train(load_recipe(QUICKSTART, [*common, f"train.output_dir={tmp_path / 'full'}"]))
+    full, first, second = train_stopped_and_resumed(QUICKSTART, common, tmp_path)
     split_dir = f"train.output_dir={tmp_path / 'split'}"
-    first = train(load_recipe(QUICKSTART, [*common, split_dir, "train.stop_at_step=5"]))
-    second = train(load_recipe(QUICKSTART, [*common, split_dir]), resume="latest")
     losses = [h["loss"] for h in full["history"]]
     assert len(losses) == 9 and len(set(losses)) > 1
     assert [h["loss"] for h in first["history"] + second["history"]] == losses

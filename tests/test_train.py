@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_stopped_and_resumed
 from safetensors.torch import load_file
 
 from mmcontrast.cli import main
@@ -69,11 +70,11 @@ def test_resume_mid_epoch_is_exact(tiny_run: list[str], tmp_path: Path) -> None:
         "data.horizontal_flip=0.5",
         "eval.at_end=false",
     ]
-    full = train(load_recipe(QUICKSTART, [*common, f"train.output_dir={tmp_path / 'full'}"]))
-    split_dir = f"train.output_dir={tmp_path / 'split'}"
-    first = train(load_recipe(QUICKSTART, [*common, split_dir, "train.stop_at_step=5"]))
-    assert first["step"] == 5 and not (tmp_path / "split" / "model.safetensors").exists()
-    second = train(load_recipe(QUICKSTART, [*common, split_dir]), resume="latest")
+
+    def stopped_early(first: dict) -> None:
+        assert first["step"] == 5 and not (tmp_path / "split" / "model.safetensors").exists()
+
+    full, first, second = train_stopped_and_resumed(QUICKSTART, common, tmp_path, 5, stopped_early)
     assert second["step"] == 8
     losses = [h["loss"] for h in full["history"]]
     assert len(losses) == 8 and len(set(losses)) > 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COLOURS, SHAPES, draw
+from conftest import COLOURS, SHAPES, draw, train_stopped_and_resumed
 from safetensors.torch import load_file
 
 from mmcontrast.config import ConfigError, load_recipe
@@ -160,10 +160,7 @@ def test_resume_is_exact_with_momentum_state(name: str, labelled_dir: Path, tmp_
         "eval.at_end=false",
         "eval.views_png=false",
     ]
-    full = train(load_recipe(None, [*common, f"train.output_dir={tmp_path / 'full'}"]))
-    split = f"train.output_dir={tmp_path / 'split'}"
-    first = train(load_recipe(None, [*common, split, "train.stop_at_step=5"]))
-    second = train(load_recipe(None, [*common, split]), resume="latest")
+    full, first, second = train_stopped_and_resumed(None, common, tmp_path)
     losses = [h["loss"] for h in full["history"]]
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     assert [h["loss"] for h in first["history"] + second["history"]] == losses
