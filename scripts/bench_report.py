@@ -22,6 +22,18 @@ def markdown_table(rows: list[dict[str, Any]], cols: list[tuple[str, Callable[[A
     return "\n".join(lines)
 
 
+def text_table(
+    rows: list[dict[str, Any]], cols: list[tuple[str, Callable[[Any], str]]], left: int = 1
+) -> str:
+    """A plain-text table for the terminal: the first ``left`` columns left-aligned, the rest right."""
+    cells = [[name for name, _ in cols]] + [[cell(r) for _, cell in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(row, widths, strict=True))) for row in cells]  # fmt: skip
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []

@@ -47,9 +47,11 @@ import torch
 import torch.nn.functional as F
 from bench_report import (  # scripts/bench_report.py
     MARKDOWN,
+    ROOT,
     command_line,
     cpu_name,
     markdown_table,
+    text_table,
     write_section,
 )
 
@@ -60,7 +62,6 @@ try:  # imported here, so that both workers' baselines include both imports
 except ImportError:
     batchify = recall_at_k = None
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Retrieval metrics vs CLIP_benchmark"
 KS = (1, 5, 10)
 CAPTIONS_PER_IMAGE = 5
@@ -206,15 +207,6 @@ COLUMNS = [
 ]
 
 
-def text_table(rows: list[dict]) -> str:
-    cells = [[name for name, _ in COLUMNS]] + [[cell(r) for _, cell in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in cells]  # fmt: skip
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
 def metrics_lines(n_images: int, metrics: dict) -> str:
     values = ", ".join(f"{key} {value:.4f}" for key, value in metrics.items())
     return f"- {n_images:,} images: {values}"
@@ -304,10 +296,10 @@ def main() -> None:
             size_rows, line = bench_size(n_images, args, Path(tmp))
             rows += size_rows
             metric_lines.append(line)
-            print(text_table(size_rows) + "\n", flush=True)
+            print(text_table(size_rows, COLUMNS, left=2) + "\n", flush=True)
     loads.append(os.getloadavg()[0])
     if len(args.sizes) > 1:
-        print(text_table(rows) + "\n")
+        print(text_table(rows, COLUMNS, left=2) + "\n")
     print("Metrics (CLIP_benchmark):\n" + "\n".join(metric_lines))
     if not args.no_markdown:
         write_section(HEADING, markdown_section(args, rows, metric_lines, loads))

@@ -87,13 +87,14 @@ from typing import Any
 
 from bench_report import (  # scripts/bench_report.py
     MARKDOWN,
+    ROOT,
     command_line,
     cpu_name,
     markdown_table,
+    text_table,
     write_section,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Training throughput vs open_clip"
 SIDES = ("open_clip", "mmcontrast")
 CPU_MODEL = "bench-vit-w256-l6"
@@ -493,15 +494,6 @@ def columns(rows: list[dict[str, Any]], reference: float) -> list[tuple[str, Any
     if any(r["mfu"] is not None for r in rows):
         cols.append(("MFU", lambda r: f"{100 * r['mfu']:.1f}%"))
     return cols
-
-
-def text_table(rows: list[dict[str, Any]], cols: list[tuple[str, Any]]) -> str:
-    cells = [[name for name, _ in cols]] + [[cell(r) for _, cell in cols] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in cells]  # fmt: skip
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
 
 
 def device_name(device: str) -> str:
