@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcontrast.config import ConfigError, load_recipe
+from mmcontrast.cpu_allocator import reuse_freed_memory
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -455,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

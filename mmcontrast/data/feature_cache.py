@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from mmcontrast.data.image_text import image_batches
 from mmcontrast.data.pairs import PairTable
+from mmcontrast.models.cpu_chunks import forward_in_chunks
 from mmcontrast.models.tower import Tower
 
 
@@ -44,6 +45,7 @@ def compute_tower_features(
         bad.update(unreadable)
         if pixels is not None:
             pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)
-            features[rows] = tower(pixel_values=pixels).float().cpu()
+            encoded = forward_in_chunks(lambda x: tower(pixel_values=x), pixels)
+            features[rows] = encoded.float().cpu()
     tower.train(was_training)
     return features, bad
