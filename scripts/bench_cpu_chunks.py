@@ -1,7 +1,7 @@
 """Image inference on CPU: one batch against the chunks `forward_in_chunks` uses, with and
 without `reuse_freed_memory` (what the CLI sets at start-up).
 
-Feature caching for locked towers and every evaluation embed images this way. Each row runs
+Caching a locked tower's features forwards images in these chunks. Each row runs
 in a fresh process (the allocator's state carries over otherwise) and prints images/s and
 the seconds spent in the kernel, mostly page faults. Models are timm's, built from config
 with random weights (no download).

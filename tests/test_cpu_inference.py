@@ -21,13 +21,19 @@ def test_reuse_freed_memory_is_taken_by_glibc():
     assert reuse_freed_memory(64 << 20)  # the setting may be made again, e.g. lowered
 
 
+def test_reuse_freed_memory_leaves_user_tuning_and_bad_limits_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert not reuse_freed_memory()
+    with pytest.raises(ValueError, match="2 GiB"):
+        reuse_freed_memory(4 << 30)  # would wrap to 0 as a C int: everything through mmap
+
+
 def test_chunk_size_follows_image_area_on_cpu_only():
     assert cpu_chunk_size(torch.zeros(128, 3, 224, 224)) == CPU_CHUNK_PIXELS // (224 * 224)
     assert cpu_chunk_size(torch.zeros(128, 3, 448, 448)) == max(1, CPU_CHUNK_PIXELS // 448**2)
     assert cpu_chunk_size(torch.zeros(4, 3, 2048, 2048)) == 1
     assert cpu_chunk_size(torch.zeros(128, 3, 32, 32)) == CPU_CHUNK_PIXELS // 32**2
-    # the model's device decides: pixels still on CPU for a model on an accelerator
-    assert cpu_chunk_size(torch.zeros(128, 3, 224, 224), torch.device("meta")) == 128
+    assert cpu_chunk_size(torch.zeros(128, 3, 224, 224, device="meta")) == 128  # not CPU
 
 
 def test_forward_in_chunks_matches_one_batch_in_eval_mode():

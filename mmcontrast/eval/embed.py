@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader
 
 from mmcontrast.data.image_text import ImageOnlyDataset, ImageTable, _as_list, image_batches
 from mmcontrast.eval.adapters.base import EvalModel
-from mmcontrast.models.cpu_chunks import forward_in_chunks
 
 
 @dataclass
@@ -49,9 +48,7 @@ def embed_images(
     for batch_rows, pixels, unreadable in image_batches(table, transform, batch_size, num_workers):
         skipped.update(unreadable.values())
         if pixels is not None:
-            chunks.append(
-                forward_in_chunks(model.encode_images, pixels, model.device).float().cpu()
-            )
+            chunks.append(model.encode_images(pixels).float().cpu())
             rows += batch_rows
     if not rows:
         raise ValueError(
@@ -84,11 +81,7 @@ def _embed_images_sharded(
         ok = torch.tensor([isinstance(x, Tensor) for _, x in samples])
         features = torch.zeros(len(samples), dim)
         if good:
-            features[ok] = (
-                forward_in_chunks(model.encode_images, torch.stack(good), model.device)
-                .float()
-                .cpu()
-            )
+            features[ok] = model.encode_images(torch.stack(good)).float().cpu()
         reasons.update({i: x for i, x in samples if isinstance(x, str)})
         index = torch.tensor([i for i, _ in samples])
         batch = (index, ok, features)
