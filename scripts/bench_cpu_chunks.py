@@ -21,7 +21,7 @@ import torch
 from bench_report import cpu_name, text_table  # scripts/bench_report.py
 
 from mmcontrast.cpu_allocator import reuse_freed_memory
-from mmcontrast.models.cpu_chunks import cpu_chunk_size, forward_in_chunks
+from mmcontrast.data.feature_cache import cpu_chunk_size, forward_in_chunks
 
 MODES = [("batch", False, False), ("chunks", True, False), ("chunks + reuse", True, True),
          ("batch + reuse", False, True)]  # fmt: skip

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mmcontrast.cpu_allocator import reuse_freed_memory
-from mmcontrast.models.cpu_chunks import CPU_CHUNK_PIXELS, cpu_chunk_size, forward_in_chunks
+from mmcontrast.data.feature_cache import CPU_CHUNK_PIXELS, cpu_chunk_size, forward_in_chunks
 
 
 @pytest.mark.skipif(
