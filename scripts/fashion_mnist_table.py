@@ -26,7 +26,8 @@ from mmcontrast.config import load_recipe
 from mmcontrast.data.labelled import load_labelled
 from mmcontrast.eval.knn import knn_metrics
 from mmcontrast.eval.linear_probe import linear_probe
-from mmcontrast.train.loop import build_method
+from mmcontrast.eval.training import evaluate_during_training
+from mmcontrast.methods import build_method
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["simclr", "moco-v2", "moco-v3", "byol", "swav", "barlow-twins", "supcon"]
@@ -76,7 +77,7 @@ def random_init() -> dict[str, float]:
     """The recipes' encoder (same seed) evaluated without training."""
     cfg = load_recipe(recipe("simclr"), ["train.output_dir=/tmp/mmcontrast-random-init"])
     torch.manual_seed(cfg.train.seed)
-    return build_method(cfg).evaluate()
+    return evaluate_during_training(build_method(cfg).eval(), None, 0)
 
 
 def raw_pixels() -> dict[str, float]:

@@ -151,7 +151,7 @@ def train_stopped_and_resumed(
     at step ``stop_at`` (``when_stopped`` sees that summary) then resumed; returns the three
     summaries (full, first, second)."""
     from mmcontrast.config import load_recipe
-    from mmcontrast.train.loop import train
+    from mmcontrast.pipeline import train
 
     full = train(load_recipe(recipe, [*overrides, f"train.output_dir={root / 'full'}"]))
     split = [*overrides, f"train.output_dir={root / 'split'}"]

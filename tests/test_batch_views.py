@@ -23,7 +23,7 @@ from mmcontrast.data.batch_views import (
     rotate_hue,
 )
 from mmcontrast.models.tower import ImagePreprocess
-from mmcontrast.train.loop import train
+from mmcontrast.pipeline import train
 
 PLAIN = AugmentConfig(
     crop_scale=(1.0, 1.0),

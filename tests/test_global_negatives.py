@@ -161,7 +161,7 @@ def _one_process(
     recipe: str | None, overrides: list[str], folder: Path
 ) -> tuple[list[float], dict[str, torch.Tensor]]:
     from mmcontrast.config import load_recipe
-    from mmcontrast.train.loop import train
+    from mmcontrast.pipeline import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: more threads only wait for each other
@@ -176,7 +176,8 @@ def _one_process(
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
+        atol = 1e-5 * max(1.0, float(b[key].abs().max()))  # SGD steps grow some weights to ~10
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
 def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -110,6 +110,11 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def _scale(grads: dict[str, torch.Tensor]) -> float:
+    """The largest gradient entry (at least 1): float32 rounding grows with it."""
+    return max(1.0, *(float(g.abs().max()) for g in grads.values()))
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_same_gradients_as_the_whole_batch_with_dropout(tiny_run: list[str], case: str) -> None:
     method = _method(tiny_run, *CASES[case])
@@ -129,8 +134,8 @@ def test_same_gradients_as_the_whole_batch_with_dropout(tiny_run: list[str], cas
     cached_loss = _cached(method, batch)
     got = _grads(method)
     assert torch.equal(torch.get_rng_state(), rng_after)  # the generators end where they would
-    assert float(cached_loss) == pytest.approx(float(loss), abs=1e-6)
-    assert len(got) > 10 and _max_difference(got, expected) < 1e-5
+    assert float(cached_loss) == pytest.approx(float(loss), abs=1e-6, rel=1e-6)
+    assert len(got) > 10 and _max_difference(got, expected) < 1e-5 * _scale(expected)
     if case == "siglip":
         assert got["model.logit_bias"].abs() > 0
     for m, var in zip(norms, expected_stats, strict=True):  # updated once per micro-batch
@@ -165,8 +170,8 @@ def test_without_dropout_equals_one_pass_over_the_whole_batch(tiny_run: list[str
     with mock.patch.object(Accelerator, "no_sync", wraps=accelerator.no_sync) as no_sync:
         cached_loss = grad_cache_backward(accelerator, method, batch, CHUNKS)["loss"]
     assert no_sync.call_count == CHUNKS - 1  # under DDP only the last replay synchronises
-    assert float(cached_loss) == pytest.approx(float(loss.detach()), abs=1e-6)
-    assert _max_difference(_grads(method), expected) < 1e-5
+    assert float(cached_loss) == pytest.approx(float(loss.detach()), abs=1e-6, rel=1e-6)
+    assert _max_difference(_grads(method), expected) < 1e-5 * _scale(expected)
 
 
 def _loop_run(shapes: Path, tokenizer: Path, *extra: str) -> list[str]:
@@ -198,7 +203,7 @@ def test_loop_trains_the_same_with_and_without_grad_cache(
     losses, weights = _one_process(QUICKSTART, plain, tmp_path / "plain")
     got_losses, got_weights = _one_process(QUICKSTART, cached, tmp_path / "cached")
     assert len(set(losses)) == len(losses) > 1
-    assert got_losses == pytest.approx(losses, abs=1e-6, rel=1e-6)
+    assert got_losses == pytest.approx(losses, abs=1e-6, rel=1e-5)
     _assert_same(got_weights, weights)
 
 
@@ -264,7 +269,7 @@ def test_micro_batch_errors_say_what_to_do(tiny_run: list[str]) -> None:
         chunks(16)
     with pytest.raises(ConfigError, match="positive"):
         chunks(0)
-    from mmcontrast.train.loop import train
+    from mmcontrast.pipeline import train
 
     with pytest.raises(ConfigError, match="does not divide"):  # before any model is built
         train(load_recipe(None, [*tiny_run, "train.grad_cache_micro_batch=5"]))

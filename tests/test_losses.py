@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcontrast.losses import LOSS_INIT, ClipLoss, SigLipLoss
+from mmcontrast.losses import ClipLoss, SigLipLoss
 
 
 def features(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +35,7 @@ def test_siglip_loss_equals_open_clip(n: int, d: int, scale: float, bias: float)
     assert torch.allclose(ours, theirs, atol=1e-5)
     (g_ours,) = torch.autograd.grad(ours, img, retain_graph=True)
     (g_theirs,) = torch.autograd.grad(theirs, img)
-    assert torch.allclose(g_ours, g_theirs, atol=1e-6)
+    assert torch.allclose(g_ours, g_theirs, atol=5e-6 * g_theirs.abs().max().item())
 
 
 def test_clip_loss_float64_reference() -> None:
@@ -63,5 +63,5 @@ def test_shape_mismatch_is_an_error() -> None:
 
 
 def test_loss_inits() -> None:
-    assert LOSS_INIT["clip"][0] == pytest.approx(math.log(1 / 0.07))
-    assert LOSS_INIT["siglip"] == (pytest.approx(math.log(10)), -10.0)
+    assert ClipLoss.init_logit_scale == pytest.approx(math.log(1 / 0.07))
+    assert (SigLipLoss.init_logit_scale, SigLipLoss.init_logit_bias) == (pytest.approx(math.log(10)), -10.0)

@@ -153,7 +153,8 @@ def test_dual_encoder_trains_under_fsdp2_fully_shard(tokenizer_dir: Path, tmp_pa
             assert grad.abs().item() > 0
             assert torch.allclose(param.grad.full_tensor(), grad, rtol=1e-4, atol=1e-6)
         # the final weights are gathered whole, not saved as this process's shards
-        from mmcontrast.train.checkpoint import full_state_dict, load_weights, save_weights
+        from mmcontrast.methods.trained import load_weights
+        from mmcontrast.train.checkpoint import full_state_dict, save_weights
 
         assert isinstance(method.state_dict()["model.logit_scale"], DTensor)
         save_weights(method, cfg, tmp_path / "final", full_state_dict(method))

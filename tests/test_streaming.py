@@ -19,7 +19,7 @@ from mmcontrast.data.image_text import ImageTextCollator
 from mmcontrast.data.pairs import load_pairs, open_stream
 from mmcontrast.data.streaming import StreamedPairs, StreamLoader, StreamPosition
 from mmcontrast.data.webdataset import expand_braces, shard_files, write_shards
-from mmcontrast.train.loop import train
+from mmcontrast.pipeline import train
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 

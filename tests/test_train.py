@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from mmcontrast.cli import main
 from mmcontrast.config import load_recipe
-from mmcontrast.train.loop import train
+from mmcontrast.pipeline import train
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")

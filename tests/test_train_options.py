@@ -13,7 +13,7 @@ from torch import nn
 
 from mmcontrast.config import TowerConfig, load_recipe
 from mmcontrast.models import build_tower
-from mmcontrast.train.loop import train
+from mmcontrast.pipeline import train
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 DROPOUT = {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2}

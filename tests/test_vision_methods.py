@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from mmcontrast.config import ConfigError, load_recipe
 from mmcontrast.data.imagefolder import write_imagefolder
 from mmcontrast.models.momentum import cosine_momentum, ema_update, frozen_copy
-from mmcontrast.train.loop import build_method, train
+from mmcontrast.methods import build_method
+from mmcontrast.pipeline import train
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 METHODS = ["simclr", "moco_v2", "moco_v3", "byol", "swav", "barlow_twins", "supcon"]

@@ -33,8 +33,8 @@ from torch import Tensor
 
 from mmcontrast.config import AugmentConfig
 from mmcontrast.data.image_text import SeededSamples, sample_seed
+from mmcontrast.data.transforms import ImagePreprocess
 from mmcontrast.data.views import check_augment, local_view_size
-from mmcontrast.models.tower import ImagePreprocess
 
 LUMA = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale weights
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])

@@ -20,12 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mmcontrast.data.image_text import image_batches
 from mmcontrast.data.pairs import PairTable
-from mmcontrast.models.tower import Tower
 
 CPU_CHUNK_PIXELS = 16 * 224 * 224  # images per chunk = this / (height * width), at least 1
 
@@ -49,7 +48,7 @@ def forward_in_chunks(encode: Callable[[Tensor], Tensor], pixels: Tensor) -> Ten
 
 @torch.inference_mode()
 def compute_tower_features(
-    tower: Tower,
+    tower: nn.Module,
     table: PairTable,
     transform: Callable[[Any], Tensor],
     batch_size: int = 128,

@@ -1,12 +1,29 @@
-"""Image transforms (torchvision v2) built from a tower's preprocessing and the recipe."""
+"""Image transforms (torchvision v2) built from a tower's preprocessing and the recipe.
+
+:class:`ImagePreprocess` describes what a vision tower expects (size, normalisation); the
+towers in :mod:`mmcontrast.models` report it, and the data side builds transforms from it.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torchvision.transforms import v2
 
 from mmcontrast.config import DataConfig
-from mmcontrast.models.tower import ImagePreprocess
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class ImagePreprocess:
+    """What a vision tower expects: square size and per-channel normalisation."""
+
+    size: int = 224
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
 
 def image_transform(

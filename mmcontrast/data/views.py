@@ -30,7 +30,7 @@ from mmcontrast.config import AugmentConfig
 from mmcontrast.data.image_text import SeededSamples
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.labelled import LabelledImages
-from mmcontrast.models.tower import ImagePreprocess
+from mmcontrast.data.transforms import ImagePreprocess
 
 
 def view_transforms(pre: ImagePreprocess, aug: AugmentConfig) -> list[Callable[[Any], Tensor]]:

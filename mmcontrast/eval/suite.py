@@ -27,8 +27,7 @@ CLASSIFICATION_DATA = ("emoji-category", "emoji-subcategory", "fashion_mnist", "
 def default_tasks(model: EvalModel, data: EvalData) -> list[str]:
     """What a model is usually scored on: its own run's evaluation, else by data kind."""
     if not model.has_text:
-        linear = isinstance(model, MmcontrastAdapter) and model.method.cfg.eval.linear_probe
-        return ["knn", "linear"] if linear else ["knn"]
+        return list(model.method.eval_tasks()) if isinstance(model, MmcontrastAdapter) else ["knn"]
     if data.name in CLASSIFICATION_DATA:
         return ["zeroshot"]
     return ["retrieval"]

@@ -8,7 +8,9 @@
 Every task returns its metrics and, given an output folder, writes ``TASK.json`` (metrics
 plus what was evaluated) and its picture. A task is a function of one :class:`TaskRun` (the
 model, the data, the options), which also computes each split's image features once for
-all the tasks that need them.
+all the tasks that need them. ``mmcontrast eval`` and the evaluation during training
+(:mod:`mmcontrast.eval.training`) both run these functions; during training the images
+are embedded in shards across the training processes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from mmcontrast.eval.report import write_result
 from mmcontrast.eval.zero_shot import build_zero_shot_classifier, zero_shot_evaluate
 from mmcontrast.registry import Registry
 
-TASKS = Registry("evaluation task")
+TASKS = Registry("evaluation task")  # the tasks below register themselves
 
 
 @dataclass
@@ -47,8 +49,14 @@ class EvalOptions:
     knn_k: tuple[int, ...] = (20, 200)
     knn_temperature: float = 0.07
     max_samples: int | None = None  # per split, for quick looks
+    max_samples_by_split: dict[str, int | None] = field(default_factory=dict)  # over max_samples
     max_matrix_elements: int = 2**26  # similarity entries held at once
     pictures: bool = True
+    grid_queries: int = 12  # retrieval picture: queries shown
+
+    def max_rows(self, split: str) -> int | None:
+        """Rows of ``split`` to score: its own bound, else ``max_samples``."""
+        return self.max_samples_by_split.get(split, self.max_samples)
 
 
 class LabelledFeatures(NamedTuple):
@@ -68,6 +76,7 @@ class TaskRun:
     options: EvalOptions = field(default_factory=EvalOptions)
     output_dir: Path | None = None  # None: metrics only, no files
     details: dict[str, Any] = field(default_factory=dict)  # merged into each result JSON
+    accelerator: Any = None  # a training accelerator: images embedded in shards
     features: dict[tuple[str, tuple[str, ...] | None], LabelledFeatures] = field(
         default_factory=dict
     )
@@ -77,8 +86,10 @@ class TaskRun:
         key = (split, tuple(class_labels) if class_labels is not None else None)
         if key not in self.features:
             options = self.options
-            table = load_labelled(self.data.config, split, options.max_samples, class_labels)
-            embedded = embed_images(self.model, table, options.batch_size, options.num_workers)
+            table = load_labelled(self.data.config, split, options.max_rows(split), class_labels)
+            embedded = embed_images(
+                self.model, table, options.batch_size, options.num_workers, self.accelerator
+            )
             self.features[key] = LabelledFeatures(
                 embedded.features,
                 table.labels()[embedded.rows],
@@ -106,14 +117,15 @@ def retrieval(run: TaskRun) -> dict[str, float]:
     options = run.options
     return evaluate_retrieval(
         run.model,
-        load_pairs(run.data.config, run.data.split, options.max_samples),
+        load_pairs(run.data.config, run.data.split, options.max_rows(run.data.split)),
         batch_size=options.batch_size,
         ks=options.ks,
         output_dir=run.output_dir,
-        grid_queries=12 if options.pictures else 0,
+        grid_queries=options.grid_queries if options.pictures else 0,
         extra=run.details,
         num_workers=options.num_workers,
         max_matrix_elements=options.max_matrix_elements,
+        accelerator=run.accelerator,
     )
 
 

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mmcontrast.config import TowerConfig, save_config
-from mmcontrast.methods.base import Method
+from mmcontrast.methods import Method, load_trained
+from mmcontrast.models.dual_encoder import DualEncoder
 from mmcontrast.models.tower import resolved_preprocess
 
 TOWER_FOLDERS = {"vision": "vision_tower", "text": "text_tower"}
@@ -42,15 +43,9 @@ def save_native(method: Method, output: str | Path) -> list[Path]:
     return written
 
 
-def trained_module(method: Method) -> Any:
-    """What a method trains for others to use: its dual encoder, or a vision backbone."""
-    model = getattr(method, "model", None)
-    return model if model is not None and hasattr(model, "text") else method.backbone
-
-
 def _towers(method: Method) -> dict[str, Any]:
-    module = trained_module(method)
-    if hasattr(module, "text"):
+    module = method.trained_model()
+    if isinstance(module, DualEncoder):
         return {"vision": module.vision, "text": module.text}
     return {"vision": module}
 
@@ -84,12 +79,10 @@ def from_pretrained(name_or_path: str | Path, revision: str | None = None) -> nn
     ``tokenize`` and ``image_transform``), vision recipes as their backbone; both in eval
     mode. Weights are read from safetensors only.
     """
-    from mmcontrast.train.checkpoint import load_trained
-
     folder = Path(name_or_path)
     if not folder.is_dir():
         folder = _download(str(name_or_path), revision)
-    return trained_module(load_trained(folder)).eval()
+    return load_trained(folder).trained_model().eval()
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

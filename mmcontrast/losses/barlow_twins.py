@@ -7,10 +7,12 @@ from torch import Tensor, nn
 
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_non_negative, require_same_shape
+from mmcontrast.registry import LOSSES
 
 EPS = 1e-5  # BatchNorm's default, as in the paper's affine-free BatchNorm
 
 
+@LOSSES.register("barlow_twins", "cross-correlation to identity (Zbontar et al. 2021)")
 class BarlowTwinsLoss(nn.Module):
     """Invariance on the diagonal, redundancy reduction off it.
 

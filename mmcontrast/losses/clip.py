@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import math
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,10 @@ from torch.autograd.function import once_differentiable
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_count, require_same_shape
 from mmcontrast.losses.numerics import wide_mean
+from mmcontrast.registry import LOSSES
 
 
+@LOSSES.register("clip", "symmetric InfoNCE over image-text pairs (Radford et al. 2021)")
 class ClipLoss(nn.Module):
     """Symmetric cross-entropy over the image-text similarity matrix.
 
@@ -63,6 +66,11 @@ class ClipLoss(nn.Module):
         >>> bool(torch.allclose(loss, chunked, atol=1e-5))
         True
     """
+
+    # A dual encoder trained with this loss starts from these (log scale, bias).
+    init_logit_scale: ClassVar[float] = math.log(1 / 0.07)
+    init_logit_bias: ClassVar[float | None] = None
+    title: ClassVar[str] = "symmetric InfoNCE (CLIP)"  # how model cards name the loss
 
     def __init__(
         self,

@@ -6,8 +6,10 @@ import torch
 from torch import Tensor, nn
 
 from mmcontrast.losses.checks import require_positive, require_same_shape
+from mmcontrast.registry import LOSSES
 
 
+@LOSSES.register("contrastive", "margin loss on pairs (Hadsell, Chopra, LeCun 2006)")
 class ContrastiveLoss(nn.Module):
     """Pull matching pairs together; push others apart until they are ``margin`` away.
 

@@ -9,8 +9,10 @@ from torch import Tensor, nn
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_positive, require_same_shape
 from mmcontrast.losses.numerics import wide_mean
+from mmcontrast.registry import LOSSES
 
 
+@LOSSES.register("infonce", "InfoNCE with in-batch or queued negatives (CPC, MoCo)")
 class InfoNCELoss(nn.Module):
     """Cross-entropy of each query against its positive key among negatives.
 

@@ -6,8 +6,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcontrast.losses.checks import require_same_shape
+from mmcontrast.registry import LOSSES
 
 
+@LOSSES.register("negative_cosine", "negative cosine, stop-gradient target (BYOL)")
 class NegativeCosineLoss(nn.Module):
     """Minus the mean cosine similarity between predictions and (detached) targets.
 

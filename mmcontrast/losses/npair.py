@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcontrast.losses.checks import require_non_negative, require_same_shape
+from mmcontrast.registry import LOSSES
 
 
+@LOSSES.register("npair", "multi-class N-pair loss (Sohn 2016)")
 class NPairLoss(nn.Module):
     """Each anchor must pick its own positive among the N positives of the batch.
 

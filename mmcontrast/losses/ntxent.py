@@ -9,8 +9,10 @@ from torch import Tensor, nn
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_positive, require_same_shape
 from mmcontrast.losses.numerics import wide_mean
+from mmcontrast.registry import LOSSES
 
 
+@LOSSES.register("ntxent", "NT-Xent over two views (SimCLR, Chen et al. 2020)")
 class NTXentLoss(nn.Module):
     """SimCLR's loss over 2N views: each view must pick its pair among the other 2N-1.
 

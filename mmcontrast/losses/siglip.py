@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -9,8 +12,10 @@ from torch.utils.checkpoint import checkpoint
 
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_count, require_same_shape
+from mmcontrast.registry import LOSSES
 
 
+@LOSSES.register("siglip", "pairwise sigmoid loss over image-text pairs (Zhai et al. 2023)")
 class SigLipLoss(nn.Module):
     """Binary logistic loss on every image-text pair of the batch.
 
@@ -48,6 +53,11 @@ class SigLipLoss(nn.Module):
         >>> txt = F.normalize(torch.randn(8, 32), dim=-1)
         >>> loss = loss_fn(img, txt, torch.tensor(10.0), torch.tensor(-10.0))
     """
+
+    # A dual encoder trained with this loss starts from these (log scale, bias).
+    init_logit_scale: ClassVar[float] = math.log(10.0)
+    init_logit_bias: ClassVar[float | None] = -10.0
+    title: ClassVar[str] = "pairwise sigmoid (SigLIP)"  # how model cards name the loss
 
     def __init__(self, gather_distributed: bool = False, chunk_size: int | None = None) -> None:
         super().__init__()

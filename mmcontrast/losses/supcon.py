@@ -9,8 +9,10 @@ from torch import Tensor, nn
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_choice, require_dims, require_positive
 from mmcontrast.losses.numerics import wide_mean
+from mmcontrast.registry import LOSSES
 
 
+@LOSSES.register("supcon", "supervised contrastive, L_out or L_in (Khosla et al. 2020)")
 class SupConLoss(nn.Module):
     """Pull together all views of the same class, push apart the rest.
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_count, require_positive
+from mmcontrast.registry import LOSSES
 
 
 @torch.no_grad()
@@ -52,6 +53,7 @@ def _logsumexp(x: Tensor, gathered: bool) -> Tensor:
     return top + total.log()
 
 
+@LOSSES.register("swav", "swapped prediction of Sinkhorn codes (Caron et al. 2020)")
 class SwAVLoss(nn.Module):
     """Swapped prediction between the codes of the global views and every other view.
 

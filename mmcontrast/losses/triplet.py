@@ -7,11 +7,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcontrast.losses.checks import require_choice, require_non_negative, require_same_shape
+from mmcontrast.registry import LOSSES
 
 DISTANCES = ("euclidean", "cosine")
 MINING = (None, "batch_hard", "batch_all")
 
 
+@LOSSES.register("triplet", "triplet margin loss, optional batch-hard/all mining (FaceNet)")
 class TripletLoss(nn.Module):
     """An anchor must be closer to its positive than to its negative by ``margin``.
 

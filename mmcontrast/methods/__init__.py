@@ -1,15 +1,10 @@
-"""Training methods. Importing this registers every method in ``METHODS``."""
+"""Training methods: each file registers its method in ``METHODS`` where it is defined.
 
-from mmcontrast.methods import (  # noqa: F401  (registration)
-    barlow_twins,
-    byol,
-    clip,
-    moco_v2,
-    moco_v3,
-    simclr,
-    supcon,
-    swav,
-)
-from mmcontrast.methods.base import Method
+``build_method(cfg)`` instantiates a recipe's method; ``load_trained(folder)`` rebuilds a
+trained one from a run, checkpoint or export folder, for evaluation and export.
+"""
 
-__all__ = ["Method"]
+from mmcontrast.methods.base import Method, build_method
+from mmcontrast.methods.trained import load_trained
+
+__all__ = ["Method", "build_method", "load_trained"]

@@ -1,22 +1,31 @@
-"""The interface every training method implements; the loop knows nothing else.
+"""The interface every training method implements; the loop, evaluation and export know
+nothing else.
 
-A method builds its model and data from the config, turns a batch into a dict with a
-``"loss"`` (plus scalars worth logging), and may evaluate itself and update state (EMA
-targets, queues) after each optimiser step. Adding a method is one file in this package.
+A method builds its model and data from its config, turns a batch into a dict with a
+``"loss"`` (plus scalars worth logging) and may update state (EMA targets, queues) after each
+optimiser step. It declares what the layers above it read:
+
+* :meth:`Method.trained_model`: what it trains for others to use (export, evaluation): a
+  :class:`~mmcontrast.models.DualEncoder` or a vision backbone (a ``Tower``);
+* :meth:`Method.eval_tasks`: the evaluation tasks run on the held-out split;
+* :meth:`Method.loss_is_global`: whether its loss gathers every process's samples, which sets
+  the loop's gradient factor; known from the losses built with :meth:`Method.make_loss`.
+
+Adding a method is one file in this package that registers its class in ``METHODS``.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mmcontrast.config import Config
-from mmcontrast.registry import LOSSES
+from mmcontrast.registry import LOSSES, METHODS
 
 
 class Method(nn.Module):
@@ -24,7 +33,24 @@ class Method(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        self.cfg = cfg
+        # the method's own copy: it may fill in defaults (saved with the run), never the caller's
+        self.cfg = copy.deepcopy(cfg)
+        self._loss_gathers: list[bool] = []  # one per loss built by make_loss
+
+    # ----------------------------------------------------------------- the contract
+
+    def trained_model(self) -> nn.Module:
+        """What this method trains for others to use: a ``DualEncoder`` (image-text) or a
+        vision ``Tower`` (the backbone). Export and evaluation read only this."""
+        raise NotImplementedError(
+            f"method {type(self).__name__} does not declare trained_model(): return the module "
+            "export and evaluation use (a DualEncoder or a vision Tower)"
+        )
+
+    def eval_tasks(self) -> tuple[str, ...]:
+        """Evaluation tasks (``mmcontrast list tasks``) run on the held-out split during and
+        after training. Default: none."""
+        return ()
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Return ``{"loss": scalar, ...}`` for one batch."""
@@ -51,21 +77,6 @@ class Method(nn.Module):
         """The training dataset (with ``set_epoch``) and its collate function."""
         raise NotImplementedError
 
-    def evaluate(
-        self,
-        output_dir: Path | None = None,
-        step: int | None = None,
-        extra: dict[str, Any] | None = None,
-        accelerator: Any = None,
-    ) -> dict[str, float]:
-        """Held-out metrics; ``output_dir`` receives JSON (with ``extra``) and pictures.
-
-        Called on every process with the training ``accelerator`` (embeddings are sharded
-        and gathered; every process returns the metrics) and ``output_dir`` on the main
-        process only, or outside training with neither. Default: no metrics.
-        """
-        return {}
-
     def make_loss(self, name: str, **defaults: Any) -> nn.Module:
         """Loss ``name`` with the recipe's ``loss.kwargs`` over ``defaults``.
 
@@ -79,16 +90,27 @@ class Method(nn.Module):
         loss_cls = LOSSES.get(name)
         if "gather_distributed" in inspect.signature(loss_cls).parameters:
             kwargs["gather_distributed"] = self.cfg.loss.gather_distributed
+        self._loss_gathers.append(bool(kwargs.get("gather_distributed", False)))
         return loss_cls(**kwargs)
 
     def loss_is_global(self) -> bool:
-        """Whether ``forward``'s loss gathers every process's samples (``loss_fn`` gathers).
+        """Whether ``forward``'s loss gathers every process's samples.
 
         Such a loss has the whole batch's value on every process but the gradient of this
         process's share only (see :mod:`mmcontrast.distributed`): the loop multiplies it by
-        the number of processes before ``backward``, since DDP averages gradients.
+        the number of processes before ``backward``, since DDP averages gradients. Known from
+        the losses built with :meth:`make_loss`; a method that builds its loss otherwise
+        overrides this.
+
+        Raises:
+            NotImplementedError: The method built no loss with :meth:`make_loss`.
         """
-        return bool(getattr(getattr(self, "loss_fn", None), "gather_distributed", False))
+        if not self._loss_gathers:
+            raise NotImplementedError(
+                f"method {type(self).__name__} built no loss with make_loss(): build it there, "
+                "or override loss_is_global() to say whether its loss gathers across processes"
+            )
+        return any(self._loss_gathers)
 
     def lr_prefixes(self) -> dict[str, float]:
         """Parameter-name prefix -> learning rate for parts with their own ``lr``."""
@@ -101,3 +123,8 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state updated outside back-propagation (EMA targets, queues)."""
+
+
+def build_method(cfg: Config) -> Method:
+    """Instantiate the recipe's method (``cfg.method``, a name in ``METHODS``)."""
+    return cast(Method, METHODS.get(cfg.method)(cfg))

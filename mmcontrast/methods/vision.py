@@ -2,14 +2,13 @@
 
 A vision method (SimCLR, MoCo, BYOL, SwAV, Barlow Twins, SupCon) is a backbone from any
 tower source plus its own heads and loss. This base builds the backbone, reads the
-method's ``method_args`` into its dataclass (unknown keys name the nearest valid one),
-serves augmented views of a labelled image table, and evaluates frozen backbone features
-with weighted kNN and a linear probe.
+method's ``method_args`` into its dataclass (unknown keys name the nearest valid one) and
+serves augmented views of a labelled image table. It exports and evaluates the backbone:
+weighted kNN and (``eval.linear_probe``) a linear probe on its frozen features.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,16 +20,13 @@ from torch.utils.data import Dataset
 
 from mmcontrast.config import Config, from_dict, to_dict
 from mmcontrast.data.batch_views import BatchedViewCollator, BatchedViews, RawSamples
-from mmcontrast.data.labelled import LabelledImages, load_labelled
+from mmcontrast.data.labelled import load_labelled
 from mmcontrast.data.views import (
     MultiViewCollator,
     MultiViewDataset,
     save_views_png,
     view_transforms,
 )
-from mmcontrast.eval.knn import knn_metrics
-from mmcontrast.eval.linear_probe import linear_probe
-from mmcontrast.eval.report import write_result
 from mmcontrast.methods.base import Method
 from mmcontrast.models.tower import build_tower, resolved_preprocess
 
@@ -44,8 +40,9 @@ class VisionMethod(Method):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
+        cfg = self.cfg  # filled in below: the saved config shows every value used
         self.args = from_dict(self.args_class, cfg.method_args, "method_args.")
-        cfg.method_args = to_dict(self.args)  # the saved config shows every value used
+        cfg.method_args = to_dict(self.args)
         if cfg.loss.name not in (None, self.loss_name):
             raise ValueError(
                 f"method {cfg.method!r} trains with loss {self.loss_name!r}, not "
@@ -60,6 +57,12 @@ class VisionMethod(Method):
         self.backbone = build_tower(cfg.model.vision, "vision")
         self.steps_done: Tensor
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    def trained_model(self) -> nn.Module:
+        return self.backbone
+
+    def eval_tasks(self) -> tuple[str, ...]:
+        return ("knn", "linear") if self.cfg.eval.linear_probe else ("knn",)
 
     def lr_prefixes(self) -> dict[str, float]:
         """``model.vision.lr`` applies to the backbone's parameters."""
@@ -107,70 +110,3 @@ class VisionMethod(Method):
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         self.steps_done.fill_(step)
-
-    # ----------------------------------------------------------------- evaluation
-
-    @torch.no_grad()
-    def embed(
-        self, table: LabelledImages, accelerator: Any = None
-    ) -> tuple[Tensor, Tensor, Counter]:
-        """Backbone features and labels of every readable image (eval transform)."""
-        from mmcontrast.eval.adapters.mmcontrast_run import MmcontrastAdapter
-        from mmcontrast.eval.embed import embed_images
-
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.backbone.parameters()).device
-            embedded = embed_images(
-                MmcontrastAdapter("training", device, self),
-                table,
-                self.cfg.eval.batch_size,
-                self.cfg.data.num_workers,
-                accelerator,
-            )
-        finally:
-            self.train(was_training)
-        labels = table.labels()[torch.tensor(embedded.rows, dtype=torch.long)]
-        return embedded.features, labels, embedded.skipped
-
-    def evaluate(
-        self,
-        output_dir: Path | None = None,
-        step: int | None = None,
-        extra: dict[str, Any] | None = None,
-        accelerator: Any = None,
-    ) -> dict[str, float]:
-        """Weighted kNN (train split as the bank) and a linear probe on the eval split."""
-        data, cfg = self.cfg.data, self.cfg.eval
-        if not data.eval_split:
-            return {}
-        bank_table = load_labelled(data, data.train_split, data.max_train_samples)
-        query_table = load_labelled(
-            data, data.eval_split, data.max_eval_samples, bank_table.class_names
-        )
-        bank, bank_labels, _ = self.embed(bank_table, accelerator)
-        queries, query_labels, skipped = self.embed(query_table, accelerator)
-        results = {
-            "knn": knn_metrics(
-                bank, bank_labels, queries, query_labels, tuple(cfg.knn_k), cfg.knn_temperature
-            )
-        }
-        if cfg.linear_probe:
-            results["linear"] = linear_probe(
-                bank, bank_labels, queries, query_labels, num_classes=len(bank_table.class_names)
-            )
-        if output_dir is not None:
-            details = {
-                "data": query_table.source,
-                "bank": bank_table.source,
-                "num_bank": len(bank),
-                "num_queries": len(queries),
-                "skipped": dict(skipped),
-                "step": step,
-                "method": self.cfg.method,
-                **(extra or {}),
-            }
-            for task, metrics in results.items():
-                write_result(output_dir, task, metrics, details)
-        return {k: v for metrics in results.values() for k, v in metrics.items()}

@@ -9,24 +9,16 @@ feature vector per sample of width ``tower.width``. Families live in their own f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
+from mmcontrast.data.transforms import (  # noqa: F401  (the towers read them here)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePreprocess,
+)
 from mmcontrast.registry import TOWERS
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-@dataclass
-class ImagePreprocess:
-    """What a vision tower expects: square size and per-channel normalisation."""
-
-    size: int = 224
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
 
 class Tower(nn.Module):

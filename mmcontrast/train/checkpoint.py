@@ -16,19 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
 from mmcontrast.config import Config, save_config
+from mmcontrast.methods.trained import WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from mmcontrast.data.streaming import StreamLoader
-    from mmcontrast.methods.base import Method
 
 STATE_FILE = "trainer_state.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass
@@ -102,7 +101,8 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
 def save_weights(
     model: nn.Module, cfg: Config, folder: str | Path, state: dict[str, Tensor] | None = None
 ) -> Path:
-    """Final weights (safetensors) and the resolved config, loadable with ``load_weights``.
+    """Final weights (safetensors) and the resolved config, loadable with
+    :func:`mmcontrast.methods.load_trained`.
 
     ``state``: the weights when ``model.state_dict()`` would hold shards (:func:`full_state_dict`).
     """
@@ -113,43 +113,3 @@ def save_weights(
     save_file(state, str(folder / WEIGHTS_FILE))
     save_config(cfg, folder / "config.yaml")
     return folder / WEIGHTS_FILE
-
-
-def load_weights(model: nn.Module, folder: str | Path) -> None:
-    """Load weights written by ``save_weights`` or ``Accelerator.save_state`` (strict)."""
-    path = Path(folder) / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {folder}")
-    model.load_state_dict(load_file(str(path)), strict=True)
-
-
-def load_trained(folder: str | Path) -> Method:
-    """Rebuild the method of a run, checkpoint or mmcontrast export folder, with its weights.
-
-    Towers are built from their configs only (no pretrained download); the folder's
-    ``model.safetensors`` replaces every weight. Tower names that are sub-folders of
-    ``folder`` (as in ``mmcontrast export`` folders) resolve against it.
-    """
-    from mmcontrast.config import load_recipe
-    from mmcontrast.train.loop import build_method
-
-    folder = Path(folder)
-    if not (folder / "config.yaml").is_file():
-        raise FileNotFoundError(
-            f"{folder} holds no config.yaml: pass an mmcontrast run, checkpoint or export folder"
-        )
-    fixed = [  # towers are built from config only; the folder's weights replace them
-        "model.vision.pretrained=false",
-        "model.text.pretrained=false",
-        "model.vision.weights=null",
-        "model.text.weights=null",
-    ]
-    cfg = load_recipe(folder / "config.yaml", fixed)
-    for tower in (cfg.model.vision, cfg.model.text):
-        for attr in ("name", "tokenizer"):
-            value = getattr(tower, attr)
-            if value and (folder / value).exists():
-                setattr(tower, attr, str(folder / value))
-    method = build_method(cfg)
-    load_weights(method, folder)
-    return method.eval()

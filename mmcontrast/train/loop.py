@@ -2,7 +2,8 @@
 
 Flow: config -> method (model + data) -> DataLoader -> ``accelerator.prepare`` -> for each
 batch ``method(batch)["loss"]`` -> backward / clip / step under ``accelerator.accumulate``
--> log, checkpoint, evaluate -> final weights and evaluation in ``output_dir``.
+-> log, checkpoint, evaluate -> final weights and evaluation in ``output_dir``. Evaluation,
+pictures and Hub sync come from the layers above through :class:`TrainHooks`.
 
 With P processes each takes its own batches (accelerate shards the loader by batch). A
 method whose loss gathers every process's samples (``loss.gather_distributed``) returns
@@ -43,14 +44,9 @@ from accelerate.utils import (
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import mmcontrast.methods  # noqa: F401  (registers methods)
 from mmcontrast.config import Config, save_config, to_dict
 from mmcontrast.data.streaming import StreamedPairs, StreamLoader
-from mmcontrast.eval.plots import save_training_curves
-from mmcontrast.eval.report import format_metrics
-from mmcontrast.hub.sync import check_hub_config, push_snapshot
-from mmcontrast.methods.base import Method
-from mmcontrast.registry import METHODS
+from mmcontrast.methods.base import Method, build_method
 from mmcontrast.train.checkpoint import (
     TrainerState,
     find_resume_folder,
@@ -65,19 +61,23 @@ from mmcontrast.train.grad_cache import (
     grad_cache_backward,
     micro_batches_per_batch,
 )
+from mmcontrast.train.hooks import TrainHooks
 from mmcontrast.train.optim import build_optimizer, cosine_schedule
 from mmcontrast.train.sampler import EpochShuffleSampler
 
 logger = logging.getLogger("mmcontrast")
 
-
-def build_method(cfg: Config) -> Method:
-    """Instantiate the recipe's method (model, loss and data hooks)."""
-    return METHODS.get(cfg.method)(cfg)
+__all__ = ["TrainHooks", "build_loader", "build_method", "train"]
 
 
-def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
-    """Train ``cfg``; ``resume`` is a checkpoint folder or ``latest``. Returns a summary."""
+def train(
+    cfg: Config, resume: str | None = None, hooks: TrainHooks | None = None
+) -> dict[str, Any]:
+    """Train ``cfg``; ``resume`` is a checkpoint folder or ``latest``. Returns a summary.
+
+    The run's saved config is the method's (its defaults filled in); ``cfg`` is not changed.
+    """
+    hooks = hooks or TrainHooks()
     output_dir = Path(cfg.train.output_dir)
     chunks = micro_batches_per_batch(cfg.train)  # gradient caching: micro-batches per batch
     accelerator = Accelerator(
@@ -91,11 +91,13 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         ],
         dynamo_plugin=_compile_plugin(cfg),
     )
-    check_hub_config(cfg)
+    if hooks.start is not None:
+        hooks.start(cfg)
     if not resume:
         _claim_output_dir(output_dir, cfg.train.overwrite_output_dir, accelerator.is_main_process)
     set_seed(cfg.train.seed)
     method = sync_batchnorm(build_method(cfg), cfg, accelerator.num_processes, accelerator.device)
+    cfg = method.cfg  # with the method's defaults, as saved beside checkpoints and weights
     if cfg.train.allow_tf32 and accelerator.device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     if chunks:
@@ -226,15 +228,17 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
                         f.write(json.dumps(record) + "\n")
                 tic, tic_step = time.perf_counter(), state.step
             step_losses = []
-            if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < stop_at:
-                _evaluate(accelerator, unwrapped, output_dir, state.step, final=False)
+            evaluate_now = cfg.eval.every and state.step % cfg.eval.every == 0
+            if hooks.evaluate is not None and evaluate_now and state.step < stop_at:
+                _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, state.step, False)
                 method.train()
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 folder = save_checkpoint(
                     accelerator, cfg, state, cfg.train.keep_checkpoints, data_state
                 )
-                if accelerator.is_main_process and state.step < total_steps:
-                    push_snapshot(cfg, folder, state.step, final=False)
+                saved = hooks.checkpoint_saved
+                if saved is not None and accelerator.is_main_process and state.step < total_steps:
+                    saved(cfg, folder, state.step)
             if state.step >= stop_at:
                 break
         else:
@@ -260,15 +264,12 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
         weights = full_state_dict(unwrapped)  # every process: FSDP gathers its shards
         if accelerator.is_main_process:
             save_weights(unwrapped, cfg, output_dir, weights)
-        if cfg.eval.at_end:
-            summary["eval"] = _evaluate(accelerator, unwrapped, output_dir, state.step, final=True)
-        if accelerator.is_main_process:
-            save_training_curves(
-                output_dir / "curves.png",
-                _read_history(output_dir / "history.jsonl"),
-                _read_history(output_dir / "eval_history.jsonl"),
+        if cfg.eval.at_end and hooks.evaluate is not None:
+            summary["eval"] = _evaluate(
+                accelerator, hooks.evaluate, unwrapped, output_dir, state.step, True
             )
-            summary["pushed"] = push_snapshot(cfg, output_dir, state.step, final=True)
+        if accelerator.is_main_process and hooks.run_finished is not None:
+            summary.update(hooks.run_finished(cfg, output_dir, state.step))
     elif cfg.train.stop_at_step:
         save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state)
     accelerator.end_training()
@@ -362,36 +363,34 @@ def _multi_process_cpu() -> bool:
 
 
 def _evaluate(
-    accelerator: Accelerator, method: Method, output_dir: Path, step: int, final: bool
+    accelerator: Accelerator,
+    evaluate: Any,
+    method: Method,
+    output_dir: Path,
+    step: int,
+    final: bool,
 ) -> dict[str, float]:
-    """Evaluate on every process (embeddings sharded) without touching the training RNGs.
+    """Evaluate on every process (embeddings sharded) in eval mode, without touching the
+    training RNGs.
 
-    The main process writes ``eval/`` (final) or ``eval/step-N/``, a line of
-    ``eval_history.jsonl`` and the trackers' ``eval/*`` values.
+    The hook writes ``eval/`` (final) or ``eval/step-N/`` on the main process; the loop adds a
+    line to ``eval_history.jsonl`` and the trackers' ``eval/*`` values.
     """
     folder = output_dir / "eval" if final else output_dir / "eval" / f"step-{step:08d}"
     main = accelerator.is_main_process
-    with torch.random.fork_rng(devices=[]):
-        metrics = method.evaluate(folder if main else None, step, accelerator=accelerator)
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            metrics = evaluate(method, folder if main else None, step, accelerator)
+    finally:
+        method.train(was_training)
     if main and metrics:
         with open(output_dir / "eval_history.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-        accelerator.print(f"evaluation at step {step}:\n{format_metrics(metrics)}")
     accelerator.wait_for_everyone()
     return metrics
-
-
-def _read_history(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines history; a step logged twice (a resumed run) keeps the last."""
-    if not path.is_file():
-        return []
-    by_step = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_step[record["step"]] = record
-    return [by_step[step] for step in sorted(by_step)]
 
 
 def _flat_config(cfg: Config) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def build_optimizer(
     ``cfg.fused_optimizer`` uses torch's fused AdamW / SGD kernels (CPU and CUDA): the same
     update as the per-parameter loop, about 4x faster on CPU for a 27M-parameter model.
     """
+    # not timm's param_groups_weight_decay: no per-prefix lr, and its group order breaks resume
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -55,6 +56,7 @@ def cosine_schedule(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
 ) -> LambdaLR:
     """Linear warm-up from 0 to the base rate, then cosine decay to ``min_ratio`` of it."""
+    # not transformers' cosine schedules: they start at lr 0 (ours 1/warmup), rise past total
 
     def factor(step: int) -> float:
         if warmup_steps > 0 and step < warmup_steps:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mmcontrast.registry import Registry
 
-MODEL_FAMILIES = Registry("model family")
+MODEL_FAMILIES = Registry("model family", packages=["mmcontrast.eval.adapters"])
 
 # Families asked in this order when a spec names none (specific forms before broad ones).
 DETECTION_ORDER = ["mmcontrast", "clip", "siglip", "vision-text-dual-encoder", "open_clip"]
@@ -103,8 +103,6 @@ def load_eval_model(spec: str, device: torch.device | str | None = None) -> Eval
     Raises:
         ValueError: No family recognises the spec.
     """
-    import mmcontrast.eval.adapters  # noqa: F401  (registers the families)
-
     device = torch.device(device) if device is not None else default_device()
     family, rest = split_family(spec)
     if family is None:

@@ -1,7 +1,8 @@
-"""mmcontrast runs: a run or checkpoint folder (``config.yaml`` + ``model.safetensors``).
+"""mmcontrast runs: a run, checkpoint or export folder (``config.yaml`` + ``model.safetensors``).
 
-Image-text runs give the dual encoder's projected embeddings; vision recipes give the
-backbone's features (what kNN and the linear probe score), and have no text tower.
+The method's :meth:`~mmcontrast.methods.Method.trained_model` is what gets scored: image-text
+methods give the dual encoder's projected embeddings; vision recipes give the backbone's
+features (what kNN and the linear probe score) and have no text tower.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmcontrast.data.transforms import image_transform
 from mmcontrast.eval.adapters.base import MODEL_FAMILIES, EvalModel
-from mmcontrast.methods.base import Method
+from mmcontrast.methods import Method, load_trained
+from mmcontrast.models.dual_encoder import DualEncoder
+from mmcontrast.models.tower import Tower, resolved_preprocess
 
 
 @MODEL_FAMILIES.register("mmcontrast", "mmcontrast run or checkpoint folder (config.yaml)")
@@ -23,10 +27,15 @@ class MmcontrastAdapter(EvalModel):
 
     def __init__(self, spec: str, device: torch.device, method: Method) -> None:
         super().__init__(spec, device)
-        from mmcontrast.methods.clip import ImageTextContrastive
-
         self.method = method
-        self.dual = method.model if isinstance(method, ImageTextContrastive) else None
+        model = method.trained_model()
+        self.dual = model if isinstance(model, DualEncoder) else None
+        if self.dual is None and not isinstance(model, Tower):
+            raise TypeError(
+                f"method {type(method).__name__}.trained_model() returned a "
+                f"{type(model).__name__}: evaluation needs a DualEncoder or a vision Tower"
+            )
+        self.image_encoder: Tower = self.dual.vision if self.dual is not None else model
         self.has_text = self.dual is not None
         self.tokenize = self.dual.text.tokenizer() if self.dual is not None else None
 
@@ -36,8 +45,6 @@ class MmcontrastAdapter(EvalModel):
 
     @classmethod
     def load(cls, spec: str, device: torch.device) -> EvalModel:
-        from mmcontrast.train.checkpoint import load_trained
-
         if not cls.matches(spec):
             raise FileNotFoundError(
                 f"{spec} holds no config.yaml: pass an mmcontrast run folder or checkpoint folder"
@@ -46,18 +53,14 @@ class MmcontrastAdapter(EvalModel):
         return cls(spec, device, method.to(device).eval())
 
     def image_transform(self) -> Callable[[Any], Tensor]:
-        from mmcontrast.data.transforms import image_transform
-        from mmcontrast.models.tower import resolved_preprocess
-
-        tower = self.dual.vision if self.dual is not None else self.method.backbone
-        return image_transform(resolved_preprocess(tower))  # type: ignore[arg-type]
+        return image_transform(resolved_preprocess(self.image_encoder))
 
     @torch.no_grad()
     def encode_images(self, pixels: Tensor) -> Tensor:
         pixels = pixels.to(self.device)
         if self.dual is not None:
             return self.dual.get_image_features(pixels)
-        return self.method.backbone(pixel_values=pixels)  # type: ignore[operator]
+        return self.image_encoder(pixel_values=pixels)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> Tensor:

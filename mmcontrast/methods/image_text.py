@@ -1,13 +1,17 @@
-"""Image-text contrastive training of a dual encoder with the CLIP or SigLIP loss."""
+"""Image-text contrastive training of a dual encoder with the CLIP or SigLIP loss.
+
+Registered as ``image_text``; ``clip``, its earlier name, still selects it. The loss
+(``loss.name``: ``clip``, the default, or ``siglip``) sets the dual encoder's initial logit
+scale and bias (``init_logit_scale`` / ``init_logit_bias`` on the loss class).
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmcontrast.config import Config
 from mmcontrast.data.feature_cache import compute_tower_features
@@ -15,8 +19,6 @@ from mmcontrast.data.image_text import ImageTextCollator, ImageTextDataset
 from mmcontrast.data.pairs import load_pairs, open_stream
 from mmcontrast.data.streaming import StreamedPairs
 from mmcontrast.data.transforms import image_transform
-from mmcontrast.eval.image_text import evaluate_retrieval
-from mmcontrast.losses import LOSS_INIT
 from mmcontrast.methods.base import Method
 from mmcontrast.models.dual_encoder import build_dual_encoder
 from mmcontrast.models.tower import resolved_preprocess
@@ -26,31 +28,41 @@ NON_MODEL_KEYS = {"skipped"}
 
 
 @METHODS.register(
-    "clip", "image-text contrastive training of a dual encoder (loss: clip or siglip)"
+    "image_text",
+    "image-text contrastive training of a dual encoder (loss: clip or siglip)",
+    aliases=["clip"],
 )
 class ImageTextContrastive(Method):
     """A dual encoder trained on image-text pairs; ``loss.name`` picks CLIP or SigLIP."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
+        cfg = self.cfg
         cfg.loss.name = cfg.loss.name or "clip"
-        LOSSES.get(cfg.loss.name)  # an unknown name fails here, with the nearest valid one
-        if cfg.loss.name not in LOSS_INIT:
+        loss_cls = LOSSES.get(cfg.loss.name)  # an unknown name fails here, with the nearest one
+        init_scale = getattr(loss_cls, "init_logit_scale", None)
+        if init_scale is None:
             raise ValueError(
-                f"method 'clip' trains with loss 'clip' or 'siglip', not {cfg.loss.name!r} "
-                "(that loss belongs to another method; see `mmcontrast list losses`)"
+                f"method {cfg.method!r} trains with loss 'clip' or 'siglip', not "
+                f"{cfg.loss.name!r} (that loss belongs to another method; see `mmcontrast list "
+                "losses`)"
             )
         # open_clip's --gather-with-grad --local-loss: the same values and gradients as the
         # whole [N, N] matrix, computing only this process's [B, N] rows and columns
         defaults = {"local_loss": True} if cfg.loss.name == "clip" else {}
         self.loss_fn = self.make_loss(cfg.loss.name, **defaults)
-        init_scale, init_bias = LOSS_INIT[cfg.loss.name]
-        self.model = build_dual_encoder(cfg.model, init_scale, init_bias)
+        self.model = build_dual_encoder(cfg.model, init_scale, loss_cls.init_logit_bias)
         self.loss_inputs = set(inspect.signature(self.loss_fn.forward).parameters)
         if "logit_bias" in self.loss_inputs and self.model.logit_bias is None:
             raise ValueError(
                 f"loss {cfg.loss.name!r} needs a logit bias: set model.init_logit_bias (e.g. -10)"
             )
+
+    def trained_model(self) -> nn.Module:
+        return self.model
+
+    def eval_tasks(self) -> tuple[str, ...]:
+        return ("retrieval",)
 
     def forward(self, batch: dict[str, Any], embed_only: bool = False) -> dict[str, Tensor]:
         out = self.embed_for_loss(batch)
@@ -123,32 +135,3 @@ class ImageTextContrastive(Method):
             raise ValueError(
                 "train.cache_locked_features cannot be combined with image augmentation (data.random_resized_crop, horizontal_flip, color_jitter)"
             )
-
-    def evaluate(
-        self,
-        output_dir: Path | None = None,
-        step: int | None = None,
-        extra: dict[str, Any] | None = None,
-        accelerator: Any = None,
-    ) -> dict[str, float]:
-        if not self.cfg.data.eval_split:
-            return {}
-        from mmcontrast.eval.adapters.mmcontrast_run import MmcontrastAdapter
-
-        table = load_pairs(self.cfg.data, self.cfg.data.eval_split, self.cfg.data.max_eval_samples)
-        was_training = self.training
-        self.eval()
-        try:
-            return evaluate_retrieval(
-                MmcontrastAdapter("training", next(self.parameters()).device, self),
-                table,
-                batch_size=self.cfg.eval.batch_size,
-                ks=self.cfg.eval.ks,
-                output_dir=output_dir,
-                grid_queries=self.cfg.eval.grid_queries if self.cfg.eval.grid_png else 0,
-                extra={"step": step, **(extra or {})},
-                num_workers=self.cfg.data.num_workers,
-                accelerator=accelerator,
-            )
-        finally:
-            self.train(was_training)

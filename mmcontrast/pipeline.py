@@ -1,0 +1,63 @@
+"""A training run as ``mmcontrast train`` does it: the loop with evaluation, pictures and Hub
+sync wired in through its hooks.
+
+:func:`mmcontrast.train.loop.train` knows methods, data and checkpoints only; this module,
+above it and above evaluation and the Hub code, connects them:
+
+* ``evaluate``: the method's own tasks on its held-out split (:mod:`mmcontrast.eval.training`);
+* ``checkpoint_saved``: push the checkpoint when ``hub.push_to_hub`` is set;
+* ``run_finished``: the training curves picture, then the final push.
+
+Example:
+    >>> from mmcontrast.config import load_recipe
+    >>> summary = train(load_recipe("recipes/quickstart.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mmcontrast.config import Config
+from mmcontrast.eval.plots import save_training_curves
+from mmcontrast.eval.training import evaluate_during_training
+from mmcontrast.hub.sync import check_hub_config, push_snapshot
+from mmcontrast.train.loop import TrainHooks
+from mmcontrast.train.loop import train as train_loop
+
+
+def default_hooks() -> TrainHooks:
+    """Evaluation, training curves and Hub sync, as the ``train`` command runs them."""
+    return TrainHooks(
+        start=check_hub_config,
+        evaluate=evaluate_during_training,
+        checkpoint_saved=lambda cfg, folder, step: push_snapshot(cfg, folder, step, final=False),
+        run_finished=_finish,
+    )
+
+
+def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
+    """Train ``cfg`` with :func:`default_hooks`; ``resume``: a checkpoint folder or ``latest``."""
+    return train_loop(cfg, resume, default_hooks())
+
+
+def _finish(cfg: Config, output_dir: Path, step: int) -> dict[str, Any]:
+    save_training_curves(
+        output_dir / "curves.png",
+        read_history(output_dir / "history.jsonl"),
+        read_history(output_dir / "eval_history.jsonl"),
+    )
+    return {"pushed": push_snapshot(cfg, output_dir, step, final=True)}
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines history; a step logged twice (a resumed run) keeps the last."""
+    if not path.is_file():
+        return []
+    by_step = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
