@@ -47,7 +47,8 @@ def test_chunked_equals_unchunked(n: int, chunk: int, scale: float, dtype: torch
     tol = TOLERANCE[dtype]
     for got, expected in zip(chunked, whole, strict=True):
         assert got.dtype == expected.dtype
-        torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
+        atol = tol * max(1.0, expected.abs().max().item())  # gradients grow with the scale
+        torch.testing.assert_close(got, expected, atol=atol, rtol=tol)
 
 
 @pytest.mark.parametrize(("n", "chunk"), [(9, 4), (16, 5)])

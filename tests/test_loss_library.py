@@ -318,7 +318,8 @@ def test_float32_close_to_float64_reference(case: Case) -> None:
     assert ours.dtype == torch.float32
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-5, rel=1e-5)
     for mine, expected in zip(our_grads, their_grads, strict=True):
-        torch.testing.assert_close(mine.double(), expected, atol=1e-5, rtol=1e-4)
+        atol = 1e-5 * max(1.0, expected.abs().max().item())  # gradients grow with the scale
+        torch.testing.assert_close(mine.double(), expected, atol=atol, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
