@@ -7,6 +7,7 @@ the seconds spent in the kernel, mostly page faults. Models are timm's, built fr
 with random weights (no download).
 
     python scripts/bench_cpu_chunks.py --models tf_efficientnet_lite0 resnet18 --images 384
+    python scripts/bench_cpu_chunks.py --write    # also record it in BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ import time
 
 import timm
 import torch
-from bench_report import cpu_name, text_table  # scripts/bench_report.py
+from bench_report import (  # scripts/bench_report.py
+    add_write_flag,
+    command_line,
+    cpu_name,
+    markdown_table,
+    publish,
+    text_table,
+)
 
 from mmcontrast.cpu_allocator import reuse_freed_memory
 from mmcontrast.data.feature_cache import cpu_chunk_size, forward_in_chunks
 
+HEADING = "## CPU inference: chunks and the allocator"
 MODES = [("batch", False, False), ("chunks", True, False), ("chunks + reuse", True, True),
          ("batch + reuse", False, True)]  # fmt: skip
 
@@ -52,6 +61,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--images", type=int, default=384, help="images timed per row")
+    add_write_flag(parser)
     args = parser.parse_args()
     chunk = cpu_chunk_size(torch.zeros(args.batch, 3, args.size, args.size))
     rows = []
@@ -63,8 +73,9 @@ def main() -> None:
     for row in rows:
         first = next(r for r in rows if r["model"] == row["model"])
         row["speedup"] = row["img_s"] / first["img_s"]
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads; batch {args.batch} at "
-          f"{args.size} px, chunks of {chunk}")  # fmt: skip
+    setup = (f"{cpu_name()}, {torch.get_num_threads()} threads; batch {args.batch} at "
+             f"{args.size} px, chunks of {chunk}")  # fmt: skip
+    print(setup)
     cols = [
         ("model", lambda r: r["model"]),
         ("forward", lambda r: r["mode"]),
@@ -73,6 +84,18 @@ def main() -> None:
         ("vs batch", lambda r: f"{r['speedup']:.2f}x"),
     ]
     print(text_table(rows, cols, left=2))
+    section = "\n".join([
+        HEADING, "",
+        f"`{command_line('scripts/bench_cpu_chunks.py')}` ({time.strftime('%Y-%m-%d')}): "
+        f"{setup}; timm models from config with random weights, {args.images} images per "
+        "row, each row in a fresh process. \"chunks\" is `forward_in_chunks` (what "
+        "locked-feature caching uses); \"reuse\" is "
+        "`mmcontrast.cpu_allocator.reuse_freed_memory()` (glibc's mmap and trim thresholds "
+        "raised), which the CLI sets at start-up; \"kernel s\" is system time, mostly page "
+        "faults on freshly mapped activations.", "",
+        markdown_table(rows, cols), "",
+    ])  # fmt: skip
+    publish(HEADING, section, args.write)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ decodes and augments images) it measures, on this machine:
 
 It prints both and which one bounds training for each worker count. With
 ``--stream-from DIR`` it first writes the recipe's training data as webdataset shards
-(``mmcontrast shards``) and then benchmarks streaming them.
+(``mmcontrast shards``) and then benchmarks streaming them. With ``--write`` the table
+also replaces its section of ``scripts/BENCHMARKS.md`` (one section for the table, one
+for streamed shards).
 
     .venv/bin/python scripts/bench_data.py                                   # imagefolder
     .venv/bin/python scripts/bench_data.py --stream-from /tmp/emoji-shards   # tar shards
@@ -24,14 +26,24 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
+if str(SCRIPTS) not in sys.path:  # bench_report.py sits beside this file (tests load it by path)
+    sys.path.insert(0, str(SCRIPTS))
+
+from bench_report import add_write_flag, command_line, cpu_name, publish  # noqa: E402
+
+ROOT = SCRIPTS.parent
+HEADINGS = {  # BENCHMARKS.md section per data source
+    False: "## Data throughput: imagefolder table, loader or model?",
+    True: "## Data throughput: streamed tar shards, loader or model?",
+}
 DEFAULT_SETS = [
     "train.cache_locked_features=false",  # decode images every step, as real training does
     "model.vision.lock=false",
@@ -111,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--stream-from", help="write the recipe's data as tar shards here and stream them"
     )
+    add_write_flag(parser)
     args = parser.parse_args(argv)
     from mmcontrast.train.loop import build_method
 
@@ -122,10 +135,12 @@ def main(argv: list[str] | None = None) -> None:
              "--image-column", source.data.image_column,
              "--caption-column", source.data.caption_column])  # fmt: skip
 
-    print(
-        f"# {platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"
+    machine = (
+        f"{os.cpu_count()} CPU cores ({cpu_name()}), {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads"
     )
+    print(f"# {machine}")
     model_pairs = None
     rows = []
     for workers in args.workers:
@@ -142,15 +157,32 @@ def main(argv: list[str] | None = None) -> None:
         source = "streamed shards" if cfg.data.streaming else "table"
         rows.append((workers, source, images_per_s))
     assert model_pairs is not None
-    print("\n| data.num_workers | data | loader images/s | model pairs/s | bound by |")
-    print("| --- | --- | --- | --- | --- |")
+    lines = [
+        "| data.num_workers | data | loader images/s | model pairs/s | bound by |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for workers, source, rate in rows:
         bound = "loader" if rate < model_pairs else "model"
-        print(f"| {workers} | {source} | {rate:.1f} | {model_pairs:.1f} | {bound} |")
-    print(
-        "\nThe loader runs in the main process with 0 workers, so the step then pays for both; "
+        lines.append(f"| {workers} | {source} | {rate:.1f} | {model_pairs:.1f} | {bound} |")
+    table = "\n".join(lines)
+    reading = (
+        "The loader runs in the main process with 0 workers, so the step then pays for both; "
         "with workers it overlaps the model and training runs at about min(loader, model)."
     )
+    print("\n" + table + "\n\n" + reading)
+    overrides = " ".join(f"`{s}`" for s in [*DEFAULT_SETS, *args.set])
+    heading = HEADINGS[bool(args.stream_from)]
+    section = "\n".join([
+        heading, "",
+        f"`{command_line('scripts/bench_data.py', argv)}` ({time.strftime('%Y-%m-%d')}): "
+        f"{machine}. Recipe `{Path(args.recipe).name}` with {overrides}; batch "
+        f"{cfg.train.batch_size}, {cfg.train.mixed_precision} precision. Loader: "
+        f"{args.batches} batches after {args.warmup} warm-up; model: {args.steps} steps "
+        "after the warm-up, on one batch of that loader.", "",
+        table, "",
+        reading, "",
+    ])  # fmt: skip
+    publish(heading, section, args.write)
 
 
 if __name__ == "__main__":

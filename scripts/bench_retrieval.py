@@ -25,9 +25,10 @@ imported by its metric module:
     .venv/bin/pip install clip-benchmark --no-deps
     .venv/bin/python scripts/bench_retrieval.py                      # 5k x 25k
     .venv/bin/python scripts/bench_retrieval.py --sizes 5000 10000 --repeats 3
+    .venv/bin/python scripts/bench_retrieval.py --write    # also record it in BENCHMARKS.md
 
-The markdown table replaces the ``## Retrieval metrics vs CLIP_benchmark`` section of
-``scripts/BENCHMARKS.md`` (``--no-markdown`` to skip).
+It prints its tables; with ``--write`` the markdown table also replaces the
+``## Retrieval metrics vs CLIP_benchmark`` section of ``scripts/BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -46,13 +47,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench_report import (  # scripts/bench_report.py
-    MARKDOWN,
-    ROOT,
+    add_write_flag,
     command_line,
     cpu_name,
     markdown_table,
+    publish,
     text_table,
-    write_section,
 )
 
 from mmcontrast.eval.retrieval import retrieval_metrics
@@ -274,7 +274,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
-    parser.add_argument("--no-markdown", action="store_true", help="do not write BENCHMARKS.md")
+    add_write_flag(parser)
     parser.add_argument("--worker", choices=sorted(IMPLEMENTATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--max-matrix-elements", type=int, default=2**26, help=argparse.SUPPRESS)
@@ -301,9 +301,7 @@ def main() -> None:
     if len(args.sizes) > 1:
         print(text_table(rows, COLUMNS, left=2) + "\n")
     print("Metrics (CLIP_benchmark):\n" + "\n".join(metric_lines))
-    if not args.no_markdown:
-        write_section(HEADING, markdown_section(args, rows, metric_lines, loads))
-        print(f"\nwrote the '{HEADING[3:]}' section of {MARKDOWN.relative_to(ROOT)}")
+    publish(HEADING, markdown_section(args, rows, metric_lines, loads), args.write)
 
 
 if __name__ == "__main__":
