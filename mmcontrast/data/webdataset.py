@@ -20,21 +20,24 @@ import glob
 import io
 import json
 import logging
-import re
+import math
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from braceexpand import braceexpand
 from PIL import Image
+from webdataset import ShardWriter
 
 from mmcontrast.data.images import BadSample, load_image
 
 logger = logging.getLogger("mmcontrast")
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+# tar headers of every member: fixed, so that writing the same rows twice gives the same bytes
+_TAR_HEADER = {"user": "", "group": "", "mode": 0o644, "mtime": 0}
 
 
 def is_webdataset(path: str) -> bool:
@@ -46,17 +49,24 @@ def is_webdataset(path: str) -> bool:
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """``a-{000..002}.tar`` -> ``a-000.tar a-001.tar a-002.tar`` (zero padding kept)."""
-    match = _RANGE.search(pattern)
-    if not match:
+    """``a-{000..002}.tar`` -> ``a-000.tar a-001.tar a-002.tar``, as webdataset expands shard URLs.
+
+    Backslashes are kept (Windows paths); a pattern with unbalanced braces is a plain name.
+    """
+    try:
+        return list(braceexpand(pattern, escape=False))
+    except ValueError:  # braceexpand.UnbalancedBracesError
         return [pattern]
-    first, last = match.group(1), match.group(2)
-    width = len(first) if first.startswith("0") else 0
-    names = []
-    for number in range(int(first), int(last) + 1):
-        expanded = pattern[: match.start()] + f"{number:0{width}d}" + pattern[match.end() :]
-        names.extend(expand_braces(expanded))
-    return names
+
+
+def column_value(row: dict[str, Any], column: str) -> Any:
+    """``row[column]``; ``a.b`` reads field ``b`` of column ``a`` (e.g. ``json.text``)."""
+    if column in row or "." not in column:
+        return row[column]
+    value: Any = row
+    for part in column.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def shard_files(path: str, split: str) -> list[str]:
@@ -90,8 +100,9 @@ def shard_files(path: str, split: str) -> list[str]:
         found = [f for f in found if f not in empty]
     if not found:
         raise ValueError(
-            f"no (non-empty) tar shards match {pattern!r} (data.path {path!r}, split {split!r}): give a folder "
-            "of .tar files, a glob, or a brace pattern such as shards/{split}-{00000..00009}.tar"
+            f"no (non-empty) tar shards match {pattern!r} (data.path {path!r}, split {split!r}): "
+            "give a folder of .tar files, a glob, or a brace pattern such as "
+            "shards/{split}-{00000..00009}.tar"
         )
     return found
 
@@ -139,12 +150,6 @@ def _reencode(data: bytes, ext: str) -> bytes:
     return buffer.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shards(
     rows: Iterator[dict[str, Any]],
     output_dir: str | Path,
@@ -158,10 +163,12 @@ def write_shards(
 
     Each sample gets the image's own encoded bytes (``KEY.jpg`` / ``.png`` ...; images in
     another format than the first one are re-encoded to it, since every extension becomes
-    a column of its own when read back), its first caption as ``KEY.txt`` (read back with ``data.caption_column: txt``) and every other
-    column, all captions included, as ``KEY.json`` (``data.caption_column: json.text``
-    for a list of captions in column ``text``). A missing or unreadable image is left out
-    and counted. Returns the shard paths and the counts of rows left out, by reason.
+    a column of its own when read back), its first caption as ``KEY.txt`` (read back with
+    ``data.caption_column: txt``) and every other column, all captions included, as
+    ``KEY.json`` (``data.caption_column: json.text`` for a list of captions in column
+    ``text``). A missing or unreadable image is left out and counted. webdataset's
+    ``ShardWriter`` writes the members (with fixed tar headers, so the same rows give the
+    same bytes). Returns the shard paths and the counts of rows left out, by reason.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -171,9 +178,7 @@ def write_shards(
         old.unlink()
     shards: list[Path] = []
     skipped: Counter = Counter()
-    tar: tarfile.TarFile | None = None
-    from mmcontrast.data.pairs import column_value  # pairs imports this module
-
+    writer: ShardWriter | None = None
     index, image_ext, reencoded = 0, "", 0
     for row in rows:
         try:
@@ -184,24 +189,33 @@ def write_shards(
         except BadSample as bad:
             skipped[bad.reason] += 1
             continue
-        if index % shard_size == 0:
-            if tar is not None:
-                tar.close()
-            shards.append(folder / f"{split}-{len(shards):05d}.tar")
-            tar = tarfile.open(shards[-1], "w")
-        assert tar is not None
-        key = f"{index:09d}"
-        _add(tar, f"{key}.{image_ext}", data)
+        if writer is None:  # opened at the first image: no rows, no (empty) shard
+            prefix = str(folder.resolve() / split).replace("%", "%%")  # ShardWriter %-formats
+            writer = ShardWriter(
+                prefix + "-%05d.tar",
+                maxcount=shard_size,
+                maxsize=math.inf,  # shards split by sample count only
+                post=lambda name: shards.append(folder / Path(name).name),
+                verbose=0,
+                encoder=False,  # members are bytes already
+                **_TAR_HEADER,
+            )
         captions = column_value(row, caption_column)
         first = captions[0] if isinstance(captions, list | tuple) and captions else captions
-        _add(tar, f"{key}.txt", str(first or "").encode())
         meta = {k: v for k, v in row.items() if k != image_column and not k.startswith("__")}
         if isinstance(meta.get("json"), dict):  # shards of shards: their metadata, not nested
             meta = {**meta.pop("json"), **meta}
-        _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, default=str).encode())
+        writer.write(
+            {
+                "__key__": f"{index:09d}",
+                image_ext: data,
+                "txt": str(first or "").encode(),
+                "json": json.dumps(meta, ensure_ascii=False, default=str).encode(),
+            }
+        )
         index += 1
-    if tar is not None:
-        tar.close()
+    if writer is not None:
+        writer.close()
     if reencoded:
         logger.warning(
             "%s: %d image(s) re-encoded as %s, the format of the first", split, reencoded, image_ext

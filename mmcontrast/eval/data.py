@@ -77,7 +77,7 @@ def emoji_folder() -> Path:
     cache = Path(os.environ.get("MMCONTRAST_CACHE", Path.home() / ".cache" / "mmcontrast"))
     folder = cache / "emoji"
     if not (folder / "build_info.json").is_file():
-        from mmcontrast.data.emoji import build_emoji_dataset
+        from mmcontrast.demo.emoji import build_emoji_dataset
 
         print(f"building the emoji evaluation set in {folder} (once)")
         build_emoji_dataset(folder)

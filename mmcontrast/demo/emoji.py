@@ -30,6 +30,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont, features
 
 from mmcontrast.data.imagefolder import METADATA_FILENAME, write_imagefolder
+from mmcontrast.registry import DATASETS
 
 __all__ = ["EMOJI_STYLES", "EmojiConcept", "build_emoji_dataset", "list_emoji_concepts"]
 
@@ -157,6 +158,7 @@ def _fit_square(image: Image.Image, size: int) -> Image.Image:
     if bbox is not None:
         image = image.crop(bbox)
     inner = max(1, round(size * (1 - 2 * _MARGIN)))
+    # not ImageOps.contain: it rounds h / w * inner (70x35 "ambulance" at 32 px: 14, ours 15)
     scale = inner / max(image.size)
     new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     image = image.resize(new_size, Image.Resampling.LANCZOS)
@@ -251,7 +253,7 @@ configs:
 
 # Emoji captions (mmcontrast quickstart)
 
-Small image-caption dataset built offline by `mmcontrast.data.emoji.build_emoji_dataset`.
+Small image-caption dataset built offline by `mmcontrast.demo.emoji.build_emoji_dataset`.
 Each emoji is a *concept* whose caption is its lowercased Unicode name (e.g. "meat on bone").
 Concepts are split so that held-out concepts never occur in `train`: retrieving the right
 caption for a `test` image among all held-out captions is a zero-shot task.
@@ -300,6 +302,9 @@ def _is_complete(output_dir: Path, params: dict[str, Any]) -> dict[str, Any] | N
     return summary
 
 
+@DATASETS.register(
+    "emoji", "Twemoji + OpenMoji images captioned with Unicode names; held-out concepts (offline)"
+)
 def build_emoji_dataset(
     output_dir: str | Path,
     heldout_fraction: float = 0.2,
