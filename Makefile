@@ -28,7 +28,7 @@ fashion-mnist:
 
 demo: setup
 	$(VENV)/bin/mmcontrast data emoji --output data/emoji
-	$(VENV)/bin/mmcontrast train recipes/quickstart.yaml
+	$(VENV)/bin/mmcontrast train quickstart
 	$(VENV)/bin/mmcontrast export runs/quickstart --output exports/quickstart --overwrite
 	@echo "retrieval grid: runs/quickstart/eval/retrieval_grid.png"
 	@echo "plain-transformers export and model card: exports/quickstart (README.md)"

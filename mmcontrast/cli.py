@@ -19,20 +19,19 @@ import json
 import logging
 import os
 import sys
+from importlib.resources import as_file
 from pathlib import Path
 from typing import Any
 
 from mmcontrast.config import ConfigError, load_recipe
 from mmcontrast.cpu_allocator import reuse_freed_memory
+from mmcontrast.resources import ACCELERATE, list_recipes, recipes_root, resolve_recipe
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = recipes_root()  # shipped recipes (package data): `mmcontrast train NAME`
 
 
 def _registries() -> dict[str, object]:
-    import mmcontrast.data.builtin  # noqa: F401
-    import mmcontrast.losses  # noqa: F401
-    import mmcontrast.methods  # noqa: F401
-    import mmcontrast.models  # noqa: F401
+    """Every registry ``mmcontrast list`` shows; each discovers its entries on first use."""
     from mmcontrast.eval.adapters import MODEL_FAMILIES
     from mmcontrast.eval.tasks import TASKS
     from mmcontrast.registry import DATASETS, LOSSES, METHODS, TOWERS
@@ -48,12 +47,13 @@ def _registries() -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mmcontrast.train.loop import train
+    from mmcontrast.pipeline import train
 
     overrides = list(args.set or [])
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
-    cfg = load_recipe(args.recipe, overrides)
+    with as_file(resolve_recipe(args.recipe)) as recipe:
+        cfg = load_recipe(recipe, overrides)
     summary = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -174,9 +174,16 @@ def _conversion_target(source: str) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     what = args.what
     if what == "recipes":
-        for path in sorted(RECIPES_DIR.glob("*.yaml")):
-            first = path.read_text().splitlines()[0].lstrip("# ") if path.stat().st_size else ""
-            print(f"{path.relative_to(RECIPES_DIR.parent)}  {first}")
+        recipes = list_recipes()
+        width = max(len(r.name) for r in recipes) + 2
+        print("recipes (train one with `mmcontrast train NAME`):")
+        for recipe in recipes:
+            print(f"  {recipe.name:<{width}}{recipe.description}")
+        example = "quickstart" if any(r.name == "quickstart" for r in recipes) else recipes[0].name
+        print(f"files: {RECIPES_DIR} (copy one, e.g. {example}.yaml, to change it)")
+        print("accelerate configs (accelerate launch --config_file FILE -m mmcontrast train NAME):")
+        for config in list_recipes(ACCELERATE):
+            print(f"  {config.path}")
         return 0
     registries = _registries()
     for name, registry in registries.items():
@@ -191,7 +198,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from mmcontrast.registry import DATASETS
 
-    _registries()
     summary = DATASETS.get(args.name)(args.output, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -232,6 +238,8 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmcontrast.eval.tasks import TASKS
+
     parser = argparse.ArgumentParser(
         prog="mmcontrast", description="Contrastive representation learning toolkit."
     )
@@ -245,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a recipe",
         description="Train from a YAML recipe (see `mmcontrast list recipes`).",
     )
-    p.add_argument("recipe", help="path to a YAML recipe, e.g. recipes/quickstart.yaml")
+    p.add_argument(
+        "recipe",
+        help="a shipped recipe's name (e.g. quickstart; `mmcontrast list recipes`) or the path "
+        "to a YAML recipe",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -290,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         action="append",
-        choices=["retrieval", "zeroshot", "knn", "linear"],
+        choices=TASKS.names(),
         help="task (repeatable); default: a run's own evaluation, zeroshot for "
         "classification data, else retrieval",
     )

@@ -214,7 +214,7 @@ class HubConfig:
 
 @dataclass
 class Config:
-    method: str = "clip"
+    method: str = "image_text"  # a name in METHODS (`mmcontrast list methods`); "clip" still works
     method_args: dict[str, Any] = field(default_factory=dict)  # checked by the method
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

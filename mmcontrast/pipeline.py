@@ -32,7 +32,7 @@ def default_hooks() -> TrainHooks:
     return TrainHooks(
         start=check_hub_config,
         evaluate=evaluate_during_training,
-        checkpoint_saved=lambda cfg, folder, step: push_snapshot(cfg, folder, step, final=False),
+        checkpoint_saved=_push_checkpoint,
         run_finished=_finish,
     )
 
@@ -40,6 +40,10 @@ def default_hooks() -> TrainHooks:
 def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     """Train ``cfg`` with :func:`default_hooks`; ``resume``: a checkpoint folder or ``latest``."""
     return train_loop(cfg, resume, default_hooks())
+
+
+def _push_checkpoint(cfg: Config, folder: Path, step: int) -> None:
+    push_snapshot(cfg, folder, step, final=False)
 
 
 def _finish(cfg: Config, output_dir: Path, step: int) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from mmcontrast.cli import main
 from mmcontrast.config import load_recipe
 from mmcontrast.hub.export import export
 from mmcontrast.hub.transformers_export import NotExpressible
-from mmcontrast.train.checkpoint import load_trained, save_weights
+from mmcontrast.methods import load_trained
+from mmcontrast.train.checkpoint import save_weights
 from mmcontrast.train.loop import build_method
 
 VISION, TEXT = TINY_VIT, TINY_BERT
@@ -411,7 +412,7 @@ def test_push_to_hub_during_training(
 
 def test_push_to_hub_needs_a_repo_id(tiny_run: list[str]) -> None:
     from mmcontrast.config import ConfigError
-    from mmcontrast.train.loop import train
+    from mmcontrast.pipeline import train
 
     cfg = load_recipe(None, [*tiny_run, "hub.push_to_hub=true"])
     with pytest.raises(ConfigError, match="hub.repo_id"):

@@ -49,17 +49,19 @@ def forward_in_chunks(encode: Callable[[Tensor], Tensor], pixels: Tensor) -> Ten
 @torch.inference_mode()
 def compute_tower_features(
     tower: nn.Module,
+    width: int,
     table: PairTable,
     transform: Callable[[Any], Tensor],
     batch_size: int = 128,
     num_workers: int = 0,
     progress: bool = True,
 ) -> tuple[Tensor, dict[int, str]]:
-    """Features [len(table), width] (zeros for unreadable images) and the unreadable rows."""
+    """Features [len(table), width] of a vision tower (``tower(pixel_values=...)``), zeros for
+    unreadable images, and the unreadable rows."""
     was_training = tower.training
     tower.eval()
     device = next(tower.parameters()).device
-    features = torch.zeros(len(table), tower.width)
+    features = torch.zeros(len(table), width)
     bad: dict[int, str] = {}
     batches = image_batches(table, transform, batch_size, num_workers)
     for rows, pixels, unreadable in tqdm(

@@ -3,8 +3,10 @@
 transformers towers -> ``save_pretrained`` (``AutoModel`` / ``AutoImageProcessor`` load it);
 timm towers -> timm's Hub layout (``timm.create_model("local-dir:DIR")`` or ``hf-hub:``);
 torchvision towers -> a safetensors state dict for ``torchvision.models.get_model(NAME)``
-with its classifier replaced by ``nn.Identity()``. Built-in CPU backbones have no library
-of their own: they export in mmcontrast's format.
+with the classifier's last layer replaced by ``nn.Identity()``; ``config.json`` names the
+modules replaced (``identity``, e.g. ``["classifier.2", "classifier.3"]`` for MobileNetV3,
+``["heads.head"]`` for ViT), which a loader must replace too before ``load_state_dict``.
+Built-in CPU backbones have no library of their own: they export in mmcontrast's format.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def save_backbone(tower: Any, output: str | Path) -> str:
         info = {
             "library": "torchvision",
             "architecture": tower.cfg.name,
-            "classifier": "removed (replace it with torch.nn.Identity() before loading)",
+            "config_overrides": dict(tower.cfg.config_overrides),  # get_model(NAME, **these)
+            "classifier": "removed: replace the modules in `identity` by torch.nn.Identity() "
+            "before loading",
+            "identity": list(tower.replaced),  # dotted paths in get_model(NAME)'s namespace
             "num_features": tower.width,
             "image_size": pre.size,
             "mean": list(pre.mean),

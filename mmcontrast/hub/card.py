@@ -1,10 +1,13 @@
-"""Model cards for exports, rendered from the templates in ``model_cards/``.
+"""Model cards for exports, rendered from the templates in ``mmcontrast/model_cards/``.
 
 Metadata (``library_name``, ``pipeline_tag``, tags, ``base_model`` per tower, datasets,
 licence, ``model-index`` from the evaluation JSON files) goes through huggingface_hub's
 ``ModelCardData``; the Markdown sections are filled from the resolved training config, the
-export format (the usage snippet loads the model the way that format loads) and the data's
-credits.
+export format and the data's credits. The usage snippet (load the model the way its format
+loads) is a template per format in ``model_cards/usage/`` with ``${...}`` placeholders
+(:class:`string.Template`: Python code keeps its braces); this module only fills them in.
+The templates are package data, read through :mod:`mmcontrast.resources`, so an installed
+wheel renders cards too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import yaml
@@ -21,8 +25,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from mmcontrast.config import Config, TowerConfig, to_dict
 from mmcontrast.models.packaged import PACKAGED_MODELS, is_packaged
+from mmcontrast.models.torchvision_tower import replaced_modules
+from mmcontrast.registry import LOSSES
+from mmcontrast.resources import card_template
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
 MMCONTRAST_URL = "https://github.com/mmcontrast/mmcontrast"
 
 METRIC_NAMES = {
@@ -99,15 +105,10 @@ def read_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:
 def render_card(ctx: CardContext) -> ModelCard:
     """The model card of an export (parses with ``ModelCard.load``)."""
     image_text = ctx.kind != "backbone"
-    template = TEMPLATES / ("dual_encoder.md" if image_text else "vision_backbone.md")
-    if not template.is_file():
-        raise FileNotFoundError(
-            f"model card template {template} is missing: mmcontrast exports need its source "
-            "tree (pip install -e .)"
-        )
+    template = card_template("dual_encoder.md" if image_text else "vision_backbone.md")
     return ModelCard.from_template(
         _card_data(ctx, image_text),
-        template_path=str(template),
+        template_str=template,
         model_name=_model_name(ctx),
         summary=_summary(ctx, image_text),
         preview=ctx.preview,
@@ -237,9 +238,7 @@ def _tower_text(tower: TowerConfig) -> str:
 def _summary(ctx: CardContext, image_text: bool) -> str:
     cfg = ctx.cfg
     if image_text:
-        loss = {"clip": "symmetric InfoNCE (CLIP)", "siglip": "pairwise sigmoid (SigLIP)"}.get(
-            cfg.loss.name or "clip", str(cfg.loss.name)
-        )
+        loss = LOSSES.get(cfg.loss.name or "clip").title
         text = (
             f"An image-text dual encoder trained with [mmcontrast]({MMCONTRAST_URL}) with the "
             f"{loss} loss on {_data_text(cfg.data.path)}. It embeds images and captions into one "
@@ -300,96 +299,55 @@ def _architecture(ctx: CardContext, image_text: bool) -> list[tuple[str, str]]:
     return rows
 
 
+SCORES = {  # transformers dual encoders by kind: (processor padding, caption scores)
+    "clip": ("True", "outputs.logits_per_image.softmax(dim=-1)"),  # vision-text-dual-encoder too
+    "siglip": ('"max_length"', "torch.sigmoid(outputs.logits_per_image)"),
+}
+
+
 def _usage(ctx: CardContext) -> str:
-    mid = ctx.model_id
+    """The 'How to use' snippet: ``model_cards/usage/<format>.md`` filled in."""
+    values = {"model_id": ctx.model_id}
     if ctx.library == "transformers" and ctx.kind != "backbone":
-        siglip = ctx.kind == "siglip"
-        padding = '"max_length"' if siglip else "True"
-        probs = (
-            "torch.sigmoid(outputs.logits_per_image)"
-            if siglip
-            else "outputs.logits_per_image.softmax(dim=-1)"
-        )
-        return f"""With plain transformers (no mmcontrast needed):
-
-```python
-import torch
-from PIL import Image
-from transformers import AutoModel, AutoProcessor
-
-model = AutoModel.from_pretrained("{mid}").eval()
-processor = AutoProcessor.from_pretrained("{mid}")
-
-image = Image.open("example.png").convert("RGB")
-captions = ["a red apple", "a smiling face", "a yellow star"]
-inputs = processor(text=captions, images=image, return_tensors="pt", padding={padding}, truncation=True)
-with torch.no_grad():
-    outputs = model(**inputs)
-print({probs})  # one score per caption
-image_embeds, text_embeds = outputs.image_embeds, outputs.text_embeds  # L2-normalised, for retrieval
-```"""
-    if ctx.library == "transformers":
-        return f"""```python
-from transformers import AutoImageProcessor, AutoModel
-
-model = AutoModel.from_pretrained("{mid}").eval()
-processor = AutoImageProcessor.from_pretrained("{mid}")
-features = model(**processor(images=image, return_tensors="pt")).pooler_output
-```"""
-    if ctx.library == "timm":
-        hub = mid if os.path.isdir(mid) else None
-        spec = f"local-dir:{mid}" if hub else f"hf-hub:{mid}"
-        return f"""With timm (features of the globally pooled last layer; add a classifier with `num_classes=N` to fine-tune):
-
-```python
-import timm
-
-model = timm.create_model("{spec}", pretrained=True, num_classes=0).eval()
-config = timm.data.resolve_data_config(model=model)
-transform = timm.data.create_transform(**config)
-features = model(transform(image).unsqueeze(0))
-```"""
-    if ctx.library == "torchvision":
-        name = ctx.cfg.model.vision.name
-        return f"""With torchvision (the classifier was removed: its place holds `nn.Identity()`):
-
-```python
-import torch
-import torchvision
-from huggingface_hub import hf_hub_download
-from safetensors.torch import load_file
-
-model = torchvision.models.get_model("{name}")
-model.{_classifier_attr(name)} = torch.nn.Identity()
-model.load_state_dict(load_file(hf_hub_download("{mid}", "model.safetensors")))
-```"""
-    if ctx.kind == "backbone":
-        return f"""With mmcontrast (`pip install mmcontrast`):
-
-```python
-import mmcontrast
-
-backbone = mmcontrast.from_pretrained("{mid}")  # nn.Module: pixels [B, 3, H, W] -> features
-```"""
-    return f"""With mmcontrast (`pip install mmcontrast`); this architecture has no plain-transformers equivalent:
-
-```python
-import torch
-from PIL import Image
-import mmcontrast
-
-model = mmcontrast.from_pretrained("{mid}")
-transform = model.image_transform()
-captions = ["a red apple", "a smiling face", "a yellow star"]
-with torch.no_grad():
-    image_features = model.get_image_features(transform(Image.open("example.png").convert("RGB")).unsqueeze(0))
-    text_features = model.get_text_features(**model.tokenize(captions))
-print((model.scale() * image_features @ text_features.T).softmax(dim=-1))
-```"""
+        name = "transformers"
+        padding, scores = SCORES.get(ctx.kind, SCORES["clip"])
+        values.update(padding=padding, scores=scores)
+    elif ctx.library == "transformers":
+        name = "transformers_backbone"
+    elif ctx.library == "timm":
+        name = "timm"
+        local = os.path.isdir(ctx.model_id)
+        values["spec"] = f"local-dir:{ctx.model_id}" if local else f"hf-hub:{ctx.model_id}"
+    elif ctx.library == "torchvision":
+        name = "torchvision"
+        values.update(_torchvision_values(ctx.cfg.model.vision))
+    elif ctx.kind == "backbone":
+        name = "mmcontrast_backbone"
+    else:
+        name = "mmcontrast"
+    return Template(card_template(f"usage/{name}.md")).substitute(values).rstrip("\n")
 
 
-def _classifier_attr(name: str) -> str:
-    return "fc" if name.startswith(("resnet", "resnext", "wide_resnet", "regnet")) else "classifier"
+def _torchvision_values(tower: TowerConfig) -> dict[str, str]:
+    """``get_model``'s arguments and the lines replacing what the tower replaced.
+
+    The paths come from the same function the tower used, applied to the same architecture
+    (no weights allocated), so they equal the ``identity`` list in the export's config.json.
+    """
+    overrides = dict(tower.config_overrides)
+    arguments = "".join(f", {key}={value!r}" for key, value in overrides.items())
+    lines = [
+        f"{_attribute_expression('model', path)} = torch.nn.Identity()"
+        for path in replaced_modules(tower.name, overrides)
+    ]
+    return {"name": tower.name, "arguments": arguments, "identity": "\n".join(lines)}
+
+
+def _attribute_expression(root: str, dotted: str) -> str:
+    """Python that reaches a submodule: ``classifier.3`` -> ``model.classifier[3]``,
+    ``heads.head`` -> ``model.heads.head`` (assignable either way)."""
+    parts = [f"[{part}]" if part.isdigit() else f".{part}" for part in dotted.split(".")]
+    return root + "".join(parts)
 
 
 def _results_markdown(evaluations: list[dict[str, Any]]) -> str:

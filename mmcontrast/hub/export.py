@@ -19,11 +19,11 @@ from typing import Any
 from mmcontrast.config import Config, load_recipe, save_config
 from mmcontrast.hub.backbone_export import save_backbone
 from mmcontrast.hub.card import CardContext, read_evaluations, render_card
-from mmcontrast.hub.native import save_native, trained_module
+from mmcontrast.hub.native import save_native
 from mmcontrast.hub.transformers_export import NotExpressible, to_transformers
-from mmcontrast.methods.base import Method
+from mmcontrast.methods import Method, load_trained
+from mmcontrast.models.dual_encoder import DualEncoder
 from mmcontrast.models.tower import resolved_preprocess
-from mmcontrast.train.checkpoint import load_trained
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def export(
     save_config(recipe, output / "training_config.yaml")
     evaluations = _copy_evaluations(source, output)
     preview = next((p for p in PREVIEWS if (output / p).is_file()), None)
-    module = trained_module(method)
+    module = method.trained_model()
     card = render_card(
         CardContext(
             cfg=recipe,
@@ -92,7 +92,7 @@ def export(
             license=license,
             pooling=_poolings(module),
             image_size=resolved_preprocess(
-                module.vision if hasattr(module, "vision") else module
+                module.vision if isinstance(module, DualEncoder) else module
             ).size,
             name=model_id.rstrip("/").split("/")[-1] if model_id else _run_name(source, recipe),
         )
@@ -114,8 +114,8 @@ def _prepare(output: Path, source: Path, overwrite: bool) -> None:
 
 
 def _write_model(method: Method, output: Path, format: str) -> ExportResult:
-    dual = trained_module(method)
-    if not hasattr(dual, "text"):  # a vision recipe: its backbone
+    dual = method.trained_model()
+    if not isinstance(dual, DualEncoder):  # a vision recipe: its backbone
         if format != "mmcontrast":
             try:
                 library = save_backbone(dual, output)
@@ -146,7 +146,7 @@ def _write_model(method: Method, output: Path, format: str) -> ExportResult:
 
 
 def _poolings(module: Any) -> tuple[str, str] | None:
-    if not hasattr(module, "text"):
+    if not isinstance(module, DualEncoder):
         return None
     vision, text = (getattr(t, "pooling", "the tower's own") for t in (module.vision, module.text))
     return str(vision), str(text)

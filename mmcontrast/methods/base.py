@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mmcontrast.config import Config
+from mmcontrast.models.dual_encoder import DualEncoder
+from mmcontrast.models.tower import Tower
 from mmcontrast.registry import LOSSES, METHODS
 
 
@@ -39,7 +41,7 @@ class Method(nn.Module):
 
     # ----------------------------------------------------------------- the contract
 
-    def trained_model(self) -> nn.Module:
+    def trained_model(self) -> DualEncoder | Tower:
         """What this method trains for others to use: a ``DualEncoder`` (image-text) or a
         vision ``Tower`` (the backbone). Export and evaluation read only this."""
         raise NotImplementedError(

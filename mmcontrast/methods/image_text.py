@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmcontrast.config import Config
 from mmcontrast.data.feature_cache import compute_tower_features
@@ -20,7 +20,7 @@ from mmcontrast.data.pairs import load_pairs, open_stream
 from mmcontrast.data.streaming import StreamedPairs
 from mmcontrast.data.transforms import image_transform
 from mmcontrast.methods.base import Method
-from mmcontrast.models.dual_encoder import build_dual_encoder
+from mmcontrast.models.dual_encoder import DualEncoder, build_dual_encoder
 from mmcontrast.models.tower import resolved_preprocess
 from mmcontrast.registry import LOSSES, METHODS
 
@@ -58,7 +58,7 @@ class ImageTextContrastive(Method):
                 f"loss {cfg.loss.name!r} needs a logit bias: set model.init_logit_bias (e.g. -10)"
             )
 
-    def trained_model(self) -> nn.Module:
+    def trained_model(self) -> DualEncoder:
         return self.model
 
     def eval_tasks(self) -> tuple[str, ...]:
@@ -98,6 +98,7 @@ class ImageTextContrastive(Method):
             self._check_cacheable()
             features, bad = compute_tower_features(
                 self.model.vision,
+                self.model.vision.width,
                 table,
                 self.image_transform(train=False),
                 self.cfg.eval.batch_size,

@@ -28,7 +28,7 @@ from mmcontrast.data.views import (
     view_transforms,
 )
 from mmcontrast.methods.base import Method
-from mmcontrast.models.tower import build_tower, resolved_preprocess
+from mmcontrast.models.tower import Tower, build_tower, resolved_preprocess
 
 
 class VisionMethod(Method):
@@ -58,7 +58,7 @@ class VisionMethod(Method):
         self.steps_done: Tensor
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
-    def trained_model(self) -> nn.Module:
+    def trained_model(self) -> Tower:
         return self.backbone
 
     def eval_tasks(self) -> tuple[str, ...]:

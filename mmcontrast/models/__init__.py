@@ -1,12 +1,6 @@
-"""Towers, heads and the dual encoder. Importing this registers every tower source."""
+"""Towers, heads and the dual encoder. Each tower family registers its builder in ``TOWERS``
+in its own file; ``build_tower`` finds them through the registry's discovery."""
 
-from mmcontrast.models import (  # noqa: F401  (registration)
-    hf_tower,
-    open_clip_tower,
-    small_backbones,
-    timm_tower,
-    torchvision_tower,
-)
 from mmcontrast.models.dual_encoder import DualEncoder, build_dual_encoder
 from mmcontrast.models.tower import Tower, build_tower
 

@@ -1,14 +1,23 @@
 """Vision backbones from ``torchvision.models`` by name (``source: torchvision``).
 
 ``pretrained: true`` without ``weights`` asks torchvision for its default ImageNet
-weights (a download); ``weights`` loads a state dict from a file instead. The classifier
-is replaced by the identity, so the tower returns the pooled features.
+weights (a download); ``weights`` loads a state dict from a file instead. The classifier's
+last ``Linear`` (and a ``Dropout`` right before it) is replaced by the identity, so the tower
+returns the pooled features. What precedes it stays: ConvNeXt's LayerNorm
+(``classifier.0``), MobileNetV3's pre-logits layer (``classifier.0``, ``classifier.1``).
+The tower records the dotted paths it replaced (``replaced``: ``("fc",)`` for ResNet,
+``("classifier.2", "classifier.3")`` for MobileNetV3, ``("heads.head",)`` for ViT,
+``("head",)`` for Swin): the backbone export saves them beside the weights, and the model
+card's loading code replaces the same modules before ``load_state_dict``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torchvision
+from accelerate import init_empty_weights
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
@@ -20,12 +29,17 @@ CLASSIFIER_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 
 
 class TorchvisionTower(Tower):
-    """A ``torchvision.models`` classifier with its last layer removed."""
+    """A ``torchvision.models`` classifier with its last layer removed.
+
+    ``replaced`` holds the dotted paths of the modules now ``nn.Identity()`` (the
+    classifier's ``Linear`` last), in ``model``'s namespace.
+    """
 
     modality = "vision"
 
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
+        self.cfg = cfg  # the backbone export reads source and name from it
         names = torchvision.models.list_models(module=torchvision.models)
         if cfg.name not in names:
             raise ValueError(unknown_name_message("torchvision model", cfg.name, names))
@@ -35,7 +49,7 @@ class TorchvisionTower(Tower):
         )
         if cfg.weights:  # a full checkpoint, classifier included
             load_into(self.model, cfg.weights)
-        _drop_last_linear(self.model)
+        self.replaced = replace_classifier(self.model)
         self.size = 224
         with torch.no_grad():
             self.model.eval()
@@ -49,22 +63,43 @@ class TorchvisionTower(Tower):
         return ImagePreprocess(size=self.size)
 
 
-def _drop_last_linear(model: nn.Module) -> None:
+def replace_classifier(model: nn.Module) -> tuple[str, ...]:
     """Replace the classifier's final ``Linear`` by the identity, keeping what precedes it
-    (ConvNeXt's LayerNorm, MobileNetV3's pre-logits layer)."""
+    (ConvNeXt's LayerNorm, MobileNetV3's pre-logits layer) except a ``Dropout`` right before
+    it (a dropout before logits only).
+
+    Returns:
+        The dotted paths of the modules replaced, in model order (the ``Linear`` last):
+        ``("fc",)``, ``("classifier.2", "classifier.3")``, ``("heads.head",)``, ``("head",)``.
+
+    Raises:
+        ValueError: no ``fc``, ``classifier``, ``heads`` or ``head`` ends in a ``Linear``
+            (e.g. SqueezeNet, whose classifier is a convolution).
+    """
     for attribute in CLASSIFIER_ATTRIBUTES:
         head = getattr(model, attribute, None)
         if isinstance(head, nn.Linear):
             setattr(model, attribute, nn.Identity())
-            return
+            return (attribute,)
         if isinstance(head, nn.Sequential):
-            linears = [i for i, layer in enumerate(head) if isinstance(layer, nn.Linear)]
+            children = list(head.named_children())
+            linears = [i for i, (_, layer) in enumerate(children) if isinstance(layer, nn.Linear)]
             if linears:
-                head[linears[-1]] = nn.Identity()
-                if isinstance(head[linears[-1] - 1], nn.Dropout):  # dropout before logits only
-                    head[linears[-1] - 1] = nn.Identity()
-                return
+                last = linears[-1]
+                first = last - 1 if last and isinstance(children[last - 1][1], nn.Dropout) else last
+                replaced = [name for name, _ in children[first : last + 1]]
+                for name in replaced:
+                    setattr(head, name, nn.Identity())
+                return tuple(f"{attribute}.{name}" for name in replaced)
     raise ValueError(f"cannot find the classifier of {type(model).__name__} to remove")
+
+
+def replaced_modules(name: str, config_overrides: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The paths :func:`replace_classifier` replaces in ``torchvision.models.get_model(name)``,
+    found without allocating weights (parameters on the meta device) or downloading any."""
+    with init_empty_weights():  # not torch.device("meta"): RegNet's builder reads tensors
+        model = torchvision.models.get_model(name, weights=None, **(config_overrides or {}))
+    return replace_classifier(model)
 
 
 @TOWERS.register("torchvision", "torchvision.models classifiers by name (classifier removed)")

@@ -29,13 +29,13 @@ class MmcontrastAdapter(EvalModel):
         super().__init__(spec, device)
         self.method = method
         model = method.trained_model()
-        self.dual = model if isinstance(model, DualEncoder) else None
-        if self.dual is None and not isinstance(model, Tower):
+        if not isinstance(model, DualEncoder | Tower):
             raise TypeError(
                 f"method {type(method).__name__}.trained_model() returned a "
                 f"{type(model).__name__}: evaluation needs a DualEncoder or a vision Tower"
             )
-        self.image_encoder: Tower = self.dual.vision if self.dual is not None else model
+        self.dual = model if isinstance(model, DualEncoder) else None
+        self.image_encoder: Tower = model.vision if isinstance(model, DualEncoder) else model
         self.has_text = self.dual is not None
         self.tokenize = self.dual.text.tokenizer() if self.dual is not None else None
 
