@@ -2,8 +2,9 @@
 
 Examples::
 
-    mmcontrast train recipes/quickstart.yaml --set train.lr=3e-4
-    mmcontrast train recipes/quickstart.yaml --resume latest
+    mmcontrast train quickstart --set train.lr=3e-4
+    mmcontrast train my-recipe.yaml
+    mmcontrast train quickstart --resume latest
     mmcontrast eval --model runs/quickstart --data data/emoji --split test
     mmcontrast eval --model runs/quickstart --task zeroshot --data emoji-category
     mmcontrast export runs/quickstart --output exports/quickstart
@@ -450,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
             "shards OUTPUT/SPLIT/SPLIT-00000.tar: KEY.jpg/.png (the image's own bytes),\n"
             "KEY.txt (first caption), KEY.json (every other column, all captions).\n\n"
             "  mmcontrast shards data/emoji --output data/emoji-shards --shard-size 500\n"
-            "  mmcontrast train recipes/quickstart.yaml --set data.path=data/emoji-shards \\\n"
+            "  mmcontrast train quickstart --set data.path=data/emoji-shards \\\n"
             "      --set data.streaming=true --set train.max_steps=330"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
