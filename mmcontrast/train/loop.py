@@ -61,7 +61,7 @@ from mmcontrast.train.grad_cache import (
     grad_cache_backward,
     micro_batches_per_batch,
 )
-from mmcontrast.train.hooks import TrainHooks
+from mmcontrast.train.hooks import Evaluate, TrainHooks
 from mmcontrast.train.optim import build_optimizer, cosine_schedule
 from mmcontrast.train.sampler import EpochShuffleSampler
 
@@ -231,7 +231,6 @@ def train(
             evaluate_now = cfg.eval.every and state.step % cfg.eval.every == 0
             if hooks.evaluate is not None and evaluate_now and state.step < stop_at:
                 _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, state.step, False)
-                method.train()
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 folder = save_checkpoint(
                     accelerator, cfg, state, cfg.train.keep_checkpoints, data_state
@@ -364,7 +363,7 @@ def _multi_process_cpu() -> bool:
 
 def _evaluate(
     accelerator: Accelerator,
-    evaluate: Any,
+    evaluate: Evaluate,
     method: Method,
     output_dir: Path,
     step: int,
