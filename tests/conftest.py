@@ -10,22 +10,10 @@ from pathlib import Path
 
 import pytest
 
-# TINY_*, flow: re-exported for test_export.py and tiny_overrides for test_wheel.py, which
-# still import them from here (to switch to helpers).
-from helpers import (  # noqa: F401
-    COLOURS,
-    SHAPES,
-    TINY_BERT,
-    TINY_OPEN_CLIP,
-    TINY_VIT,
-    WORDS,
-    draw,
-    flow,
-    tiny_overrides,
-)
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # helpers imports nothing that reads these
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from helpers import COLOURS, SHAPES, WORDS, draw, tiny_overrides  # noqa: E402
 
 
 @pytest.fixture(scope="session")

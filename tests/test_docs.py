@@ -24,7 +24,13 @@ CONFIG_DOC = DOCS / "config.md"
 USER_DOCS = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 BENCHMARKS = ROOT / "scripts" / "BENCHMARKS.md"
 # the benchmark scripts that must print only unless run with --write
-BENCH_SCRIPTS = ["bench_cpu_chunks.py", "bench_data.py", "bench_memory.py", "bench_retrieval.py"]
+BENCH_SCRIPTS = [
+    "bench_cpu_chunks.py",
+    "bench_data.py",
+    "bench_memory.py",
+    "bench_retrieval.py",
+    "bench_train.py",
+]
 
 
 # ------------------------------------------------------------------ config reference

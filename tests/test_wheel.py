@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 
 from mmcontrast.config import ConfigError
 from mmcontrast.resources import card_template, list_recipes, resolve_recipe

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_idx
 from safetensors.torch import load_file
-from test_vision_data import write_idx
 from torchvision.transforms.v2 import functional as TF
 
 from mmcontrast.config import AugmentConfig, load_recipe
@@ -126,6 +126,7 @@ def fashion_32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MMCONTRAST_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_batched_training_resumes_exactly(fashion_32: None, tmp_path: Path) -> None:
     common = [
         "method=byol",

@@ -1,38 +1,16 @@
 """Image-text data: imagefolder and datasets sources, bad samples skipped and counted."""
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import draw
+from helpers import bad_folder, draw
 
 from mmcontrast.config import DataConfig
 from mmcontrast.data.image_text import ImageTextCollator, ImageTextDataset
-from mmcontrast.data.imagefolder import write_imagefolder
 from mmcontrast.data.pairs import load_pairs
 from mmcontrast.data.transforms import image_transform
 from mmcontrast.models.tower import ImagePreprocess
-
-
-def bad_folder(root: Path) -> Path:
-    """Six rows: two good, a corrupt file, a truncated PNG, a missing file, an empty caption."""
-    split = write_imagefolder(
-        [
-            {"image": draw("red", s), "text": f"a red {s}"}
-            for s in ["circle", "square", "star", "triangle"]
-        ],
-        root,
-        "train",
-    )
-    rows = [json.loads(line) for line in (split / "metadata.jsonl").read_text().splitlines()]
-    (split / rows[2]["file_name"]).write_bytes(b"this is not a png")
-    data = (split / rows[3]["file_name"]).read_bytes()
-    (split / rows[3]["file_name"]).write_bytes(data[: len(data) // 2])
-    rows.append({"file_name": "does_not_exist.png", "text": "a ghost"})
-    rows.append({"file_name": rows[0]["file_name"], "text": "   "})
-    (split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
 
 
 def test_imagefolder_with_several_captions(shapes_dir: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_stopped_and_resumed
+from helpers import QUICKSTART, train_stopped_and_resumed
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -20,8 +20,6 @@ from mmcontrast.data.pairs import load_pairs, open_stream
 from mmcontrast.data.streaming import StreamedPairs, StreamLoader, StreamPosition
 from mmcontrast.data.webdataset import expand_braces, shard_files, write_shards
 from mmcontrast.pipeline import train
-
-QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 
 
 def png(value: int) -> bytes:
@@ -230,6 +228,7 @@ def test_streamed_imagefolder_with_collator(shapes_dir: Path, tokenizer_dir: Pat
 # --- training ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_streamed_training_resumes_exactly(
     shapes_dir: Path, tiny_run: list[str], tmp_path: Path
 ) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers import write_idx
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -27,18 +26,6 @@ from mmcontrast.data.views import (
 from mmcontrast.models.tower import ImagePreprocess
 
 FASHION = DataConfig(path="fashion_mnist")
-
-
-def write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Gzipped IDX files: magic 2051 (images) / 2049 (labels), big-endian sizes, uint8 data."""
-    n, h, w = images.shape
-    header = struct.pack(">IIII", 2051, n, h, w)
-    (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
-        gzip.compress(header + images.numpy().tobytes())
-    )
-    (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
-        gzip.compress(struct.pack(">II", 2049, n) + labels.to(torch.uint8).numpy().tobytes())
-    )
 
 
 @pytest.fixture()

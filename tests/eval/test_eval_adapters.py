@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COLOURS, SHAPES, TINY_OPEN_CLIP, draw
+from helpers import COLOURS, QUICKSTART, SHAPES, TINY_OPEN_CLIP, draw
 from PIL import Image
 
 from mmcontrast.cli import main
@@ -17,7 +17,6 @@ from mmcontrast.data.pairs import load_pairs
 from mmcontrast.eval.adapters import load_eval_model
 from mmcontrast.eval.embed import embed_images, embed_texts
 
-ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["a red circle", "the big blue square on a dark star", "green"]
 VISION = {
     "hidden_size": 32,
@@ -253,6 +252,7 @@ def test_cli_eval_errors_are_clear(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_eval_sharded_over_two_processes(tiny_run: list[str], tmp_path: Path) -> None:
     """2 CPU processes embed half the evaluation images each (gather_for_metrics): same
     retrieval numbers as evaluating the saved weights in one process."""
@@ -280,7 +280,7 @@ def test_training_eval_sharded_over_two_processes(tiny_run: list[str], tmp_path:
         "-m",
         "mmcontrast",
         "train",
-        str(ROOT / "recipes" / "quickstart.yaml"),
+        str(QUICKSTART),
     ]
     for override in overrides:
         command += ["--set", override]

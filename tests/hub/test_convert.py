@@ -14,7 +14,7 @@ from typing import Any
 import open_clip
 import pytest
 import torch
-from conftest import draw
+from helpers import draw
 from safetensors.torch import save_file
 
 from mmcontrast.config import TowerConfig

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import loss_reference as ref
 import open_clip.loss as oc_loss
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 from torch import Tensor

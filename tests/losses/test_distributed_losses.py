@@ -234,6 +234,7 @@ def per_process(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_two_processes_equal_one_process(

@@ -1,4 +1,5 @@
-"""Every loss against the float64 references in ``loss_reference.py``, plus analytic cases."""
+"""Every loss against the float64 references in ``reference.py``, plus analytic cases;
+CLIP and SigLIP against open_clip's losses."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import loss_reference as ref
+import open_clip.loss as oc_loss
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -381,6 +383,39 @@ def test_sinkhorn_of_half_precision_scores_runs_in_float32() -> None:
     torch.testing.assert_close(codes.double(), ref.sinkhorn_reference(scores), atol=0.05, rtol=0)
 
 
+# ----- CLIP and SigLIP against open_clip -------------------------------------------------
+
+
+def features(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(
+        torch.randn(n, d, generator=g), dim=-1
+    )
+
+
+@pytest.mark.parametrize(("n", "d", "scale"), [(2, 4, 1.0), (8, 16, 14.3), (33, 64, 100.0)])
+def test_clip_loss_equals_open_clip(n: int, d: int, scale: float) -> None:
+    img, txt = features(n, d, n)
+    s = torch.tensor(scale)
+    ours = losses.ClipLoss()(img, txt, s)
+    theirs = oc_loss.ClipLoss()(img, txt, s)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "scale", "bias"), [(2, 4, 10.0, -10.0), (8, 16, 3.0, 0.5), (33, 64, 100.0, -5.0)]
+)
+def test_siglip_loss_equals_open_clip(n: int, d: int, scale: float, bias: float) -> None:
+    img, txt = features(n, d, n + 1)
+    img.requires_grad_(True)
+    ours = losses.SigLipLoss()(img, txt, torch.tensor(scale), torch.tensor(bias))
+    theirs = oc_loss.SigLipLoss()(img, txt, torch.tensor(scale), torch.tensor(bias))
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    (g_ours,) = torch.autograd.grad(ours, img, retain_graph=True)
+    (g_theirs,) = torch.autograd.grad(theirs, img)
+    assert torch.allclose(g_ours, g_theirs, atol=5e-6 * g_theirs.abs().max().item())
+
+
 # ----- analytic cases and symmetries ---------------------------------------------------
 
 
@@ -396,6 +431,11 @@ def test_clip_of_orthonormal_pairs() -> None:
     eye = torch.eye(n, dtype=torch.float64)
     expected = math.log(n - 1 + math.e) - 1
     assert losses.ClipLoss()(eye, eye, torch.tensor(1.0)).item() == pytest.approx(expected)
+
+
+def test_clip_loss_perfect_alignment_is_small() -> None:
+    eye = torch.eye(4)  # float32 logits of 100: a plain exp() would overflow
+    assert losses.ClipLoss()(eye, eye, torch.tensor(100.0)).item() < 1e-10
 
 
 def test_supcon_without_labels_is_ntxent() -> None:
@@ -556,6 +596,19 @@ def test_bad_hyperparameters_are_value_errors(cls: type, kwargs: dict, name: str
 def test_bad_inputs_are_value_errors(loss: torch.nn.Module, args: tuple, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         loss(*args)
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        losses.ClipLoss()(torch.zeros(3, 4), torch.zeros(2, 4), torch.tensor(1.0))
+
+
+def test_loss_inits() -> None:
+    assert losses.ClipLoss.init_logit_scale == pytest.approx(math.log(1 / 0.07))
+    assert (losses.SigLipLoss.init_logit_scale, losses.SigLipLoss.init_logit_bias) == (
+        pytest.approx(math.log(10)),
+        -10.0,
+    )
 
 
 def test_every_registered_loss_is_documented_and_its_example_runs() -> None:

@@ -52,6 +52,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return [torch.load(root / f"rank{r}.pt") for r in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_each_row_gets_the_output_of_the_process_its_share_went_to(results: list[dict]) -> None:
     """Training mode: BatchNorm statistics come from the rank's share of the permuted
     batch, and each output returns to its own process and row."""
@@ -67,6 +68,7 @@ def test_each_row_gets_the_output_of_the_process_its_share_went_to(results: list
     assert not torch.allclose(got, plain, atol=1e-3)  # other statistics than its own batch's
 
 
+@pytest.mark.slow
 def test_in_eval_mode_the_shuffle_changes_nothing(results: list[dict]) -> None:
     model = network().eval()
     torch.testing.assert_close(torch.cat([r["eval"] for r in results]), model(inputs()).detach())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import toy_method
 import yaml
-from conftest import COLOURS, SHAPES, draw
+from helpers import COLOURS, SHAPES, draw
 from safetensors.torch import load_file
 
 from mmcontrast.cli import main

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COLOURS, SHAPES, draw, train_stopped_and_resumed
+from helpers import COLOURS, RECIPES, SHAPES, draw, train_stopped_and_resumed
 from safetensors.torch import load_file
 
 from mmcontrast.config import ConfigError, load_recipe
 from mmcontrast.data.imagefolder import write_imagefolder
-from mmcontrast.models.momentum import cosine_momentum, ema_update, frozen_copy
 from mmcontrast.methods import build_method
+from mmcontrast.models.momentum import cosine_momentum, ema_update, frozen_copy
 from mmcontrast.pipeline import train
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 METHODS = ["simclr", "moco_v2", "moco_v3", "byol", "swav", "barlow_twins", "supcon"]
 SMALL_HEADS = {
     "simclr": ["method_args.hidden_dim=32", "method_args.out_dim=16"],
@@ -150,6 +149,7 @@ def test_wrong_loss_for_the_method_is_clear(labelled_dir: Path, tmp_path: Path) 
         build("simclr", labelled_dir, tmp_path, ["loss.name=clip"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["byol", "moco_v2"])
 def test_resume_is_exact_with_momentum_state(name: str, labelled_dir: Path, tmp_path: Path) -> None:
     """Stop mid-epoch and resume: same losses and weights, EMA targets and queue included."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OPEN_CLIP, TINY_VIT
+from helpers import TINY_OPEN_CLIP, TINY_VIT
 
 from mmcontrast.config import ModelConfig, TowerConfig, load_recipe
 from mmcontrast.models import build_dual_encoder, build_tower

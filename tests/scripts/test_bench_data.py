@@ -6,8 +6,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_data.py"
+SCRIPT = ROOT / "scripts" / "bench_data.py"
 
 
 @pytest.mark.parametrize("streamed", [False, True])

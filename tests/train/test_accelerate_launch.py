@@ -24,13 +24,12 @@ from accelerate.utils import (
     prepare_deepspeed_cmd_env,
     prepare_multi_gpu_env,
 )
+from helpers import QUICKSTART, RECIPES
 
 from mmcontrast.config import load_recipe
 from mmcontrast.train.loop import build_method
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "recipes" / "accelerate"
-QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+CONFIGS = RECIPES / "accelerate"
 EXPECTED = {
     "cpu-2proc.yaml": DistributedType.MULTI_GPU,  # torchrun's launcher; the trainer picks gloo
     "ddp.yaml": DistributedType.MULTI_GPU,
@@ -101,7 +100,7 @@ def test_fsdp_config_builds_a_plugin_that_wraps_transformer_layers(
     clip = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, image_size: 32, patch_size: 8}"
     bert = "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, vocab_size: 32, max_position_embeddings: 64}"
     cfg = load_recipe(
-        ROOT / "recipes" / "clip-vit-b32-bert.yaml",
+        RECIPES / "clip-vit-b32-bert.yaml",
         [
             "model.vision.name=clip_vision_model",
             "model.vision.pretrained=false",
@@ -160,6 +159,7 @@ def run_with_timeout(command: list[str], env: dict[str, str], timeout: float) ->
     return process.returncode, output
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_end_to_end(
     tiny_run: list[str], tmp_path: Path
 ) -> None:
@@ -211,6 +211,7 @@ def test_accelerate_launch_two_cpu_processes_end_to_end(
     assert all(math.isfinite(v) for v in record["metrics"].values())
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_streaming_and_resuming(
     shapes_dir: Path, tiny_run: list[str], tmp_path: Path
 ) -> None:

@@ -13,49 +13,30 @@ into weight differences of up to 3e-5 at lr 1e-3 for entries whose gradient is n
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import COLOURS, SHAPES, draw, tiny_overrides
-from safetensors.torch import load_file
-
-WORLD, B = 2, 4
-QUICKSTART = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml")
-BERT = (
-    "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, "
-    "vocab_size: 32, max_position_embeddings: 64, hidden_dropout_prob: 0.0, "
-    "attention_probs_dropout_prob: 0.0}"
+from helpers import (
+    COLOURS,
+    QUICKSTART,
+    SHAPES,
+    WORLD,
+    Case,
+    assert_same_weights,
+    clip_run,
+    draw,
+    run_result,
+    train_in_one_process,
+    train_worker,
 )
+
+B = 4
 VIT = (
     "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, "
     "image_size: 16, patch_size: 8}"
 )
-
-
-def clip_run(shapes: Path, tokenizer: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
-    """CLIP on tiny random ViT + BERT towers (no dropout), both towers trained, SGD."""
-    return [
-        *tiny_overrides(shapes, tokenizer, Path("unused")),
-        f"model.text.config_overrides={BERT}",
-        "model.vision.weights=null",
-        "model.vision.lock=false",
-        "train.cache_locked_features=false",
-        "data.max_train_samples=16",  # 2 steps per epoch: 3 steps cross an epoch
-        f"train.batch_size={batch}",
-        "train.max_steps=3",
-        "train.warmup_steps=0",
-        "train.optimizer=sgd",
-        "train.lr=0.2",
-        "eval.at_end=false",
-        *extra,
-    ]
 
 
 def simclr_run(labelled: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
@@ -97,9 +78,6 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-Case = tuple[str | None, list[str]]  # (recipe, overrides)
-
-
 def _cases(shapes: Path, tokenizer: Path, labelled: Path) -> dict[str, Case]:
     """Runs made on 2 processes (batch B each); ``*-local`` and ``*-no-factor`` must differ."""
     accumulate = ("loss.name=siglip", "train.gradient_accumulation_steps=2", "train.max_steps=2")
@@ -114,76 +92,21 @@ def _cases(shapes: Path, tokenizer: Path, labelled: Path) -> dict[str, Case]:
     }
 
 
-def _worker(rank: int, cases: dict[str, Case], root: str) -> None:
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD)
-    )
-    os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    os.environ.update(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true")  # gloo on CPU
-    torch.set_num_threads(1)
-    from accelerate.state import AcceleratorState, GradientState
-
-    from mmcontrast.config import load_recipe
-    from mmcontrast.train import loop
-
-    real_factor = loop._loss_factor
-    for name, (recipe, overrides) in cases.items():
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-        dist.init_process_group(  # accelerate keeps it; train() destroys it at its end
-            "gloo",
-            init_method=f"file://{root}/init-{name}",
-            rank=rank,
-            world_size=WORLD,
-            timeout=datetime.timedelta(seconds=120),
-        )
-        loop._loss_factor = (lambda n, m: 1) if name.endswith("no-factor") else real_factor  # type: ignore[assignment]
-        cfg = load_recipe(recipe, [*overrides, f"train.output_dir={root}/{name}"])
-        loop.train(cfg)
-
-
 @pytest.fixture(scope="module")
 def two_processes(
     shapes_dir: Path, tokenizer_dir: Path, labelled: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     root = tmp_path_factory.mktemp("two_processes")
     cases = _cases(shapes_dir, tokenizer_dir, labelled)
-    mp.spawn(_worker, args=(cases, str(root)), nprocs=WORLD, join=True)
+    mp.spawn(train_worker, args=(cases, str(root)), nprocs=WORLD, join=True)
     return root
-
-
-def _result(folder: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
-    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
-    return [h["loss"] for h in history], load_file(str(folder / "model.safetensors"))
-
-
-def _one_process(
-    recipe: str | None, overrides: list[str], folder: Path
-) -> tuple[list[float], dict[str, torch.Tensor]]:
-    from mmcontrast.config import load_recipe
-    from mmcontrast.pipeline import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only wait for each other
-    try:
-        with mock.patch.dict(os.environ, ACCELERATE_USE_CPU="true"):  # CPU on a GPU machine too
-            train(load_recipe(recipe, [*overrides, f"train.output_dir={folder}"]))
-    finally:
-        torch.set_num_threads(threads)
-    return _result(folder)
-
-
-def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        atol = 1e-5 * max(1.0, float(b[key].abs().max()))  # SGD steps grow some weights to ~10
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
 def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["clip", "siglip-accumulate"])
 def test_image_text_two_processes_equal_one_process_with_twice_the_batch(
     two_processes: Path,
@@ -194,30 +117,33 @@ def test_image_text_two_processes_equal_one_process_with_twice_the_batch(
     case: str,
 ) -> None:
     recipe, overrides = _cases(shapes_dir, tokenizer_dir, labelled)[case]
-    losses, weights = _one_process(recipe, [*overrides, f"train.batch_size={2 * B}"], tmp_path)
-    got_losses, got_weights = _result(two_processes / case)
+    losses, weights = train_in_one_process(
+        recipe, [*overrides, f"train.batch_size={2 * B}"], tmp_path
+    )
+    got_losses, got_weights = run_result(two_processes / case)
     assert len(losses) == len(got_losses) and len(set(losses)) == len(losses)
     assert got_losses == pytest.approx(losses, abs=1e-5, rel=1e-5)
-    _assert_same(got_weights, weights)
+    assert_same_weights(got_weights, weights)
     if case == "clip":  # local negatives: a B-batch loss, another training
-        local_losses, local_weights = _result(two_processes / "clip-local")
+        local_losses, local_weights = run_result(two_processes / "clip-local")
         assert abs(local_losses[0] - losses[0]) > 0.1
         assert _max_difference(local_weights, weights) > 1e-4
 
 
+@pytest.mark.slow
 def test_simclr_two_processes_equal_one_process_with_twice_the_batch(
     two_processes: Path, labelled: Path, tmp_path: Path
 ) -> None:
-    losses, weights = _one_process(None, simclr_run(labelled, 2 * B), tmp_path)
-    got_losses, got_weights = _result(two_processes / "simclr")
+    losses, weights = train_in_one_process(None, simclr_run(labelled, 2 * B), tmp_path)
+    got_losses, got_weights = run_result(two_processes / "simclr")
     assert len(set(losses)) == len(losses) == 3
     assert got_losses == pytest.approx(losses, abs=1e-5, rel=1e-5)
-    _assert_same(got_weights, weights)
-    local_losses, local_weights = _result(two_processes / "simclr-local")
+    assert_same_weights(got_weights, weights)
+    local_losses, local_weights = run_result(two_processes / "simclr-local")
     assert abs(local_losses[0] - losses[0]) > 0.1
     assert _max_difference(local_weights, weights) > 1e-4
     # without x P the gradient is 1/P of the whole batch's: same first loss, other weights
-    unscaled_losses, unscaled_weights = _result(two_processes / "simclr-no-factor")
+    unscaled_losses, unscaled_weights = run_result(two_processes / "simclr-no-factor")
     assert unscaled_losses[0] == pytest.approx(losses[0], abs=1e-5)
     assert _max_difference(unscaled_weights, weights) > 1e-4
 

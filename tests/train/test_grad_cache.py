@@ -7,7 +7,7 @@ run once on the whole batch. Gradients must match to 1e-5 in float32 with dropou
 both towers; without restoring each micro-batch's RNG state they must not.
 
 Through the loop: the option on and off train to the same losses and weights (SGD; see
-test_global_negatives.py for why not AdamW), with gradient clipping, accumulation, bf16
+train/test_global_negatives.py for why not AdamW), with gradient clipping, accumulation, bf16
 and, in 2 gloo processes with global negatives, against 1 process with the whole batch.
 """
 
@@ -22,8 +22,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from accelerate import Accelerator
-from conftest import WORDS
-from test_global_negatives import QUICKSTART, _assert_same, _one_process, _result, _worker, clip_run
+from helpers import (
+    QUICKSTART,
+    WORDS,
+    assert_same_weights,
+    clip_run,
+    run_result,
+    train_in_one_process,
+    train_worker,
+)
 
 from mmcontrast.config import ConfigError, TrainConfig, load_recipe
 from mmcontrast.methods.base import Method
@@ -200,17 +207,17 @@ def test_loop_trains_the_same_with_and_without_grad_cache(
 ) -> None:
     cached = _loop_run(shapes_dir, tokenizer_dir, *LOOP_CASES[case])
     plain = [o for o in cached if not o.startswith("train.grad_cache_micro_batch")]
-    losses, weights = _one_process(QUICKSTART, plain, tmp_path / "plain")
-    got_losses, got_weights = _one_process(QUICKSTART, cached, tmp_path / "cached")
+    losses, weights = train_in_one_process(QUICKSTART, plain, tmp_path / "plain")
+    got_losses, got_weights = train_in_one_process(QUICKSTART, cached, tmp_path / "cached")
     assert len(set(losses)) == len(losses) > 1
     assert got_losses == pytest.approx(losses, abs=1e-6, rel=1e-5)
-    _assert_same(got_weights, weights)
+    assert_same_weights(got_weights, weights)
 
 
 def test_bf16_with_grad_cache(shapes_dir: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
     plain = _loop_run(shapes_dir, tokenizer_dir, "train.mixed_precision=bf16", "train.max_steps=2")
-    plain_losses, _ = _one_process(QUICKSTART, plain, tmp_path / "plain")
-    losses, weights = _one_process(
+    plain_losses, _ = train_in_one_process(QUICKSTART, plain, tmp_path / "plain")
+    losses, weights = train_in_one_process(
         QUICKSTART, [*plain, "train.grad_cache_micro_batch=2"], tmp_path / "cached"
     )
     assert losses == pytest.approx(plain_losses, abs=2e-2)  # bf16 rounding of the towers
@@ -226,7 +233,7 @@ def two_processes(
         name: (QUICKSTART, clip_run(shapes_dir, tokenizer_dir, N // 2, extra))
         for name, extra in DDP_CASES.items()
     }
-    mp.spawn(_worker, args=(cases, str(root)), nprocs=2, join=True)
+    mp.spawn(train_worker, args=(cases, str(root)), nprocs=2, join=True)
     return root
 
 
@@ -242,18 +249,19 @@ DDP_CASES = {  # 2 processes x 4 pairs in micro-batches of 2
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(DDP_CASES))
 def test_two_processes_with_grad_cache_equal_one_process_with_the_whole_batch(
     two_processes: Path, shapes_dir: Path, tokenizer_dir: Path, tmp_path: Path, case: str
 ) -> None:
     extra = [o for o in DDP_CASES[case] if not o.startswith("train.grad_cache")]
-    losses, weights = _one_process(
+    losses, weights = train_in_one_process(
         QUICKSTART, clip_run(shapes_dir, tokenizer_dir, N, tuple(extra)), tmp_path
     )
-    got_losses, got_weights = _result(two_processes / case)
+    got_losses, got_weights = run_result(two_processes / case)
     assert len(set(losses)) == len(losses) > 1
     assert got_losses == pytest.approx(losses, abs=1e-5, rel=1e-5)
-    _assert_same(got_weights, weights)
+    assert_same_weights(got_weights, weights)
 
 
 def test_micro_batch_errors_say_what_to_do(tiny_run: list[str]) -> None:

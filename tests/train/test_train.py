@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_stopped_and_resumed
+from helpers import RECIPES, bad_folder, train_stopped_and_resumed
 from safetensors.torch import load_file
 
 from mmcontrast.cli import main
 from mmcontrast.config import load_recipe
 from mmcontrast.pipeline import train
 
-ROOT = Path(__file__).resolve().parent.parent
-QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")
+QUICKSTART = str(RECIPES / "quickstart.yaml")  # a command-line argument
 
 
 def cli(args: list[str], overrides: list[str]) -> int:
@@ -56,6 +55,7 @@ def test_train_smoke_then_eval(tiny_run: list[str], capsys: pytest.CaptureFixtur
     assert "text->image" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_is_exact(tiny_run: list[str], tmp_path: Path) -> None:
     """Stop at step 5 (mid-epoch 2), resume: same losses and same final weights as one run."""
     common = [
@@ -120,8 +120,6 @@ def test_gradient_accumulation_and_siglip(tiny_run: list[str]) -> None:
 def test_bad_training_data_is_skipped_with_a_warning(
     tiny_run: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_data import bad_folder
-
     data = bad_folder(tmp_path / "bad")
     overrides = [
         *tiny_run,
@@ -147,7 +145,7 @@ def test_bad_training_data_is_skipped_with_a_warning(
         (["train.lerning_rate=1"], r"did you mean 'train.lr'\?"),
         (["model.vision.source=hff"], "unknown tower source 'hff'; did you mean 'hf'?"),
         (["loss.name=clipp"], "unknown loss 'clipp'; did you mean 'clip'?"),
-        (["loss.name=triplet"], "method 'clip' trains with loss 'clip' or 'siglip'"),
+        (["loss.name=triplet"], "method 'image_text' trains with loss 'clip' or 'siglip'"),
         (["method=simclrr"], "unknown method 'simclrr'"),
         (["data.path=/nonexistent/folder"], "cannot load dataset"),
         (["data.caption_column=caption"], "column 'caption' not found"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BERT, TINY_OPEN_CLIP, TINY_VIT, flow
+from helpers import QUICKSTART, TINY_BERT, TINY_OPEN_CLIP, TINY_VIT, flow
 from safetensors.torch import load_file
 from torch import nn
 
@@ -15,7 +15,6 @@ from mmcontrast.config import TowerConfig, load_recipe
 from mmcontrast.models import build_tower
 from mmcontrast.pipeline import train
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 DROPOUT = {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BERT, TINY_OPEN_CLIP, TINY_VIT, flow
+from helpers import QUICKSTART, TINY_BERT, TINY_OPEN_CLIP, TINY_VIT, flow
 from PIL import Image
 
 import mmcontrast
@@ -374,7 +374,7 @@ def test_push_to_hub_during_training(
         main(
             [
                 "train",
-                str(Path(__file__).parents[1] / "recipes" / "quickstart.yaml"),
+                str(QUICKSTART),
                 *[x for o in [*overrides, "model.projection=linear"] for x in ("--set", o)],
             ]
         )
@@ -397,7 +397,7 @@ def test_push_to_hub_during_training(
             main(
                 [
                     "train",
-                    str(Path(__file__).parents[1] / "recipes" / "quickstart.yaml"),
+                    str(QUICKSTART),
                     *[x for o in overrides for x in ("--set", o)],
                 ]
             )

@@ -1,0 +1,255 @@
+"""What tests share besides fixtures: paths, tiny tower configs, drawn images, run overrides,
+and the helpers of the multi-process training tests. Fixtures live in ``conftest.py``.
+
+``tests/`` is on ``sys.path`` (``pythonpath`` in pyproject.toml): ``from helpers import ...``
+works from every sub-folder, and ``mp.spawn`` workers defined here can be unpickled.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import json
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.distributed as dist
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+RECIPES = ROOT / "recipes"
+QUICKSTART = RECIPES / "quickstart.yaml"
+
+# ------------------------------------------------------------------ tiny towers and data
+
+WORDS = "red green blue yellow circle square triangle star small big dark light shape of a the on".split()
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 30),
+    "blue": (30, 30, 220),
+    "yellow": (230, 220, 30),
+}
+SHAPES = ["circle", "square", "triangle", "star"]
+TINY_OPEN_CLIP = {  # an open_clip model config small enough for CPU tests
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TINY_VIT = {  # random ViT tower for CPU tests (32 px, 2 layers)
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+}
+TINY_BERT = {  # random BERT tower for CPU tests (the tokenizer_dir vocabulary fits in 32)
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 32,
+    "max_position_embeddings": 64,
+}
+
+
+def draw(colour: str, shape: str, size: int = 32) -> Image.Image:
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    d = ImageDraw.Draw(image)
+    box = (6, 6, size - 6, size - 6)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        d.ellipse(box, fill=fill)
+    elif shape == "square":
+        d.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        d.polygon([(size // 2, 6), (6, size - 6), (size - 6, size - 6)], fill=fill)
+    else:
+        d.regular_polygon((size // 2, size // 2, size // 2 - 6), 5, fill=fill)
+    return image
+
+
+def bad_folder(root: Path) -> Path:
+    """Six rows: two good, a corrupt file, a truncated PNG, a missing file, an empty caption."""
+    from mmcontrast.data.imagefolder import write_imagefolder
+
+    split = write_imagefolder(
+        [
+            {"image": draw("red", s), "text": f"a red {s}"}
+            for s in ["circle", "square", "star", "triangle"]
+        ],
+        root,
+        "train",
+    )
+    rows = [json.loads(line) for line in (split / "metadata.jsonl").read_text().splitlines()]
+    (split / rows[2]["file_name"]).write_bytes(b"this is not a png")
+    data = (split / rows[3]["file_name"]).read_bytes()
+    (split / rows[3]["file_name"]).write_bytes(data[: len(data) // 2])
+    rows.append({"file_name": "does_not_exist.png", "text": "a ghost"})
+    rows.append({"file_name": rows[0]["file_name"], "text": "   "})
+    (split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Gzipped IDX files: magic 2051 (images) / 2049 (labels), big-endian sizes, uint8 data."""
+    n, h, w = images.shape
+    header = struct.pack(">IIII", 2051, n, h, w)
+    (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(header + images.numpy().tobytes())
+    )
+    (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">II", 2049, n) + labels.to(torch.uint8).numpy().tobytes())
+    )
+
+
+# ------------------------------------------------------------------ runs
+
+
+def flow(mapping: dict[str, int]) -> str:
+    """A dict as a YAML flow mapping, for ``--set key={...}`` overrides."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"
+
+
+def tiny_overrides(data: Path, tokenizer: Path, output: Path) -> list[str]:
+    """``--set`` overrides for a run on random tiny ViT + BERT towers."""
+    vit = flow(TINY_VIT)
+    bert = flow(TINY_BERT)
+    return [
+        "model.vision.source=hf",
+        "model.vision.name=vit",
+        "model.vision.pretrained=false",
+        f"model.vision.config_overrides={vit}",
+        "model.text.source=hf",
+        "model.text.name=bert",
+        "model.text.pretrained=false",
+        f"model.text.tokenizer={tokenizer}",
+        f"model.text.config_overrides={bert}",
+        "model.embed_dim=16",
+        f"data.path={data}",
+        f"train.output_dir={output}",
+        "train.batch_size=8",
+        "train.progress_bar=false",
+        "train.trackers=[]",
+        "train.log_every=1",
+        "eval.batch_size=8",
+    ]
+
+
+def train_stopped_and_resumed(
+    recipe: Path | None,
+    overrides: list[str],
+    root: Path,
+    stop_at: int = 5,
+    when_stopped: Callable[[dict], None] | None = None,
+) -> tuple[dict, dict, dict]:
+    """Train ``recipe`` straight through into ``root/full``, and into ``root/split`` stopped
+    at step ``stop_at`` (``when_stopped`` sees that summary) then resumed; returns the three
+    summaries (full, first, second)."""
+    from mmcontrast.config import load_recipe
+    from mmcontrast.pipeline import train
+
+    full = train(load_recipe(recipe, [*overrides, f"train.output_dir={root / 'full'}"]))
+    split = [*overrides, f"train.output_dir={root / 'split'}"]
+    first = train(load_recipe(recipe, [*split, f"train.stop_at_step={stop_at}"]))
+    if when_stopped is not None:
+        when_stopped(first)
+    second = train(load_recipe(recipe, split), resume="latest")
+    return full, first, second
+
+
+# ------------------------------------------------------------------ 2 processes vs 1 process
+# (train/test_global_negatives.py, train/test_grad_cache.py)
+
+WORLD = 2  # gloo processes of the multi-process training tests
+_BERT_WITHOUT_DROPOUT = (
+    "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, "
+    "vocab_size: 32, max_position_embeddings: 64, hidden_dropout_prob: 0.0, "
+    "attention_probs_dropout_prob: 0.0}"
+)
+
+Case = tuple[str | Path | None, list[str]]  # (recipe, overrides)
+
+
+def clip_run(shapes: Path, tokenizer: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """CLIP on tiny random ViT + BERT towers (no dropout), both towers trained, SGD."""
+    return [
+        *tiny_overrides(shapes, tokenizer, Path("unused")),
+        f"model.text.config_overrides={_BERT_WITHOUT_DROPOUT}",
+        "model.vision.weights=null",
+        "model.vision.lock=false",
+        "train.cache_locked_features=false",
+        "data.max_train_samples=16",  # 2 steps per epoch: 3 steps cross an epoch
+        f"train.batch_size={batch}",
+        "train.max_steps=3",
+        "train.warmup_steps=0",
+        "train.optimizer=sgd",
+        "train.lr=0.2",
+        "eval.at_end=false",
+        *extra,
+    ]
+
+
+def train_worker(rank: int, cases: dict[str, Case], root: str) -> None:
+    """``mp.spawn`` target: train every case on this rank of ``WORLD`` gloo processes into
+    ``root/<case>``; a case named ``*no-factor`` trains without the loop's x P."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD)
+    )
+    os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    os.environ.update(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true")  # gloo on CPU
+    torch.set_num_threads(1)
+    from accelerate.state import AcceleratorState, GradientState
+
+    from mmcontrast.config import load_recipe
+    from mmcontrast.train import loop
+
+    real_factor = loop._loss_factor
+    for name, (recipe, overrides) in cases.items():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        dist.init_process_group(  # accelerate keeps it; train() destroys it at its end
+            "gloo",
+            init_method=f"file://{root}/init-{name}",
+            rank=rank,
+            world_size=WORLD,
+            timeout=datetime.timedelta(seconds=120),
+        )
+        loop._loss_factor = (lambda n, m: 1) if name.endswith("no-factor") else real_factor  # type: ignore[assignment]
+        cfg = load_recipe(recipe, [*overrides, f"train.output_dir={root}/{name}"])
+        loop.train(cfg)
+
+
+def run_result(folder: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """A finished run's losses per step and final weights."""
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    return [h["loss"] for h in history], load_file(str(folder / "model.safetensors"))
+
+
+def train_in_one_process(
+    recipe: str | Path | None, overrides: list[str], folder: Path
+) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Train in this process on CPU, one thread, into ``folder``; returns :func:`run_result`."""
+    from mmcontrast.config import load_recipe
+    from mmcontrast.pipeline import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only wait for each other
+    try:
+        with mock.patch.dict(os.environ, ACCELERATE_USE_CPU="true"):  # CPU on a GPU machine too
+            train(load_recipe(recipe, [*overrides, f"train.output_dir={folder}"]))
+    finally:
+        torch.set_num_threads(threads)
+    return run_result(folder)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        atol = 1e-5 * max(1.0, float(b[key].abs().max()))  # SGD steps grow some weights to ~10
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
