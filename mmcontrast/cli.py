@@ -26,6 +26,7 @@ from typing import Any
 
 from mmcontrast.config import ConfigError, load_recipe
 from mmcontrast.cpu_allocator import reuse_freed_memory
+from mmcontrast.registry import unknown_name_message
 from mmcontrast.resources import ACCELERATE, list_recipes, recipes_root, resolve_recipe
 
 RECIPES_DIR = recipes_root()  # shipped recipes (package data): `mmcontrast train NAME`
@@ -238,9 +239,16 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _task_name(name: str) -> str:
+    """``--task``: a name in the task registry, checked when given (``--help`` stays fast)."""
     from mmcontrast.eval.tasks import TASKS
 
+    if name not in TASKS:
+        raise argparse.ArgumentTypeError(unknown_name_message("task", name, TASKS.names()))
+    return name
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmcontrast", description="Contrastive representation learning toolkit."
     )
@@ -303,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         action="append",
-        choices=TASKS.names(),
-        help="task (repeatable); default: a run's own evaluation, zeroshot for "
-        "classification data, else retrieval",
+        type=_task_name,
+        metavar="TASK",
+        help="a task of `mmcontrast list tasks` (repeatable); default: a run's own "
+        "evaluation, zeroshot for classification data, else retrieval",
     )
     p.add_argument("--data", help="data to evaluate on (default: an mmcontrast run's own data)")
     p.add_argument("--split", help="split to score (default: test, or the run's eval split)")

@@ -60,11 +60,15 @@ class Registry:
         """Import every module of ``packages`` once, so that their entries are registered."""
         if self._discovered:
             return
-        self._discovered = True
-        for package in self.packages:
-            module = importlib.import_module(package)
-            for info in pkgutil.walk_packages(module.__path__, package + "."):
-                importlib.import_module(info.name)
+        self._discovered = True  # set first: a module may look an entry up while it registers
+        try:
+            for package in self.packages:
+                module = importlib.import_module(package)
+                for info in pkgutil.walk_packages(module.__path__, package + "."):
+                    importlib.import_module(info.name)
+        except Exception:
+            self._discovered = False  # a half-filled registry must not pass for a whole one
+            raise
 
     def get(self, name: str) -> Any:
         """Return the entry called ``name`` (or an alias); unknown names name the closest valid one."""

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_write_flag(parser)
     args = parser.parse_args(argv)
-    from mmcontrast.train.loop import build_method
+    from mmcontrast.methods import build_method
 
     if args.stream_from and not Path(args.stream_from).is_dir():
         from mmcontrast.cli import main as cli

@@ -90,8 +90,8 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     from accelerate import Accelerator
 
     from mmcontrast.config import load_recipe
+    from mmcontrast.methods import build_method
     from mmcontrast.train.grad_cache import grad_cache_backward, micro_batches_per_batch
-    from mmcontrast.train.loop import build_method
     from mmcontrast.train.optim import build_optimizer
 
     torch.set_num_threads(config["threads"])

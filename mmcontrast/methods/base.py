@@ -37,6 +37,7 @@ class Method(nn.Module):
         super().__init__()
         # the method's own copy: it may fill in defaults (saved with the run), never the caller's
         self.cfg = copy.deepcopy(cfg)
+        self.cfg.method = METHODS.canonical(cfg.method)  # saved as registered, not as an alias
         self._loss_gathers: list[bool] = []  # one per loss built by make_loss
 
     # ----------------------------------------------------------------- the contract

@@ -27,8 +27,9 @@ from transformers import (
 )
 
 from mmcontrast.config import TowerConfig
+from mmcontrast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from mmcontrast.models.packaged import resolve_packaged_path
-from mmcontrast.models.tower import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, Tower, pool
+from mmcontrast.models.tower import Tower, pool
 from mmcontrast.models.weights import load_into
 from mmcontrast.registry import TOWERS
 

@@ -18,7 +18,8 @@ import open_clip
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
-from mmcontrast.models.tower import ImagePreprocess, Tower
+from mmcontrast.data.transforms import ImagePreprocess
+from mmcontrast.models.tower import Tower
 from mmcontrast.registry import TOWERS, unknown_name_message
 
 OPEN_CLIP_SCHEMAS = ("local-dir:", "hf-hub:")  # open_clip reads config and weights from these

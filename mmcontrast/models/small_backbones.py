@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
 from mmcontrast.config import TowerConfig
-from mmcontrast.models.tower import ImagePreprocess, Tower
+from mmcontrast.data.transforms import ImagePreprocess
+from mmcontrast.models.tower import Tower
 from mmcontrast.models.weights import load_into
 from mmcontrast.registry import TOWERS, unknown_name_message
 

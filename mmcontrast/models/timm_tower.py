@@ -12,7 +12,8 @@ import timm
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
-from mmcontrast.models.tower import ImagePreprocess, Tower
+from mmcontrast.data.transforms import ImagePreprocess
+from mmcontrast.models.tower import Tower
 from mmcontrast.models.weights import load_into
 from mmcontrast.registry import TOWERS
 

@@ -21,7 +21,8 @@ from accelerate import init_empty_weights
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
-from mmcontrast.models.tower import ImagePreprocess, Tower
+from mmcontrast.data.transforms import ImagePreprocess
+from mmcontrast.models.tower import Tower
 from mmcontrast.models.weights import load_into
 from mmcontrast.registry import TOWERS, unknown_name_message
 

@@ -13,11 +13,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
-from mmcontrast.data.transforms import (  # noqa: F401  (the towers read them here)
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImagePreprocess,
-)
+from mmcontrast.data.transforms import ImagePreprocess
 from mmcontrast.registry import TOWERS
 
 

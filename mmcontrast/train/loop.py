@@ -67,7 +67,7 @@ from mmcontrast.train.sampler import EpochShuffleSampler
 
 logger = logging.getLogger("mmcontrast")
 
-__all__ = ["TrainHooks", "build_loader", "build_method", "train"]
+__all__ = ["TrainHooks", "build_loader", "train"]
 
 
 def train(
@@ -93,6 +93,11 @@ def train(
     )
     if hooks.start is not None:
         hooks.start(cfg)
+    if cfg.hub.push_to_hub and hooks.run_finished is None:
+        logger.warning(
+            "hub.push_to_hub is set but nothing here pushes: train through "
+            "mmcontrast.pipeline.train (as `mmcontrast train` does), which wires the Hub sync"
+        )
     if not resume:
         _claim_output_dir(output_dir, cfg.train.overwrite_output_dir, accelerator.is_main_process)
     set_seed(cfg.train.seed)
@@ -237,7 +242,8 @@ def train(
                 )
                 saved = hooks.checkpoint_saved
                 if saved is not None and accelerator.is_main_process and state.step < total_steps:
-                    saved(cfg, folder, state.step)
+                    with torch.random.fork_rng(devices=[]):  # e.g. an export builds a model
+                        saved(cfg, folder, state.step)
             if state.step >= stop_at:
                 break
         else:

@@ -22,7 +22,7 @@ from mmcontrast.data.batch_views import (
     resized_crop_flip,
     rotate_hue,
 )
-from mmcontrast.models.tower import ImagePreprocess
+from mmcontrast.data.transforms import ImagePreprocess
 from mmcontrast.pipeline import train
 
 PLAIN = AugmentConfig(

@@ -9,8 +9,7 @@ from helpers import bad_folder, draw
 from mmcontrast.config import DataConfig
 from mmcontrast.data.image_text import ImageTextCollator, ImageTextDataset
 from mmcontrast.data.pairs import load_pairs
-from mmcontrast.data.transforms import image_transform
-from mmcontrast.models.tower import ImagePreprocess
+from mmcontrast.data.transforms import ImagePreprocess, image_transform
 
 
 def test_imagefolder_with_several_captions(shapes_dir: Path) -> None:

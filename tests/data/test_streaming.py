@@ -290,7 +290,7 @@ def test_streaming_errors_say_what_to_do(tiny_run: list[str]) -> None:
 
 
 def test_vision_recipes_refuse_streaming() -> None:
-    from mmcontrast.train.loop import build_method
+    from mmcontrast.methods import build_method
 
     recipe = QUICKSTART.parent / "simclr-fashion-mnist.yaml"
     method = build_method(load_recipe(recipe, ["data.streaming=true"]))

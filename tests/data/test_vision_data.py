@@ -17,13 +17,13 @@ from mmcontrast.config import AugmentConfig, DataConfig
 from mmcontrast.data.fashion_mnist import SYSTEM_DIR
 from mmcontrast.data.image_text import image_batches
 from mmcontrast.data.labelled import LabelledImages, load_labelled
+from mmcontrast.data.transforms import ImagePreprocess
 from mmcontrast.data.views import (
     MultiViewCollator,
     MultiViewDataset,
     save_views_png,
     view_transforms,
 )
-from mmcontrast.models.tower import ImagePreprocess
 
 FASHION = DataConfig(path="fashion_mnist")
 

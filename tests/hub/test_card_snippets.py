@@ -120,8 +120,8 @@ def test_vision_run_exports_a_torchvision_backbone(tmp_path: Path) -> None:
     """``export`` of a run with a torchvision backbone: torchvision's format, and the card
     loads it (MobileNetV3 keeps its pre-logits ``classifier.0`` and ``classifier.1``)."""
     from mmcontrast.hub.export import export
+    from mmcontrast.methods import build_method
     from mmcontrast.train.checkpoint import save_weights
-    from mmcontrast.train.loop import build_method
 
     run = tmp_path / "run"
     cfg = load_recipe(None, [*tower_config("mobilenet_v3_small"), f"train.output_dir={run}"])

@@ -20,9 +20,8 @@ from mmcontrast.cli import main
 from mmcontrast.config import load_recipe
 from mmcontrast.hub.export import export
 from mmcontrast.hub.transformers_export import NotExpressible
-from mmcontrast.methods import load_trained
+from mmcontrast.methods import build_method, load_trained
 from mmcontrast.train.checkpoint import save_weights
-from mmcontrast.train.loop import build_method
 
 VISION, TEXT = TINY_VIT, TINY_BERT
 CAPTIONS = ["a red circle", "a blue square on white", "green"]

@@ -90,7 +90,7 @@ def test_dual_encoder_features_scale_and_locked_eval(tokenizer_dir: Path) -> Non
 def test_siglip_init(tokenizer_dir: Path) -> None:
     cfg = load_recipe(None, ["loss.name=siglip"])
     cfg.model = ModelConfig(vision=vit(), text=bert(tokenizer_dir), embed_dim=16)
-    from mmcontrast.train.loop import build_method
+    from mmcontrast.methods import build_method
 
     method = build_method(cfg)
     assert method.model.scale().item() == pytest.approx(10.0, rel=1e-5)
@@ -100,7 +100,7 @@ def test_siglip_init(tokenizer_dir: Path) -> None:
 def test_logit_scale_and_bias_are_shape_one_and_old_state_dicts_load(tokenizer_dir: Path) -> None:
     cfg = load_recipe(None, ["loss.name=siglip"])
     cfg.model = ModelConfig(vision=vit(), text=bert(tokenizer_dir), embed_dim=16)
-    from mmcontrast.train.loop import build_method
+    from mmcontrast.methods import build_method
 
     method = build_method(cfg)
     assert all(p.ndim > 0 for p in method.parameters())  # torch's FSDP refuses 0-dim ones
@@ -131,7 +131,7 @@ def test_dual_encoder_trains_under_fsdp2_fully_shard(tokenizer_dir: Path, tmp_pa
         pytest.skip("a process group is already initialised in this process")
     cfg = load_recipe(None, ["loss.name=siglip"])
     cfg.model = ModelConfig(vision=vit(), text=bert(tokenizer_dir), embed_dim=16)
-    from mmcontrast.train.loop import build_method
+    from mmcontrast.methods import build_method
 
     method = build_method(cfg).eval()  # no dropout: the same loss with and without FSDP
     tokens = method.model.tokenize(["a red circle", "a blue star", "a green square"])

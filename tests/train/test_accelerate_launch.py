@@ -27,7 +27,7 @@ from accelerate.utils import (
 from helpers import QUICKSTART, RECIPES
 
 from mmcontrast.config import load_recipe
-from mmcontrast.train.loop import build_method
+from mmcontrast.methods import build_method
 
 CONFIGS = RECIPES / "accelerate"
 EXPECTED = {

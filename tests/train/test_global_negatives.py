@@ -152,8 +152,9 @@ def test_the_recipe_switch_and_the_backward_factor(tiny_run: list[str]) -> None:
     """``loss.gather_distributed`` (default on) reaches every loss that can gather; the loop
     multiplies by P exactly those; ``loss.kwargs`` may not set it a second way."""
     from mmcontrast.config import load_recipe
+    from mmcontrast.methods import build_method
     from mmcontrast.methods.base import Method
-    from mmcontrast.train.loop import _loss_factor, build_method
+    from mmcontrast.train.loop import _loss_factor
 
     def image_text(*extra: str) -> Method:
         return build_method(

@@ -33,10 +33,10 @@ from helpers import (
 )
 
 from mmcontrast.config import ConfigError, TrainConfig, load_recipe
+from mmcontrast.methods import build_method
 from mmcontrast.methods.base import Method
 from mmcontrast.train import grad_cache
 from mmcontrast.train.grad_cache import grad_cache_backward, micro_batches_per_batch
-from mmcontrast.train.loop import build_method
 
 N, CHUNKS = 8, 4
 DROPOUT = "hidden_dropout_prob: 0.2, attention_probs_dropout_prob: 0.2"

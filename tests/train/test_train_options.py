@@ -131,7 +131,8 @@ def test_compile_trains_like_eager(tiny_run: list[str], tmp_path: Path) -> None:
 
 
 def test_sync_batchnorm_converts_for_several_gpu_processes_only() -> None:
-    from mmcontrast.train.loop import build_method, sync_batchnorm
+    from mmcontrast.methods import build_method
+    from mmcontrast.train.loop import sync_batchnorm
 
     recipe = QUICKSTART.parent / "byol-imagenet-resnet50.yaml"
     cfg = load_recipe(recipe, ["model.vision.pretrained=false"])

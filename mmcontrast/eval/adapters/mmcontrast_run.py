@@ -21,7 +21,9 @@ from mmcontrast.models.dual_encoder import DualEncoder
 from mmcontrast.models.tower import Tower, resolved_preprocess
 
 
-@MODEL_FAMILIES.register("mmcontrast", "mmcontrast run or checkpoint folder (config.yaml)")
+@MODEL_FAMILIES.register(
+    "mmcontrast", "mmcontrast run, checkpoint or export folder (config.yaml)"
+)
 class MmcontrastAdapter(EvalModel):
     family = "mmcontrast"
 
