@@ -25,7 +25,7 @@ def save_backbone(tower: Any, output: str | Path) -> str:
     """Write ``tower``'s weights and config to ``output``; returns the library name."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    source = getattr(getattr(tower, "cfg", None), "source", "builtin")
+    source = tower.cfg.source
     model = getattr(tower, "model", tower)
     if source == "hf":
         model.save_pretrained(output)

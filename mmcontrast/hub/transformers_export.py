@@ -103,7 +103,7 @@ def to_transformers(dual: Any) -> TransformersExport:
 
 
 def _tower_problems(tower: Any, modality: str, allowed: tuple[str, ...]) -> list[str]:
-    source = getattr(getattr(tower, "cfg", None), "source", "builtin")
+    source = tower.cfg.source
     if source not in allowed:
         extra = (
             " (open_clip models convert with `mmcontrast convert`)" if source == "open_clip" else ""

@@ -22,6 +22,7 @@ class Tower(nn.Module):
 
     width: int
     modality: str  # "vision" | "text"
+    cfg: TowerConfig  # what built it (source, name, ...): export reads it
 
     def image_preprocess(self) -> ImagePreprocess:
         raise NotImplementedError(f"{type(self).__name__} is not a vision tower")
