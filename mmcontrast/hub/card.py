@@ -25,7 +25,6 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from mmcontrast.config import Config, TowerConfig, to_dict
 from mmcontrast.models.packaged import PACKAGED_MODELS, is_packaged
-from mmcontrast.models.torchvision_tower import replaced_modules
 from mmcontrast.registry import LOSSES
 from mmcontrast.resources import card_template
 
@@ -87,6 +86,9 @@ class CardContext:
     pooling: tuple[str, str] | None = None  # resolved (vision, text) pooling
     image_size: int | None = None  # resolved input size
     name: str | None = None  # the card's title (default: the last part of model_id)
+    # torchvision backbones: the modules the export replaced by Identity (its config.json's
+    # ``identity``), which the loading snippet replaces in turn
+    replaced: tuple[str, ...] = ()
 
 
 def read_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -320,7 +322,7 @@ def _usage(ctx: CardContext) -> str:
         values["spec"] = f"local-dir:{ctx.model_id}" if local else f"hf-hub:{ctx.model_id}"
     elif ctx.library == "torchvision":
         name = "torchvision"
-        values.update(_torchvision_values(ctx.cfg.model.vision))
+        values.update(_torchvision_values(ctx.cfg.model.vision, ctx.replaced))
     elif ctx.kind == "backbone":
         name = "mmcontrast_backbone"
     else:
@@ -328,17 +330,17 @@ def _usage(ctx: CardContext) -> str:
     return Template(card_template(f"usage/{name}.md")).substitute(values).rstrip("\n")
 
 
-def _torchvision_values(tower: TowerConfig) -> dict[str, str]:
-    """``get_model``'s arguments and the lines replacing what the tower replaced.
-
-    The paths come from the same function the tower used, applied to the same architecture
-    (no weights allocated), so they equal the ``identity`` list in the export's config.json.
-    """
+def _torchvision_values(tower: TowerConfig, replaced: tuple[str, ...]) -> dict[str, str]:
+    """``get_model``'s arguments and the lines replacing what the export recorded as replaced."""
+    if not replaced:
+        raise ValueError(
+            "a torchvision backbone's card needs the modules its export replaced "
+            "(CardContext.replaced, the `identity` list of the export's config.json)"
+        )
     overrides = dict(tower.config_overrides)
     arguments = "".join(f", {key}={value!r}" for key, value in overrides.items())
     lines = [
-        f"{_attribute_expression('model', path)} = torch.nn.Identity()"
-        for path in replaced_modules(tower.name, overrides)
+        f"{_attribute_expression('model', path)} = torch.nn.Identity()" for path in replaced
     ]
     return {"name": tower.name, "arguments": arguments, "identity": "\n".join(lines)}
 

@@ -10,6 +10,7 @@ evaluation JSON files and a model card (``README.md``).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ def export(
                 module.vision if isinstance(module, DualEncoder) else module
             ).size,
             name=model_id.rstrip("/").split("/")[-1] if model_id else _run_name(source, recipe),
+            replaced=_replaced_modules(output) if result.library == "torchvision" else (),
         )
     )
     card.save(output / "README.md")
@@ -150,6 +152,11 @@ def _poolings(module: Any) -> tuple[str, str] | None:
         return None
     vision, text = (getattr(t, "pooling", "the tower's own") for t in (module.vision, module.text))
     return str(vision), str(text)
+
+
+def _replaced_modules(output: Path) -> tuple[str, ...]:
+    """What a torchvision backbone export replaced by Identity (its config.json's record)."""
+    return tuple(json.loads((output / "config.json").read_text())["identity"])
 
 
 def _run_name(source: Path, cfg: Config) -> str:

@@ -13,11 +13,8 @@ card's loading code replaces the same modules before ``load_state_dict``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torchvision
-from accelerate import init_empty_weights
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
@@ -93,14 +90,6 @@ def replace_classifier(model: nn.Module) -> tuple[str, ...]:
                     setattr(head, name, nn.Identity())
                 return tuple(f"{attribute}.{name}" for name in replaced)
     raise ValueError(f"cannot find the classifier of {type(model).__name__} to remove")
-
-
-def replaced_modules(name: str, config_overrides: dict[str, Any] | None = None) -> tuple[str, ...]:
-    """The paths :func:`replace_classifier` replaces in ``torchvision.models.get_model(name)``,
-    found without allocating weights (parameters on the meta device) or downloading any."""
-    with init_empty_weights():  # not torch.device("meta"): RegNet's builder reads tensors
-        model = torchvision.models.get_model(name, weights=None, **(config_overrides or {}))
-    return replace_classifier(model)
 
 
 @TOWERS.register("torchvision", "torchvision.models classifiers by name (classifier removed)")
