@@ -64,6 +64,10 @@ class TowerConfig:
 
 @dataclass
 class ModelConfig:
+    # a whole pretrained transformers CLIPModel or SiglipModel (folder or Hub id) to start
+    # from: its towers, projections, logit scale (and bias), tokenizer and preprocessing;
+    # None = build the towers below
+    init_from: str | None = None
     vision: TowerConfig = field(default_factory=TowerConfig)
     text: TowerConfig = field(default_factory=TowerConfig)
     embed_dim: int = 512

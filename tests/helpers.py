@@ -57,6 +57,53 @@ TINY_BERT = {  # random BERT tower for CPU tests (the tokenizer_dir vocabulary f
     "max_position_embeddings": 64,
 }
 
+TINY_CLIP_VISION = {  # halves of the tiny random CLIPModel / SiglipModel
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+}
+TINY_CLIP_TEXT = {  # the tokenizer_dir vocabulary fits in 32
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 32,
+    "max_position_embeddings": 64,
+}
+
+
+def save_clip(folder: Path, tokenizer_dir: Path) -> Path:
+    """A tiny random transformers CLIPModel with its image processor and tokenizer."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        vision_config=TINY_CLIP_VISION, text_config=TINY_CLIP_TEXT, projection_dim=16
+    )
+    CLIPModel(config).save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+def save_siglip(folder: Path, tokenizer_dir: Path) -> Path:
+    """A tiny random SiglipModel; its tokenizer stops at 12 tokens."""
+    from transformers import AutoTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(0)
+    SiglipModel(
+        SiglipConfig(vision_config=TINY_CLIP_VISION, text_config=TINY_CLIP_TEXT)
+    ).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, model_max_length=12)
+    tokenizer.save_pretrained(folder)
+    return folder
+
 
 def draw(colour: str, shape: str, size: int = 32) -> Image.Image:
     image = Image.new("RGB", (size, size), (255, 255, 255))

@@ -3,6 +3,10 @@
 Registered as ``image_text``; ``clip``, its earlier name, still selects it. The loss
 (``loss.name``: ``clip``, the default, or ``siglip``) sets the dual encoder's initial logit
 scale and bias (``init_logit_scale`` / ``init_logit_bias`` on the loss class).
+
+``model.init_from`` starts from a whole pretrained CLIPModel or SiglipModel instead of two
+towers (``mmcontrast.models.pretrained``): its logit scale and bias are kept, and the loss
+defaults to the one it was trained with.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from mmcontrast.data.streaming import StreamedPairs
 from mmcontrast.data.transforms import image_transform
 from mmcontrast.methods.base import Method
 from mmcontrast.models.dual_encoder import DualEncoder, build_dual_encoder
+from mmcontrast.models.pretrained import PretrainedSource
 from mmcontrast.models.tower import resolved_preprocess
 from mmcontrast.registry import LOSSES, METHODS
 
@@ -38,7 +43,8 @@ class ImageTextContrastive(Method):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         cfg = self.cfg
-        cfg.loss.name = cfg.loss.name or "clip"
+        source = PretrainedSource(cfg.model.init_from) if cfg.model.init_from else None
+        cfg.loss.name = cfg.loss.name or (source.family.loss if source else "clip")
         loss_cls = LOSSES.get(cfg.loss.name)  # an unknown name fails here, with the nearest one
         init_scale = getattr(loss_cls, "init_logit_scale", None)
         if init_scale is None:
@@ -51,7 +57,12 @@ class ImageTextContrastive(Method):
         # whole [N, N] matrix, computing only this process's [B, N] rows and columns
         defaults = {"local_loss": True} if cfg.loss.name == "clip" else {}
         self.loss_fn = self.make_loss(cfg.loss.name, **defaults)
-        self.model = build_dual_encoder(cfg.model, init_scale, loss_cls.init_logit_bias)
+        if source is not None:
+            self.model = source.dual_encoder(cfg.model, loss_cls.init_logit_bias)
+            # saved in config.yaml: the cap the run trained with, raised to the source's scale
+            cfg.model.max_logit_scale = self.model.max_logit_scale
+        else:
+            self.model = build_dual_encoder(cfg.model, init_scale, loss_cls.init_logit_bias)
         self.loss_inputs = set(inspect.signature(self.loss_fn.forward).parameters)
         if "logit_bias" in self.loss_inputs and self.model.logit_bias is None:
             raise ValueError(

@@ -55,6 +55,11 @@ class VisionMethod(Method):
                 f"augment.local_views = {cfg.augment.local_views}: method {cfg.method!r} uses "
                 "two views; multi-crop is for swav (set augment.local_views: 0)"
             )
+        if cfg.model.init_from:
+            raise ValueError(
+                f"model.init_from is for image-text training (method image_text), not "
+                f"{cfg.method!r}: start the backbone from model.vision.name instead"
+            )
         self.backbone = build_tower(cfg.model.vision, "vision")
         self.steps_done: Tensor
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))

@@ -3,7 +3,8 @@
 Composite checkpoints (``CLIPModel``, ``SiglipModel``) give their vision or text half;
 encoder-decoder text models (T5) give their encoder. ``pretrained: false`` builds the
 model from its config with random weights; ``name`` may then also be a bare model type
-(``bert``, ``vit``) with sizes in ``config_overrides``.
+(``bert``, ``vit``) with sizes in ``config_overrides``. A model already loaded (a half of
+the whole ``CLIPModel`` that ``model.init_from`` names) is wrapped as it is.
 """
 
 from __future__ import annotations
@@ -85,19 +86,25 @@ def _build_from_config(model_cls: Any, config: PretrainedConfig, trust_remote_co
 
 
 class HFTower(Tower):
-    """A transformers model plus pooling; the tokenizer or image processor comes from ``name``."""
+    """A transformers model plus pooling; the tokenizer or image processor comes from ``name``.
 
-    def __init__(self, cfg: TowerConfig, modality: str) -> None:
+    ``model`` wraps an already loaded transformers model instead of loading ``cfg.name``
+    (whose tokenizer and image processor are still used). ``padding`` is how captions are
+    padded: ``True`` (to the longest) or ``"max_length"`` (SigLIP was trained so).
+    """
+
+    def __init__(
+        self,
+        cfg: TowerConfig,
+        modality: str,
+        model: nn.Module | None = None,
+        padding: bool | str = True,
+    ) -> None:
         super().__init__()
         self.modality = modality
         self.cfg = cfg
-        config = load_hf_config(cfg, modality)
-        model_cls = _model_class(config, modality)
-        path = resolve_packaged_path(cfg.name)
-        if cfg.pretrained:
-            self.model = model_cls.from_pretrained(path, config=config, **_hub_kwargs(cfg))
-        else:
-            self.model = _build_from_config(model_cls, config, cfg.trust_remote_code)
+        self.padding = padding
+        self.model: Any = model if model is not None else self._load(cfg, modality)
         if cfg.weights:
             load_into(self.model, cfg.weights)
         self.model_type = str(getattr(self.model.config, "model_type", ""))
@@ -105,6 +112,15 @@ class HFTower(Tower):
         if self.pooling != "pooler" and isinstance(getattr(self.model, "pooler", None), nn.Module):
             self.model.pooler = None  # unused: keep it out of the optimiser and the checkpoint
         self.width = self._find_width()
+
+    @staticmethod
+    def _load(cfg: TowerConfig, modality: str) -> Any:
+        config = load_hf_config(cfg, modality)
+        model_cls = _model_class(config, modality)
+        if cfg.pretrained:
+            path = resolve_packaged_path(cfg.name)
+            return model_cls.from_pretrained(path, config=config, **_hub_kwargs(cfg))
+        return _build_from_config(model_cls, config, cfg.trust_remote_code)
 
     def enable_gradient_checkpointing(self) -> None:
         if not self.model.supports_gradient_checkpointing:
@@ -125,6 +141,11 @@ class HFTower(Tower):
 
     def _find_width(self) -> int:
         config = self.model.config
+        if self.pooling == "pooler" and self.model_type in POOLER_TEXT_TYPES:
+            # SigLIP's text head projects the pooled token to projection_size
+            size = getattr(config, "projection_size", None)
+            if isinstance(size, int):
+                return size
         if self.model_type not in CONV_TYPES:  # their hidden_size is not the pooled width
             for key in ("hidden_size", "d_model", "num_features"):
                 value = getattr(config, key, None)
@@ -164,7 +185,7 @@ class HFTower(Tower):
     def tokenizer(self) -> Callable[[list[str]], dict[str, Tensor]]:
         if self.modality != "text":
             return super().tokenizer()
-        return HFTokenizer(self.cfg, accepted_inputs(self.model))
+        return HFTokenizer(self.cfg, accepted_inputs(self.model), self.padding)
 
     def layer_stack(self) -> nn.ModuleList | nn.Sequential:
         encoder = getattr(self.model, "encoder", None)
@@ -184,7 +205,7 @@ def accepted_inputs(model: nn.Module) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_tokenizer(path: str, revision: str | None, trust_remote_code: bool) -> Any:
+def load_tokenizer(path: str, revision: str | None, trust_remote_code: bool) -> Any:
     return AutoTokenizer.from_pretrained(
         path, revision=revision, trust_remote_code=trust_remote_code
     )
@@ -193,18 +214,21 @@ def _load_tokenizer(path: str, revision: str | None, trust_remote_code: bool) ->
 class HFTokenizer:
     """Picklable ``captions -> {input_ids, attention_mask}`` for a transformers text tower."""
 
-    def __init__(self, cfg: TowerConfig, inputs: tuple[str, ...]) -> None:
+    def __init__(
+        self, cfg: TowerConfig, inputs: tuple[str, ...], padding: bool | str = True
+    ) -> None:
         self.path = resolve_packaged_path(cfg.tokenizer or cfg.name)
         self.revision = cfg.revision
         self.trust_remote_code = cfg.trust_remote_code
         self.max_length = cfg.max_length
         self.inputs = inputs
+        self.padding = padding
         self.tokenizer  # load now so a bad name fails at build time  # noqa: B018
 
     @property
     def tokenizer(self) -> Any:
         try:
-            return _load_tokenizer(self.path, self.revision, self.trust_remote_code)
+            return load_tokenizer(self.path, self.revision, self.trust_remote_code)
         except (OSError, ValueError) as err:
             raise ValueError(
                 f"cannot load a tokenizer from {self.path!r} ({err.__class__.__name__}: {err}). "
@@ -213,7 +237,11 @@ class HFTokenizer:
 
     def __call__(self, captions: list[str]) -> dict[str, Tensor]:
         encoded = self.tokenizer(
-            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            captions,
+            padding=self.padding,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         return {k: v for k, v in encoded.items() if k in self.inputs}
 

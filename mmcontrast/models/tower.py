@@ -52,6 +52,11 @@ def build_tower(cfg: TowerConfig, modality: str) -> Tower:
         )
     builder = TOWERS.get(cfg.source)
     tower: Tower = builder(cfg, modality)
+    return apply_training_options(tower, cfg, modality)
+
+
+def apply_training_options(tower: Tower, cfg: TowerConfig, modality: str) -> Tower:
+    """Preprocessing overrides, locking and gradient checkpointing of ``cfg`` on a built tower."""
     if modality == "vision":
         pre = tower.image_preprocess()
         tower.preprocess_override = ImagePreprocess(  # type: ignore[assignment]

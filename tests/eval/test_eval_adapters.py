@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import COLOURS, QUICKSTART, SHAPES, TINY_OPEN_CLIP, draw
+from helpers import (
+    COLOURS,
+    QUICKSTART,
+    SHAPES,
+    TINY_CLIP_TEXT,
+    TINY_CLIP_VISION,
+    TINY_OPEN_CLIP,
+    draw,
+    save_clip,
+    save_siglip,
+)
 from PIL import Image
 
 from mmcontrast.cli import main
@@ -18,46 +28,6 @@ from mmcontrast.eval.adapters import load_eval_model
 from mmcontrast.eval.embed import embed_images, embed_texts
 
 TEXTS = ["a red circle", "the big blue square on a dark star", "green"]
-VISION = {
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "image_size": 32,
-    "patch_size": 8,
-}
-TEXT = {
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "vocab_size": 32,
-    "max_position_embeddings": 64,
-}
-
-
-def save_clip(folder: Path, tokenizer_dir: Path) -> Path:
-    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(vision_config=VISION, text_config=TEXT, projection_dim=16)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
-    return folder
-
-
-def save_siglip(folder: Path, tokenizer_dir: Path) -> Path:
-    from transformers import AutoTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel
-
-    torch.manual_seed(0)
-    SiglipModel(SiglipConfig(vision_config=VISION, text_config=TEXT)).save_pretrained(folder)
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, model_max_length=12)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def save_dual_encoder(folder: Path, tokenizer_dir: Path) -> Path:
@@ -72,7 +42,7 @@ def save_dual_encoder(folder: Path, tokenizer_dir: Path) -> Path:
 
     torch.manual_seed(0)
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
-        ViTConfig(**VISION), BertConfig(**TEXT), projection_dim=16
+        ViTConfig(**TINY_CLIP_VISION), BertConfig(**TINY_CLIP_TEXT), projection_dim=16
     )
     VisionTextDualEncoderModel(config=config).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)

@@ -1,0 +1,186 @@
+"""``model.init_from``: a whole tiny random CLIPModel or SiglipModel, saved to a folder (no
+network), is the dual encoder at step 0 (same embeddings, logit scale and bias, tokenizer
+and preprocessing), picks the loss, refuses keys it replaces, trains, reloads and exports
+back to its own class."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TINY_BERT, save_clip, save_siglip
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+from mmcontrast.config import load_recipe
+from mmcontrast.eval.adapters.base import features_of
+from mmcontrast.hub.export import export
+from mmcontrast.methods import build_method, load_trained
+from mmcontrast.methods.base import Method
+from mmcontrast.methods.image_text import ImageTextContrastive
+from mmcontrast.models.tower import resolved_preprocess
+from mmcontrast.pipeline import train
+
+TEXTS = ["a red circle", "the big blue square on a dark star", "green"]
+SIGLIP_SCALE, SIGLIP_BIAS = math.log(117.33), -12.93  # above ln 100, as trained SigLIPs are
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("init_from")
+    siglip = save_siglip(root / "siglip", tokenizer_dir)
+    model = AutoModel.from_pretrained(siglip)
+    with torch.no_grad():
+        model.logit_scale.fill_(SIGLIP_SCALE)
+        model.logit_bias.fill_(SIGLIP_BIAS)
+    model.save_pretrained(siglip)
+    return {"clip": save_clip(root / "clip", tokenizer_dir), "siglip": siglip}
+
+
+def method_from(source: Path, *overrides: str) -> ImageTextContrastive:
+    method = build_method(load_recipe(None, [f"model.init_from={source}", *overrides]))
+    assert isinstance(method, ImageTextContrastive)
+    return method.eval()
+
+
+def pixels(n: int = 4) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def embeddings(method: Method) -> tuple[torch.Tensor, torch.Tensor]:
+    dual = method.trained_model()
+    return dual.get_image_features(pixels()), dual.get_text_features(**dual.tokenize(TEXTS))
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_step_zero_is_the_source(sources: dict[str, Path], kind: str) -> None:
+    folder = sources[kind]
+    dual = method_from(folder).model
+    source = AutoModel.from_pretrained(folder).eval()
+    tokens = dual.tokenize(TEXTS)
+    padding, length = (True, 64) if kind == "clip" else ("max_length", 12)
+    expected_tokens = AutoTokenizer.from_pretrained(folder)(
+        TEXTS, padding=padding, truncation=True, max_length=length, return_tensors="pt"
+    )
+    assert torch.equal(tokens["input_ids"], expected_tokens["input_ids"])
+    with torch.no_grad():
+        image = F.normalize(features_of(source.get_image_features(pixel_values=pixels())), dim=-1)
+        text = F.normalize(features_of(source.get_text_features(**tokens)), dim=-1)
+        got_image, got_text = embeddings(method_from(folder))
+    torch.testing.assert_close(got_image, image, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_text, text, atol=1e-5, rtol=1e-5)
+
+    assert dual.logit_scale.item() == source.logit_scale.item()  # log-scale in both
+    assert dual.scale().item() == pytest.approx(math.exp(source.logit_scale.item()), rel=1e-6)
+    if kind == "siglip":
+        assert dual.scale().item() == pytest.approx(117.33, rel=1e-5)  # not capped at 100
+        assert dual.logit_bias is not None
+        assert dual.logit_bias.item() == pytest.approx(SIGLIP_BIAS)
+    else:
+        assert dual.logit_bias is None
+    processor = AutoImageProcessor.from_pretrained(folder)
+    pre = resolved_preprocess(dual.vision)
+    assert (pre.size, pre.mean, pre.std) == (
+        32,
+        list(processor.image_mean),
+        list(processor.image_std),
+    )
+
+
+def test_loss_follows_the_source_unless_named(sources: dict[str, Path]) -> None:
+    assert method_from(sources["clip"]).cfg.loss.name == "clip"
+    assert method_from(sources["siglip"]).cfg.loss.name == "siglip"
+    # a CLIP model fine-tuned with the sigmoid loss gets the loss's initial bias
+    clip_siglip = method_from(sources["clip"], "loss.name=siglip")
+    assert clip_siglip.model.logit_bias is not None
+    assert clip_siglip.model.logit_bias.item() == -10.0
+    siglip_clip = method_from(sources["siglip"], "loss.name=clip")
+    assert siglip_clip.cfg.loss.name == "clip"
+
+
+def test_training_options_apply(sources: dict[str, Path]) -> None:
+    dual = method_from(sources["clip"], "model.vision.lock=true", "model.vision.image_size=48")
+    assert not any(p.requires_grad for p in dual.model.vision.parameters())
+    assert all(p.requires_grad for p in dual.model.text.parameters())
+    assert resolved_preprocess(dual.model.vision).size == 48
+
+
+def test_keys_that_init_from_sets_are_refused(sources: dict[str, Path]) -> None:
+    keys = ["model.vision.name=vit", "model.embed_dim=16", "model.text.max_length=32"]
+    with pytest.raises(ValueError, match="init_from") as info:
+        method_from(sources["clip"], *keys)
+    for key in keys:
+        assert key.split("=")[0] in str(info.value)
+    with pytest.raises(ValueError, match="model.vision.pretrained / model.text.pretrained"):
+        method_from(sources["clip"], "model.text.pretrained=false")
+
+
+def test_only_image_text_models(tmp_path: Path, tokenizer_dir: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(**TINY_BERT)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ValueError, match="is a bert model, not an image-text model"):
+        method_from(tmp_path / "bert")
+    with pytest.raises(ValueError, match="cannot read"):
+        method_from(tmp_path / "missing")
+    clip = save_clip(tmp_path / "clip", tokenizer_dir)
+    (clip / "preprocessor_config.json").unlink()
+    with pytest.raises(ValueError, match="no image processor"):
+        method_from(clip)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_trains_saves_and_reloads(
+    sources: dict[str, Path], shapes_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    run = tmp_path / "run"
+    overrides = [
+        f"model.init_from={sources[kind]}",
+        f"data.path={shapes_dir}",
+        f"train.output_dir={run}",
+        "train.batch_size=8",
+        "train.max_steps=3",
+        "train.lr=1e-3",
+        "train.progress_bar=false",
+        "train.trackers=[]",
+        "eval.batch_size=8",
+    ]
+    built: list[Method] = []
+
+    def keep(cfg: object) -> Method:
+        built.append(build_method(cfg))  # type: ignore[arg-type]
+        return built[-1]
+
+    with mock.patch("mmcontrast.train.loop.build_method", keep):
+        train(load_recipe(None, overrides))
+    trained = built[0].eval()
+    start_image, _ = embeddings(method_from(sources[kind]))
+    image, text = embeddings(trained)
+    assert not torch.allclose(image, start_image, atol=1e-4)  # it trained
+    reloaded = load_trained(run)
+    assert reloaded.cfg.loss.name == kind
+    again_image, again_text = embeddings(reloaded)
+    torch.testing.assert_close(again_image, image, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(again_text, text, atol=1e-6, rtol=1e-5)
+    assert reloaded.trained_model().scale().item() == pytest.approx(
+        trained.trained_model().scale().item()
+    )
+
+    export(run, tmp_path / "export")  # back to the source's own class
+    exported = AutoModel.from_pretrained(tmp_path / "export").eval()
+    assert type(exported).__name__ == {"clip": "CLIPModel", "siglip": "SiglipModel"}[kind]
+    tokens = trained.trained_model().tokenize(TEXTS)
+    with torch.no_grad():
+        theirs_image = features_of(exported.get_image_features(pixel_values=pixels()))
+        theirs_text = features_of(exported.get_text_features(**tokens))
+    torch.testing.assert_close(F.normalize(theirs_image, dim=-1), image, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(F.normalize(theirs_text, dim=-1), text, atol=1e-5, rtol=1e-5)
+
+
+def test_vision_methods_refuse_init_from(sources: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="init_from is for image-text training"):
+        build_method(load_recipe(None, ["method=simclr", f"model.init_from={sources['clip']}"]))
