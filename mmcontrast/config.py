@@ -53,6 +53,8 @@ class TowerConfig:
     lock: bool = False  # freeze the tower (LiT)
     unlocked_layers: int = 0  # with lock: train only the last N layers (and what follows them)
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
+    # LoRA/DoRA adapters (models/lora.py: rank, alpha, dropout, target_modules, dora); None = off
+    lora: dict[str, Any] | None = None
     # vision only: preprocessing; None = the tower's own values
     image_size: int | None = None
     image_mean: list[float] | None = None

@@ -10,6 +10,7 @@ evaluation JSON files and a model card (``README.md``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -24,7 +25,8 @@ from mmcontrast.hub.native import save_native
 from mmcontrast.hub.transformers_export import NotExpressible, to_transformers
 from mmcontrast.methods import Method, load_trained
 from mmcontrast.models.dual_encoder import DualEncoder
-from mmcontrast.models.tower import resolved_preprocess
+from mmcontrast.models.lora import merge_adapters
+from mmcontrast.models.tower import Tower, resolved_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ def export(
         raise ValueError(f"unknown export format {format!r}; choose {', '.join(FORMATS)}")
     source, output = Path(source), Path(output)
     _prepare(output, source, overwrite)
-    method = load_trained(source)
+    method = load_trained(source)  # a fresh copy: merging LoRA below leaves the run as it is
+    _merge_lora(method)
     result = _write_model(method, output, format)
     recipe = load_recipe(source / "config.yaml")  # as trained (load_trained rewrites towers)
     save_config(recipe, output / "training_config.yaml")
@@ -101,6 +104,18 @@ def export(
     )
     card.save(output / "README.md")
     return result
+
+
+def _merge_lora(method: Method) -> None:
+    """Fold LoRA/DoRA adapters into the base weights: the export holds plain weights and
+    a config without ``lora``, loadable without peft."""
+    if not merge_adapters(method):
+        return
+    for modality in ("vision", "text"):
+        getattr(method.cfg.model, modality).lora = None
+    for module in method.modules():
+        if isinstance(module, Tower):
+            module.cfg = dataclasses.replace(module.cfg, lora=None)
 
 
 def _prepare(output: Path, source: Path, overwrite: bool) -> None:

@@ -139,9 +139,9 @@ class ImageTextContrastive(Method):
 
     def _check_cacheable(self) -> None:
         vision, data = self.cfg.model.vision, self.cfg.data
-        if not vision.lock or vision.unlocked_layers:
+        if not vision.lock or vision.unlocked_layers or vision.lora is not None:
             raise ValueError(
-                "train.cache_locked_features needs a fully locked vision tower (model.vision.lock: true, unlocked_layers: 0)"
+                "train.cache_locked_features needs a fully locked vision tower (model.vision.lock: true, unlocked_layers: 0, no lora)"
             )
         if data.random_resized_crop or data.horizontal_flip or data.color_jitter:
             raise ValueError(

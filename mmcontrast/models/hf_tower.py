@@ -9,6 +9,7 @@ the whole ``CLIPModel`` that ``model.init_from`` names) is wrapped as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -249,6 +250,7 @@ class HFTokenizer:
 def _image_preprocess(cfg: TowerConfig, config: PretrainedConfig) -> ImagePreprocess:
     size = getattr(config, "image_size", None)
     mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    resizing: dict[str, str] = {}
     if cfg.pretrained or os.path.isdir(resolve_packaged_path(cfg.name)):
         try:
             processor = AutoImageProcessor.from_pretrained(
@@ -256,14 +258,57 @@ def _image_preprocess(cfg: TowerConfig, config: PretrainedConfig) -> ImagePrepro
             )
             mean = list(getattr(processor, "image_mean", None) or mean)
             std = list(getattr(processor, "image_std", None) or std)
-            crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-            if isinstance(crop, dict):
-                size = crop.get("height") or crop.get("shortest_edge") or size
+            crop = size_dict(
+                getattr(processor, "crop_size", None)
+                if getattr(processor, "do_center_crop", False)
+                else None
+            ) or size_dict(getattr(processor, "size", None))
+            size = crop.get("height") or crop.get("shortest_edge") or size
+            resizing = processor_resizing(processor)
         except (OSError, ValueError, TypeError):
             pass
     if isinstance(size, list | tuple):
         size = size[0]
-    return ImagePreprocess(size=int(size or 224), mean=mean, std=std)
+    return ImagePreprocess(size=int(size or 224), mean=mean, std=std, **resizing)
+
+
+def size_dict(value: Any) -> dict[str, int]:
+    """A processor's ``size`` or ``crop_size``: a dict (PIL backend, older transformers) or a
+    ``SizeDict`` dataclass (torchvision backend), as a dict of the keys that are set."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v is not None}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+    return {}
+
+
+# PIL's resampling codes (transformers' PILImageResampling) -> ImagePreprocess.interpolation;
+# torchvision resizes tensors with these three only: the others (lanczos, box, hamming)
+# become bicubic, as transformers' torchvision processors do with lanczos
+PIL_RESAMPLING = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def processor_resizing(processor: Any) -> dict[str, str]:
+    """How a transformers image processor resizes, as ``ImagePreprocess`` fields.
+
+    Reads ``resample`` (a PIL code, or a torchvision mode in fast processors),
+    ``do_center_crop`` and the ``size`` dict: ``shortest_edge`` (resize the shortest side,
+    then centre crop, as CLIP) or ``height``/``width`` without a crop (squash, as SigLIP).
+    Both processor backends (PIL and torchvision) crop at ``margin // 2``.
+    """
+    out = {"crop_offset": "floor"}
+    resample = getattr(processor, "resample", None)
+    mode = getattr(resample, "value", resample)  # an enum: PIL's int or torchvision's name
+    if isinstance(mode, int):
+        out["interpolation"] = PIL_RESAMPLING.get(mode, "bicubic")
+    elif isinstance(mode, str):
+        out["interpolation"] = mode if mode in PIL_RESAMPLING.values() else "bicubic"
+    size = size_dict(getattr(processor, "size", None))
+    if size.get("height") and size.get("width") and not getattr(processor, "do_center_crop", False):
+        out["resize"] = "squash"
+    else:
+        out["resize"] = "shortest"
+    return out
 
 
 @TOWERS.register("hf", "any transformers AutoModel by Hub id, local directory or package:NAME")

@@ -6,8 +6,9 @@ models become the towers, pooled as the source pools them (CLIP: the post-layern
 token and the EOS token; SigLIP: its attention-pooling and text heads); CLIP's bias-free
 projections become the dual encoder's (SigLIP's heads already project, so the dual
 encoder's projections are identities); its logit scale (and SigLIP's bias) carry over; the
-tokenizer, its maximum length, how captions are padded and the image preprocessing are read
-from the same source. Building the towers one by one (``model.vision.name`` on a CLIPModel
+tokenizer, its maximum length, how captions are padded and the image preprocessing (size,
+normalisation, interpolation, crop or squash: CLIP resizes the shortest side bicubically and
+centre-crops, SigLIP squashes to the square) are read from the same source. Building the towers one by one (``model.vision.name`` on a CLIPModel
 folder) keeps the towers only, so fresh projections lose the zero-shot alignment.
 
 Keys that describe the model (tower names, tokenizer, ``embed_dim``, ``projection``, initial

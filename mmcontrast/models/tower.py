@@ -8,12 +8,14 @@ feature vector per sample of width ``tower.width``. Families live in their own f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
 from mmcontrast.data.transforms import ImagePreprocess
+from mmcontrast.models.lora import apply_lora, lora_settings
 from mmcontrast.registry import TOWERS
 
 
@@ -56,18 +58,38 @@ def build_tower(cfg: TowerConfig, modality: str) -> Tower:
 
 
 def apply_training_options(tower: Tower, cfg: TowerConfig, modality: str) -> Tower:
-    """Preprocessing overrides, locking and gradient checkpointing of ``cfg`` on a built tower."""
+    """Preprocessing overrides, locking, LoRA adapters and gradient checkpointing of ``cfg``
+    on a built tower."""
     if modality == "vision":
-        pre = tower.image_preprocess()
-        tower.preprocess_override = ImagePreprocess(  # type: ignore[assignment]
+        pre = tower.image_preprocess()  # the recipe's size and normalisation, its resizing
+        tower.preprocess_override = dataclasses.replace(  # type: ignore[assignment]
+            pre,
             size=cfg.image_size or pre.size,
             mean=list(cfg.image_mean or pre.mean),
             std=list(cfg.image_std or pre.std),
         )
     apply_lock(tower, cfg.lock, cfg.unlocked_layers)
+    if cfg.lora is not None:
+        _apply_lora(tower, cfg, modality)
     if cfg.gradient_checkpointing:
         tower.enable_gradient_checkpointing()
     return tower
+
+
+def _apply_lora(tower: Tower, cfg: TowerConfig, modality: str) -> None:
+    where = f"model.{modality}.lora"
+    settings = lora_settings(cfg.lora or {}, where)
+    if cfg.unlocked_layers:
+        raise ValueError(
+            f"{where} freezes the tower's own weights: drop model.{modality}.unlocked_layers "
+            "(or lora)"
+        )
+    if cfg.source == "open_clip":
+        raise ValueError(
+            f"{where}: open_clip towers are not supported yet (their attention packs q, k, v "
+            "in one in_proj_weight); use the tower's Hugging Face or timm version"
+        )
+    apply_lora(tower, settings, where)
 
 
 def resolved_preprocess(tower: Tower) -> ImagePreprocess:
