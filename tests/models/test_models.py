@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_OPEN_CLIP, TINY_VIT
+from helpers import TINY_CLIP_TEXT, TINY_CLIP_VISION, TINY_OPEN_CLIP, TINY_VIT
 
 from mmcontrast.config import ModelConfig, TowerConfig, load_recipe
 from mmcontrast.models import build_dual_encoder, build_tower
@@ -197,22 +197,7 @@ def test_clip_checkpoint_gives_its_halves(tmp_path: Path, tokenizer_dir: Path) -
     from transformers import CLIPConfig, CLIPModel
 
     config = CLIPConfig(
-        vision_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        text_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-            "vocab_size": 32,
-        },
-        projection_dim=16,
+        vision_config=TINY_CLIP_VISION, text_config=TINY_CLIP_TEXT, projection_dim=16
     )
     clip = CLIPModel(config)
     clip.save_pretrained(tmp_path / "clip")
