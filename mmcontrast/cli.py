@@ -1,4 +1,4 @@
-"""The ``mmcontrast`` command: ``train``, ``eval``, ``export``, ``push``, ``convert``, ``list``, ``data``, ``shards``.
+"""The ``mmcontrast`` command: ``train``, ``eval``, ``wise-ft``, ``export``, ``push``, ``convert``, ``list``, ``data``, ``shards``.
 
 Examples::
 
@@ -7,7 +7,9 @@ Examples::
     mmcontrast train quickstart --resume latest
     mmcontrast eval --model runs/quickstart --data data/emoji --split test
     mmcontrast eval --model runs/quickstart --task zeroshot --data emoji-category
+    mmcontrast wise-ft runs/finetuned --alphas 0 0.25 0.5 0.75 1
     mmcontrast export runs/quickstart --output exports/quickstart
+    mmcontrast export runs/finetuned --output exports/finetuned-wise-ft --wise-ft-alpha 0.5
     mmcontrast push exports/quickstart --repo-id me/emoji-clip --dry-run
     mmcontrast list losses
     mmcontrast data emoji --output data/emoji
@@ -100,6 +102,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wise_ft(args: argparse.Namespace) -> int:
+    from mmcontrast.eval.wise_ft import PLOT_FILE, RESULT_FILE, evaluate_wise_ft
+
+    result = evaluate_wise_ft(
+        args.run,
+        args.alphas,
+        output=args.output,
+        batch_size=args.batch_size,
+        device=args.device,
+        start=args.start,
+        overwrite=args.overwrite,
+    )
+    print(f"WiSE-FT (weight-space ensembles):\n{result.table()}")
+    print(f"results in {result.output / RESULT_FILE}, curve in {result.output / PLOT_FILE}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from mmcontrast.hub.export import export
 
@@ -110,6 +129,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         model_id=args.repo_id,
         license=args.license,
         overwrite=args.overwrite,
+        wise_ft_alpha=args.wise_ft_alpha,
+        wise_ft_start=args.wise_ft_start,
     )
     print(result.summary())
     return 0
@@ -346,6 +367,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
+        "wise-ft",
+        help="score WiSE-FT mixes of a fine-tuned run and the model it started from",
+        description=(
+            "WiSE-FT (Wortsman et al. 2022, Robust fine-tuning of zero-shot models): mix the\n"
+            "weights of a run fine-tuned from model.init_from with its starting model,\n"
+            "(1 - alpha) * start + alpha * fine-tuned, and score every alpha with the run's\n"
+            "own evaluation (its held-out split and eval.tasks) into OUTPUT/alpha-A/.\n"
+            "Writes OUTPUT/wise_ft.json (one row per alpha) and OUTPUT/wise_ft.png (the\n"
+            "trade-off curve). Export a mix with `mmcontrast export RUN --wise-ft-alpha A`."
+        ),
+        epilog=(
+            "examples:\n"
+            "  mmcontrast wise-ft runs/finetuned --alphas 0 0.25 0.5 0.75 1\n"
+            "  mmcontrast wise-ft runs/finetuned --alphas 0 0.5 1 --output wise-ft --overwrite"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="a run (or checkpoint) folder fine-tuned with model.init_from")
+    p.add_argument(
+        "--alphas",
+        nargs="+",
+        type=float,
+        default=[0.0, 0.25, 0.5, 0.75, 1.0],
+        metavar="A",
+        help="mixing coefficients in [0, 1]: 0 is the starting model, 1 the fine-tuned run "
+        "(default 0 0.25 0.5 0.75 1)",
+    )
+    p.add_argument("--output", help="result folder (default RUN/wise_ft)")
+    p.add_argument("--batch-size", type=int, help="images or texts per batch (eval.batch_size)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--start",
+        help="the starting model instead of the run's model.init_from: another run or export "
+        "folder, or an init_from source",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=cmd_wise_ft)
+
+    p = sub.add_parser(
         "export",
         help="export a run for plain transformers (or timm), with a model card",
         description=(
@@ -357,7 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
             "otherwise mmcontrast's format (mmcontrast.from_pretrained), with the reason.\n"
             "Vision recipes export their backbone as transformers, timm or torchvision weights."
         ),
-        epilog="example:\n  mmcontrast export runs/quickstart --output exports/quickstart",
+        epilog=(
+            "examples:\n"
+            "  mmcontrast export runs/quickstart --output exports/quickstart\n"
+            "  mmcontrast export runs/finetuned --output exports/wise-ft --wise-ft-alpha 0.5"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run folder (train.output_dir) or one of its checkpoints")
@@ -366,13 +430,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=["auto", "transformers", "mmcontrast"],
         default="auto",
-        help="auto: transformers when possible (default); transformers: fail if impossible",
+        help="auto (default): the source's own format (transformers, or open_clip weights for a "
+        "model fine-tuned from open_clip) when possible, else mmcontrast's; transformers: fail "
+        "if impossible",
     )
     p.add_argument(
         "--repo-id", help="Hub id the model card's usage snippet loads (default: the folder)"
     )
     p.add_argument("--license", default="apache-2.0", help="licence in the model card")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument(
+        "--wise-ft-alpha",
+        type=float,
+        metavar="A",
+        help="export the WiSE-FT mix (1 - A) * start + A * run of a run fine-tuned with "
+        "model.init_from (A in [0, 1]; see `mmcontrast wise-ft`)",
+    )
+    p.add_argument(
+        "--wise-ft-start",
+        metavar="START",
+        help="with --wise-ft-alpha: the starting model instead of the run's model.init_from",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

@@ -53,6 +53,10 @@ class TowerConfig:
     lock: bool = False  # freeze the tower (LiT)
     unlocked_layers: int = 0  # with lock: train only the last N layers (and what follows them)
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
+    # layer-wise learning-rate decay (BEiT, FT-CLIP): with embeddings layer 0, block k layer k+1
+    # and what follows the last of L blocks layer L+1, layer i trains at lr * lr_decay**(L+1-i);
+    # None = one rate for the whole tower
+    lr_decay: float | None = None
     # LoRA/DoRA adapters (models/lora.py: rank, alpha, dropout, target_modules, dora); None = off
     lora: dict[str, Any] | None = None
     # vision only: preprocessing; None = the tower's own values
@@ -66,9 +70,10 @@ class TowerConfig:
 
 @dataclass
 class ModelConfig:
-    # a whole pretrained transformers CLIPModel or SiglipModel (folder or Hub id) to start
-    # from: its towers, projections, logit scale (and bias), tokenizer and preprocessing;
-    # None = build the towers below
+    # a whole pretrained image-text model to start from: a transformers CLIPModel, SiglipModel
+    # or VisionTextDualEncoderModel (folder or Hub id), open_clip:NAME[:TAG or weights file],
+    # or an mmcontrast run or export folder; its towers, projections, logit scale (and bias),
+    # tokenizer and preprocessing. None = build the towers below
     init_from: str | None = None
     vision: TowerConfig = field(default_factory=TowerConfig)
     text: TowerConfig = field(default_factory=TowerConfig)
@@ -178,6 +183,9 @@ class TrainConfig:
     cache_locked_features: bool = False  # run a fully locked vision tower once, not every step
     sync_batchnorm: bool = False  # several GPUs: BatchNorm statistics over every process's batch
     allow_tf32: bool = True  # GPUs: float32 matrix products in TF32 (torch "high" precision)
+    # an exponential moving average of the weights (e.g. 0.999), evaluated and exported in
+    # place of the raw weights; None = off
+    ema_decay: float | None = None
     # torch.compile through accelerate: backend (inductor; aot_eager needs no compiler), mode
     # (e.g. max-autotune), regional = compile each repeated block once (faster start)
     compile: bool = False
@@ -192,6 +200,13 @@ class TrainConfig:
 class EvalConfig:
     every: int | None = None  # evaluate every N steps during training
     at_end: bool = True
+    # evaluate the starting model at step 0 with the same tasks (before/after); None = when
+    # model.init_from is set
+    at_start: bool | None = None
+    # more tasks beside the method's own, each {task: zeroshot|retrieval|knn|linear,
+    # data: a built-in (emoji-subcategory, fashion_mnist), folder or datasets name,
+    # split: ..., name: a prefix for its metrics}; see docs/finetuning.md
+    tasks: list[dict[str, Any]] = field(default_factory=list)
     batch_size: int = 128
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     grid_png: bool = True  # retrieval picture of the first queries

@@ -21,7 +21,7 @@ from typing import Any
 
 from mmcontrast.config import Config
 from mmcontrast.eval.plots import save_training_curves
-from mmcontrast.eval.training import evaluate_during_training
+from mmcontrast.eval.training import check_eval_tasks, evaluate_during_training
 from mmcontrast.hub.sync import check_hub_config, push_snapshot
 from mmcontrast.train.loop import TrainHooks
 from mmcontrast.train.loop import train as train_loop
@@ -30,7 +30,7 @@ from mmcontrast.train.loop import train as train_loop
 def default_hooks() -> TrainHooks:
     """Evaluation, training curves and Hub sync, as the ``train`` command runs them."""
     return TrainHooks(
-        start=check_hub_config,
+        start=_start,
         evaluate=evaluate_during_training,
         checkpoint_saved=_push_checkpoint,
         run_finished=_finish,
@@ -40,6 +40,11 @@ def default_hooks() -> TrainHooks:
 def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     """Train ``cfg`` with :func:`default_hooks`; ``resume``: a checkpoint folder or ``latest``."""
     return train_loop(cfg, resume, default_hooks())
+
+
+def _start(cfg: Config) -> None:
+    check_eval_tasks(cfg)
+    check_hub_config(cfg)
 
 
 def _push_checkpoint(cfg: Config, folder: Path, step: int) -> None:

@@ -19,12 +19,12 @@ from helpers import COLOURS, SHAPES, WORDS, draw, tiny_overrides  # noqa: E402
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny WordPiece (BERT) tokenizer saved in transformers format."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     folder = tmp_path_factory.mktemp("tokenizer")
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    # the vocabulary as a mapping: transformers 5 ignores a vocab_file given to the fast class
+    BertTokenizer(vocab={token: i for i, token in enumerate(tokens)}).save_pretrained(folder)
     return folder
 
 

@@ -14,12 +14,17 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import torch
 import torch.distributed as dist
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
+
+if TYPE_CHECKING:
+    from mmcontrast.methods.base import Method
+    from mmcontrast.methods.image_text import ImageTextContrastive
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 RECIPES = ROOT / "recipes"
@@ -72,6 +77,10 @@ TINY_CLIP_TEXT = {  # the tokenizer_dir vocabulary fits in 32
     "intermediate_size": 64,
     "vocab_size": 32,
     "max_position_embeddings": 64,
+    # the tokenizer_dir's [PAD], [CLS], [SEP]: CLIP pools the text at the first eos token
+    "pad_token_id": 0,
+    "bos_token_id": 2,
+    "eos_token_id": 3,
 }
 
 
@@ -103,6 +112,92 @@ def save_siglip(folder: Path, tokenizer_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, model_max_length=12)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+TINY_TIMM_DATA = {  # timm's data config of the tiny TimmWrapper vision tower (32 px)
+    "input_size": [3, 32, 32],
+    "interpolation": "bicubic",
+    "crop_pct": 1.0,
+    "crop_mode": "center",
+    "mean": [0.5, 0.4, 0.3],
+    "std": [0.2, 0.25, 0.3],
+}
+
+
+def save_vtde(
+    folder: Path, tokenizer_dir: Path, vision: str = "clip", timm_data: dict | None = None
+) -> Path:
+    """A tiny random VisionTextDualEncoderModel: a CLIP vision tower (with a CLIP image
+    processor) or timm's ``test_efficientnet`` through TimmWrapperModel (its processor saved
+    as transformers saves it: the timm data config in processor_config.json), + BERT."""
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        TimmWrapperConfig,
+        TimmWrapperImageProcessor,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+        VisionTextDualEncoderProcessor,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if vision == "clip":
+        vision_config = CLIPVisionConfig(**TINY_CLIP_VISION)
+    else:
+        data = timm_data or TINY_TIMM_DATA
+        vision_config = TimmWrapperConfig(
+            architecture="test_efficientnet", hidden_size=256, num_labels=0, pretrained_cfg=data
+        )
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(
+        vision_config, BertConfig(**TINY_BERT), projection_dim=16, logit_scale_init_value=3.1
+    )
+    VisionTextDualEncoderModel(config).save_pretrained(folder)
+    if vision == "clip":
+        CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    else:
+        images = TimmWrapperImageProcessor(pretrained_cfg=timm_data or TINY_TIMM_DATA)
+        VisionTextDualEncoderProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(
+            folder
+        )
+    return folder
+
+
+def save_open_clip(root: Path, config: dict | None = None, name: str = "tiny-oc") -> Path:
+    """A tiny random open_clip model as ``root/NAME.json`` (its config), ``root/NAME.safetensors``
+    (its weights) and ``root/NAME-dir`` (a local-dir: folder, bilinear squash preprocessing);
+    returns ``root``."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    config = config or TINY_OPEN_CLIP
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(root / f"{name}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(name)
+    with torch.no_grad():
+        model.logit_scale.fill_(3.3)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(root / f"{name}.safetensors"))
+    folder = root / f"{name}-dir"
+    folder.mkdir(exist_ok=True)
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    preprocess = {
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "interpolation": "bilinear",
+        "resize_mode": "squash",
+    }
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": config, "preprocess_cfg": preprocess})
+    )
+    return root
 
 
 def draw(colour: str, shape: str, size: int = 32) -> Image.Image:
@@ -208,6 +303,78 @@ def train_stopped_and_resumed(
         when_stopped(first)
     second = train(load_recipe(recipe, split), resume="latest")
     return full, first, second
+
+
+# ------------------------------------------------------------------ model.init_from
+# (models/test_init_from*.py, models/test_lora.py, methods/test_wise_ft.py, hub/test_export_sources.py)
+
+TEXTS = ["a red circle", "the big blue square on a dark star", "green"]
+
+
+def method_from(source: str | Path, *overrides: str) -> ImageTextContrastive:
+    """The image-text method ``model.init_from=source`` builds (eval mode)."""
+    from mmcontrast.config import load_recipe
+    from mmcontrast.methods import build_method
+    from mmcontrast.methods.image_text import ImageTextContrastive
+
+    method = build_method(load_recipe(None, [f"model.init_from={source}", *overrides]))
+    assert isinstance(method, ImageTextContrastive)
+    return method.eval()
+
+
+def pixels(n: int = 4) -> torch.Tensor:
+    """``n`` normalised 32 px images of noise, the same on every call."""
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def embeddings(method: Method) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trained dual encoder's normalised embeddings of :func:`pixels` and ``TEXTS``."""
+    dual = method.trained_model()
+    return dual.get_image_features(pixels()), dual.get_text_features(**dual.tokenize(TEXTS))
+
+
+def train_from(
+    source: str | Path,
+    data: Path,
+    output: Path,
+    *extra: str,
+    steps: int = 3,
+    lr: float = 1e-3,
+    at_start: bool | None = False,
+    at_end: bool = False,
+) -> Method:
+    """Train from ``model.init_from=source`` on ``data`` into ``output`` for ``steps`` steps
+    of 8 pairs (no trackers, no progress bar; ``extra`` overrides come last) and return the
+    method it trained, in eval mode. ``eval.at_start`` / ``eval.at_end`` as given
+    (``at_start=None``: the recipe's default, on for ``init_from`` runs)."""
+    from mmcontrast.config import load_recipe
+    from mmcontrast.methods import build_method
+    from mmcontrast.pipeline import train
+
+    overrides = [
+        f"model.init_from={source}",
+        f"data.path={data}",
+        f"train.output_dir={output}",
+        "train.batch_size=8",
+        f"train.max_steps={steps}",
+        f"train.lr={lr}",
+        "train.progress_bar=false",
+        "train.trackers=[]",
+        "eval.batch_size=8",
+        f"eval.at_end={str(at_end).lower()}",
+        *([] if at_start is None else [f"eval.at_start={str(at_start).lower()}"]),
+        *extra,
+    ]
+    built: list[Method] = []
+
+    def keep(cfg: object) -> Method:
+        built.append(build_method(cfg))  # type: ignore[arg-type]
+        return built[-1]
+
+    with mock.patch("mmcontrast.train.loop.build_method", keep):
+        train(load_recipe(None, overrides))
+    return built[0].eval()
 
 
 # ------------------------------------------------------------------ 2 processes vs 1 process

@@ -6,14 +6,16 @@ images (Fashion-MNIST, CIFAR), so the CPU spends its time augmenting. Here every
 parameter is drawn for the batch in one go and applied with batched tensor operations:
 random resized crop and flip as one ``affine_grid`` / ``grid_sample``, colour jitter as
 per-sample blends, grey scale, Gaussian blur as one grouped convolution, solarisation.
+Crops are resampled with the tower's interpolation (``ImagePreprocess.interpolation``:
+nearest, bilinear or bicubic, the last clamped to [0, 1]).
 
 The distributions follow torchvision's: crop area in ``crop_scale`` and log-uniform aspect
 ratio in [3/4, 4/3] (ten tries, then the whole image), brightness / contrast / saturation
 factors uniform in [1 - x, 1 + x], hue shift uniform in [-hue, hue], blur sigma uniform in
 ``blur_sigma`` with a kernel of 10 % of the view size. Differences, by design: jitter is
 applied in a fixed order (brightness, contrast, saturation, hue); hue is rotated in YIQ
-space rather than shifted in HSV; crops are sampled continuously and resampled bilinearly
-without antialiasing, so this path suits images about the size of the views (it requires
+space rather than shifted in HSV; crops are sampled continuously and resampled without
+antialiasing, so this path suits images about the size of the views (it requires
 tables held in memory as one uint8 tensor, all images the same size).
 
 Randomness comes from a generator seeded by (seed, epoch, first index of the batch), so a
@@ -54,6 +56,7 @@ class BatchedViews:
     def __init__(self, pre: ImagePreprocess, aug: AugmentConfig) -> None:
         check_augment(aug)
         self.aug = aug
+        self.interpolation = pre.interpolation
         self.mean = torch.tensor(pre.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(pre.std).view(1, -1, 1, 1)
         local = ViewSpec(local_view_size(pre, aug), aug.local_crop_scale, aug.local_blur_prob, 0.0)
@@ -74,7 +77,9 @@ class BatchedViews:
 
     def _view(self, x: Tensor, spec: ViewSpec, g: torch.Generator) -> Tensor:
         aug, b = self.aug, x.shape[0]
-        out = resized_crop_flip(x, spec.size, spec.scale, aug.horizontal_flip, g)
+        out = resized_crop_flip(
+            x, spec.size, spec.scale, aug.horizontal_flip, g, self.interpolation
+        )
         if aug.color_jitter_prob > 0:
             apply = _coin(b, aug.color_jitter_prob, g)
             out = torch.where(apply, color_jitter(out, aug, g), out)
@@ -100,9 +105,15 @@ def _coin(n: int, p: float, g: torch.Generator) -> Tensor:
 
 
 def resized_crop_flip(
-    x: Tensor, size: int, scale: Sequence[float], flip_prob: float, g: torch.Generator
+    x: Tensor,
+    size: int,
+    scale: Sequence[float],
+    flip_prob: float,
+    g: torch.Generator,
+    interpolation: str = "bilinear",
 ) -> Tensor:
-    """Random resized crop (torchvision's sampling) and horizontal flip in one resampling."""
+    """Random resized crop (torchvision's sampling) and horizontal flip in one resampling
+    (``interpolation``: nearest, bilinear or bicubic; bicubic's overshoot is clamped)."""
     b, _, height, width = x.shape
     tries = 10
     area = _uniform(b * tries, scale[0], scale[1], g).view(b, tries)
@@ -125,7 +136,8 @@ def resized_crop_flip(
     theta[:, 1, 1] = h
     theta[:, 1, 2] = 2 * top + h - 1
     grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
+    return out.clamp(0, 1) if interpolation == "bicubic" else out
 
 
 def grayscale(x: Tensor) -> Tensor:

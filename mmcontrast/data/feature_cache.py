@@ -23,8 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mmcontrast.data.image_text import image_batches
-from mmcontrast.data.pairs import PairTable
+from mmcontrast.data.image_text import ImageTable, image_batches
 
 CPU_CHUNK_PIXELS = 16 * 224 * 224  # images per chunk = this / (height * width), at least 1
 
@@ -50,7 +49,7 @@ def forward_in_chunks(encode: Callable[[Tensor], Tensor], pixels: Tensor) -> Ten
 def compute_tower_features(
     tower: nn.Module,
     width: int,
-    table: PairTable,
+    table: ImageTable,
     transform: Callable[[Any], Tensor],
     batch_size: int = 128,
     num_workers: int = 0,

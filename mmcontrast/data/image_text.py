@@ -120,7 +120,8 @@ class ImageTextDataset(SeededSamples):
 
 
 class ImageTextCollator:
-    """Stacks pixels, tokenises captions and counts skipped samples (``batch["skipped"]``)."""
+    """Stacks pixels, tokenises captions, stacks class labels where samples have them
+    (``batch["labels"]``) and counts skipped samples (``batch["skipped"]``)."""
 
     def __init__(self, tokenizer: Callable[[list[str]], dict[str, Tensor]]) -> None:
         self.tokenizer = tokenizer
@@ -134,6 +135,8 @@ class ImageTextCollator:
             key = "pixel_values" if "pixel_values" in good[0] else "vision_features"
             batch[key] = torch.stack([s[key] for s in good])
             batch.update(self.tokenizer([s["caption"] for s in good]))
+            if "label" in good[0]:  # class prompts (FLYP): the loss masks same-class pairs
+                batch["labels"] = torch.tensor([s["label"] for s in good], dtype=torch.long)
         return batch
 
 

@@ -87,6 +87,12 @@ class LabelledImages:
         return self.targets
 
 
+def readable_name(label: str) -> str:
+    """A label as prompts say it: ``"face-smiling"`` -> ``"face smiling"``,
+    ``"Food & Drink"`` -> ``"food and drink"``."""
+    return label.replace("-", " ").replace("&", "and").replace("_", " ").lower()
+
+
 def load_labelled(
     cfg: DataConfig,
     split: str,

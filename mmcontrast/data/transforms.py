@@ -1,11 +1,17 @@
 """Image transforms (torchvision v2) built from a tower's preprocessing and the recipe.
 
-:class:`ImagePreprocess` describes what a vision tower expects (size, normalisation); the
-towers in :mod:`mmcontrast.models` report it, and the data side builds transforms from it.
+:class:`ImagePreprocess` describes what a vision tower expects (size, normalisation, how
+images are resized and cropped); the towers in :mod:`mmcontrast.models` fill it from their
+source (a transformers image processor, timm's data config, open_clip's ``preprocess_cfg``),
+and the data side builds transforms from it. The evaluation transform follows timm's
+``transforms_imagenet_eval`` and open_clip's ``image_transform`` step for step (resize to
+``floor(size / crop_pct)``, then centre crop, or pad for ``longest``), on tensors instead
+of PIL images.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +29,7 @@ INTERPOLATIONS = {  # ImagePreprocess.interpolation -> torchvision's mode
     "bilinear": v2.InterpolationMode.BILINEAR,
     "bicubic": v2.InterpolationMode.BICUBIC,
 }
-RESIZES = ("shortest", "squash")
+RESIZES = ("shortest", "longest", "squash")
 CROP_OFFSETS = ("round", "floor")
 
 
@@ -36,14 +42,23 @@ class ImagePreprocess:
         mean: Per-channel mean subtracted after scaling pixels to [0, 1].
         std: Per-channel standard deviation divided by.
         interpolation: "nearest", "bilinear" or "bicubic" (always antialiased).
-        resize: "shortest": the shortest side to ``size``, then a centre crop to the
-            square; "squash": straight to ``size`` x ``size``, the aspect ratio not kept.
+        resize: "shortest": the shortest side to :attr:`resize_size`, then a centre crop
+            to ``size``; "squash": to a :attr:`resize_size` square (the aspect ratio not
+            kept), then a centre crop to ``size``; "longest": the longest side to
+            :attr:`resize_size`, then a centre crop or a pad with ``fill`` to ``size``
+            (open_clip's ``resize_mode: longest``, timm's ``crop_mode: border``).
         crop_offset: Where an odd margin goes in the centre crop: "round" is torchvision's
             ``CenterCrop`` (``round(margin / 2)``), "floor" is transformers' processors'
             (``margin // 2``).
+        crop_pct: The fraction of the resized image the crop keeps: images are resized to
+            ``floor(size / crop_pct)`` first, as timm's evaluation transform does (0.875:
+            224 from 256). 1 resizes straight to ``size``; above 1 pads with zeros.
+        fill: The pad colour of "longest", 0-255 per channel (open_clip's ``fill_color``;
+            timm pads with the mean colour).
 
     Raises:
-        ValueError: An unknown interpolation, resize or crop offset.
+        ValueError: An unknown interpolation, resize or crop offset, a ``crop_pct`` that is
+            not positive, or a ``fill`` outside 0-255.
     """
 
     size: int = 224
@@ -52,6 +67,8 @@ class ImagePreprocess:
     interpolation: str = "bilinear"
     resize: str = "shortest"
     crop_offset: str = "round"
+    crop_pct: float = 1.0
+    fill: list[int] = field(default_factory=lambda: [0, 0, 0])
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -64,6 +81,18 @@ class ImagePreprocess:
                     f"ImagePreprocess.{name} is {getattr(self, name)!r}; "
                     f"use one of {', '.join(allowed)}"
                 )
+        if not self.crop_pct > 0:
+            raise ValueError(
+                f"ImagePreprocess.crop_pct is {self.crop_pct}; use a positive fraction "
+                "(1: resize straight to size, 0.875: resize to size / 0.875, then crop)"
+            )
+        if not all(0 <= v <= 255 for v in self.fill):
+            raise ValueError(f"ImagePreprocess.fill is {self.fill}; use 0-255 per channel")
+
+    @property
+    def resize_size(self) -> int:
+        """The side images are resized to before the crop: ``floor(size / crop_pct)``."""
+        return math.floor(self.size / self.crop_pct)
 
 
 class FloorCenterCrop(v2.Transform):
@@ -86,20 +115,68 @@ class FloorCenterCrop(v2.Transform):
         return self._call_kernel(v2.functional.crop, inpt, top, left, self.size, self.size)
 
 
+class ResizeLongest(v2.Transform):
+    """Resize so that the longest side is ``size``, keeping the aspect ratio.
+
+    The short side is ``round(side / ratio)`` with ``ratio = max(H, W) / size``: the
+    arithmetic of open_clip's and timm's ``ResizeKeepRatio(longest=1)``.
+    """
+
+    def __init__(self, size: int, interpolation: v2.InterpolationMode) -> None:
+        super().__init__()
+        self.size, self.interpolation = size, interpolation
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height, width = inpt.shape[-2:]
+        ratio = max(height / self.size, width / self.size)
+        new_size = [round(height / ratio), round(width / ratio)]
+        return self._call_kernel(
+            v2.functional.resize, inpt, new_size, interpolation=self.interpolation, antialias=True
+        )
+
+
+class PadToSize(v2.Transform):
+    """Pad each side shorter than ``size`` to ``size`` with ``fill`` (0-255 per channel),
+    the odd pixel on the right/bottom (open_clip's and timm's ``CenterCropOrPad``)."""
+
+    def __init__(self, size: int, fill: list[int]) -> None:
+        super().__init__()
+        self.size, self.fill = size, list(fill)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height, width = inpt.shape[-2:]
+        dw, dh = max(self.size - width, 0), max(self.size - height, 0)
+        if not (dw or dh):
+            return inpt
+        scale = 1 / 255 if inpt.is_floating_point() else 1
+        fill = [v * scale for v in self.fill]
+        padding = [dw // 2, dh // 2, (dw + 1) // 2, (dh + 1) // 2]  # left, top, right, bottom
+        return self._call_kernel(v2.functional.pad, inpt, padding, fill=fill)
+
+
 def resize_steps(pre: ImagePreprocess) -> list[v2.Transform]:
-    """The deterministic resize (and crop) of ``pre``: what evaluation does."""
+    """The deterministic resize and crop (or pad) of ``pre``: what evaluation does.
+
+    As timm's ``transforms_imagenet_eval``: resize to ``pre.resize_size`` (the shortest
+    side, the longest side, or the whole square), then centre-crop ``pre.size``.
+    """
     mode = INTERPOLATIONS[pre.interpolation]
-    if pre.resize == "squash":
-        return [v2.Resize((pre.size, pre.size), interpolation=mode, antialias=True)]
+    scale = pre.resize_size
     crop = FloorCenterCrop(pre.size) if pre.crop_offset == "floor" else v2.CenterCrop(pre.size)
-    return [v2.Resize(pre.size, interpolation=mode, antialias=True), crop]
+    if pre.resize == "longest":
+        return [ResizeLongest(scale, mode), PadToSize(pre.size, pre.fill), crop]
+    if pre.resize == "squash":
+        steps: list[v2.Transform] = [v2.Resize((scale, scale), interpolation=mode, antialias=True)]
+        return steps if scale == pre.size else [*steps, crop]
+    return [v2.Resize(scale, interpolation=mode, antialias=True), crop]
 
 
 def image_transform(
     pre: ImagePreprocess, data: DataConfig | None = None, train: bool = False
 ) -> v2.Compose:
-    """Resize (+ centre crop) as ``pre`` says for evaluation; the recipe's augmentations
-    added for training (its random resized crop uses ``pre.interpolation``)."""
+    """Resize and centre crop as ``pre`` says for evaluation; the recipe's augmentations
+    added for training (its random resized crop uses ``pre.interpolation``; ``crop_pct``
+    is an evaluation setting, as in timm)."""
     steps: list[v2.Transform] = [v2.ToImage()]
     if train and data is not None and data.random_resized_crop is not None:
         steps.append(

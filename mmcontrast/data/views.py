@@ -30,11 +30,14 @@ from mmcontrast.config import AugmentConfig
 from mmcontrast.data.image_text import SeededSamples
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.labelled import LabelledImages
-from mmcontrast.data.transforms import ImagePreprocess
+from mmcontrast.data.transforms import INTERPOLATIONS, ImagePreprocess
 
 
 def view_transforms(pre: ImagePreprocess, aug: AugmentConfig) -> list[Callable[[Any], Tensor]]:
     """Two global view transforms at ``pre.size``, then ``aug.local_views`` local ones.
+
+    Crops are resized with the tower's ``pre.interpolation`` (antialiased), as its own
+    training transform does.
 
     Raises:
         ValueError: A probability outside [0, 1], a bad crop scale or a negative count.
@@ -61,7 +64,12 @@ def _pipeline(
     kernel += 1 - kernel % 2  # odd
     steps: list[v2.Transform] = [
         v2.ToImage(),
-        v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
+        v2.RandomResizedCrop(
+            size,
+            scale=tuple(scale),
+            interpolation=INTERPOLATIONS[pre.interpolation],
+            antialias=True,
+        ),
         v2.RandomHorizontalFlip(aug.horizontal_flip),
     ]
     if aug.color_jitter_prob > 0:

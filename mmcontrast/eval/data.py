@@ -23,6 +23,7 @@ from typing import Any
 
 from mmcontrast.config import DataConfig
 from mmcontrast.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
+from mmcontrast.data.labelled import readable_name
 
 EMOJI_TEMPLATES = ["{c}", "an emoji of {c}.", "an icon of {c}."]
 FASHION_MNIST_TEMPLATES = [
@@ -31,6 +32,7 @@ FASHION_MNIST_TEMPLATES = [
     "a low resolution photo of a {c}.",
 ]
 FASHION_MNIST_NAMES = {"T-shirt/top": "t-shirt", "Ankle boot": "ankle boot"}
+__all__ = ["BUILTINS", "EvalData", "emoji_class_names", "readable_name", "resolve_data"]
 BUILTINS = ("emoji", "emoji-category", "emoji-subcategory", "fashion_mnist")
 
 
@@ -82,11 +84,6 @@ def emoji_folder() -> Path:
         print(f"building the emoji evaluation set in {folder} (once)")
         build_emoji_dataset(folder)
     return folder
-
-
-def readable_name(label: str) -> str:
-    """``"face-smiling"`` -> ``"face smiling"``, ``"Food & Drink"`` -> ``"food and drink"``."""
-    return label.replace("-", " ").replace("&", "and").replace("_", " ").lower()
 
 
 def emoji_class_names(folder: Path, column: str) -> list[str]:

@@ -27,7 +27,7 @@ __all__ = [
 _CELL_INCHES = 2.0  # side of one image cell
 _LABEL_INCHES = 0.3  # room above each row for the rank labels
 _TEXT_CELLS = 1.6  # width of the caption column, in image cells
-_DPI = 100
+DPI = 100
 _FONT_SIZE = 10.0
 _CORRECT_COLOR = "#1a9e3a"
 _OTHER_COLOR = "#b0b0b0"
@@ -148,12 +148,12 @@ def save_retrieval_grid(
     if bad:
         raise ValueError(f"image indices out of range [0, {len(images)}): {bad[:5]}")
 
-    max_side = int(_CELL_INCHES * _DPI * 1.5)
+    max_side = int(_CELL_INCHES * DPI * 1.5)
     thumbs = {i: _thumbnail(images[i], max_side) for i in sorted({i for r in rows for i in r})}
 
     width_in = _CELL_INCHES * (_TEXT_CELLS + k)
     height_in = (_CELL_INCHES + _LABEL_INCHES) * n_rows + 0.1
-    fig = Figure(figsize=(width_in, height_in), dpi=_DPI)
+    fig = Figure(figsize=(width_in, height_in), dpi=DPI)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(
         n_rows,
@@ -225,7 +225,7 @@ def save_retrieval_grid(
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=_DPI, facecolor="white")
+    fig.savefig(out, format="png", dpi=DPI, facecolor="white")
     return out
 
 
@@ -237,7 +237,7 @@ _CM_ANNOTATE_MAX = 25  # largest number of shown classes with per-cell numbers
 _CM_NAME_CHARS_FEW, _CM_NAME_CHARS_MANY = 24, 18
 
 
-def _short(name: str, max_chars: int) -> str:
+def shorten(name: str, max_chars: int) -> str:
     name = " ".join(str(name).split())
     return name if len(name) <= max_chars else name[: max_chars - 1].rstrip() + "\u2026"
 
@@ -327,10 +327,10 @@ def save_confusion_matrix(
     few = m <= _CM_ANNOTATE_MAX
     tick_size = min(10.0, max(5.0, cell * 72 * 0.6))
     name_chars = _CM_NAME_CHARS_FEW if few else _CM_NAME_CHARS_MANY
-    names = [_short(class_names[int(i)], name_chars) for i in shown]
+    names = [shorten(class_names[int(i)], name_chars) for i in shown]
     label_in = max(len(n) for n in names) * tick_size * 0.6 / 72 + 0.6
     side = max(cell * m, 4.0)  # room for the title
-    fig = Figure(figsize=(side + label_in + 1.5, side + label_in + 1.2), dpi=_DPI)
+    fig = Figure(figsize=(side + label_in + 1.5, side + label_in + 1.2), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#d9d9d9")
@@ -376,7 +376,7 @@ def save_confusion_matrix(
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=_DPI, facecolor="white", bbox_inches="tight")
+    fig.savefig(out, format="png", dpi=DPI, facecolor="white", bbox_inches="tight")
     return out
 
 
@@ -476,7 +476,7 @@ def save_training_curves(
         panels.append(("eval", 2.0))
     if other_metrics:
         panels.append(("eval_other", 1.6))
-    fig = Figure(figsize=(9.0, 1.0 + 1.6 * sum(h for _, h in panels)), dpi=_DPI)
+    fig = Figure(figsize=(9.0, 1.0 + 1.6 * sum(h for _, h in panels)), dpi=DPI)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(len(panels), 1, height_ratios=[h for _, h in panels], hspace=0.12)
     axes: list[Any] = []
@@ -525,5 +525,5 @@ def save_training_curves(
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=_DPI, facecolor="white", bbox_inches="tight")
+    fig.savefig(out, format="png", dpi=DPI, facecolor="white", bbox_inches="tight")
     return out

@@ -29,6 +29,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     SiglipConfig,
+    SiglipImageProcessor,
     SiglipModel,
     SiglipProcessor,
     TimmWrapperConfig,
@@ -95,6 +96,7 @@ def to_transformers(dual: Any) -> TransformersExport:
             )
             model.config.mmcontrast_logit_bias = float(dual.logit_bias)
     processor = _processor(dual, kind)
+    notes += processor_differences(dual.vision)
     _verify(dual, model, processor)
     return TransformersExport(model=model, processor=processor, kind=kind, notes=notes)
 
@@ -221,14 +223,16 @@ def _vision_config(tower: Any) -> PretrainedConfig:
 
 
 def timm_data_config(pre: Any) -> dict[str, Any]:
-    """timm's data config reproducing mmcontrast's eval transform (resize, centre crop)."""
+    """timm's data config reproducing mmcontrast's eval transform: resize with the tower's
+    interpolation to ``size / crop_pct`` by the shortest side (``center``), the square
+    (``squash``) or the longest side, padded (``border``), then centre-crop ``size``."""
     return {
         "input_size": [3, pre.size, pre.size],
         "mean": list(pre.mean),
         "std": list(pre.std),
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-        "interpolation": "bilinear",
+        "crop_pct": pre.crop_pct,
+        "crop_mode": TIMM_CROP_MODES[pre.resize],
+        "interpolation": pre.interpolation,
     }
 
 
@@ -249,21 +253,57 @@ def _dual_encoder(dual: Any) -> PreTrainedModel:
 # --------------------------------------------------------------------------- processors
 
 
-def image_processor(tower: Any) -> CLIPImageProcessor:
+# ImagePreprocess.interpolation -> PIL's resampling code (transformers' ``resample``)
+RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+TIMM_CROP_MODES = {"shortest": "center", "squash": "squash", "longest": "border"}
+
+
+def image_processor(tower: Any, kind: str | None = None) -> Any:
     """A transformers image processor doing mmcontrast's eval transform for ``tower``.
 
-    Resize of the shorter side, centre crop, scale to [0, 1], normalise: the same steps as
-    ``mmcontrast.data.transforms.image_transform`` (bilinear, antialiased).
+    The tower's interpolation (bicubic for CLIP and SigLIP sources), then a resize of the
+    shorter side and a centre crop (``CLIPImageProcessor``), or a squash to the square
+    (``resize: squash``: ``SiglipImageProcessor`` for ``kind`` ``siglip``, else a
+    ``CLIPImageProcessor`` without crop); with a ``crop_pct`` below 1 the resize goes to
+    ``size / crop_pct`` and the centre crop to ``size``; scale to [0, 1]; normalise.
+    transformers' processors resize tensors with antialiasing as mmcontrast does, so the
+    pixels agree to float rounding; :func:`processor_differences` says where they cannot.
     """
     pre = resolved_preprocess(tower)
-    return CLIPImageProcessor(
-        size={"shortest_edge": pre.size},
-        crop_size={"height": pre.size, "width": pre.size},
-        image_mean=list(pre.mean),
-        image_std=list(pre.std),
-        resample=2,  # PIL bilinear
-        do_convert_rgb=True,
-    )
+    square = {"height": pre.size, "width": pre.size}
+    side = pre.resize_size
+    common: dict[str, Any] = {
+        "image_mean": list(pre.mean),
+        "image_std": list(pre.std),
+        "resample": RESAMPLE[pre.interpolation],
+        "do_convert_rgb": True,
+    }
+    if pre.resize == "squash" and side == pre.size and kind == "siglip":
+        return SiglipImageProcessor(size=square, **common)
+    if pre.resize == "squash":
+        resized = {"height": side, "width": side}
+        crop = side != pre.size
+        return CLIPImageProcessor(size=resized, crop_size=square, do_center_crop=crop, **common)
+    return CLIPImageProcessor(size={"shortest_edge": side}, crop_size=square, **common)
+
+
+def processor_differences(tower: Any) -> list[str]:
+    """Where :func:`image_processor` cannot do what the tower trained with, for the notes."""
+    pre = resolved_preprocess(tower)
+    found = []
+    if pre.resize == "longest":
+        found.append(
+            "the model was trained on images resized by their longest side and padded "
+            "(open_clip's resize_mode longest, timm's crop_mode border); the exported image "
+            "processor resizes the shortest side and centre-crops instead"
+        )
+    elif pre.crop_offset == "round" and (pre.resize == "shortest" or pre.resize_size != pre.size):
+        found.append(
+            "training centre-cropped as torchvision does (an odd margin rounded to even); the "
+            "exported image processor crops as transformers does (margin // 2), one pixel "
+            "apart for some image shapes"
+        )
+    return found
 
 
 def text_tokenizer(tower: Any) -> Any:
@@ -274,7 +314,7 @@ def text_tokenizer(tower: Any) -> Any:
 
 
 def _processor(dual: Any, kind: str) -> Any:
-    images, tokenizer = image_processor(dual.vision), text_tokenizer(dual.text)
+    images, tokenizer = image_processor(dual.vision, kind), text_tokenizer(dual.text)
     cls = {
         "clip": CLIPProcessor,
         "siglip": SiglipProcessor,

@@ -28,6 +28,11 @@ class ClipLoss(nn.Module):
 
     Pair ``i`` is the positive of row ``i``; the other N-1 entries of the row are negatives.
 
+    With ``labels`` [N] (FLYP's class prompts: two images of one class in a batch have
+    captions of the same class), entries ``(i, j)``, ``j != i``, whose labels are equal are
+    masked out of both softmaxes: a duplicate of the positive is neither a positive nor a
+    negative. Unique labels give the plain loss.
+
     Reference:
         Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
         Supervision", https://arxiv.org/abs/2103.00020 (pseudocode in Figure 3).
@@ -85,29 +90,43 @@ class ClipLoss(nn.Module):
         self.local_loss = local_loss
         self.chunk_size = chunk_size
 
-    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        labels: Tensor | None = None,
+    ) -> Tensor:
         require_same_shape(image_features=image_features, text_features=text_features)
         gathered = self.gather_distributed and distributed.is_distributed()
         if self.chunk_size is not None:
+            if labels is not None:
+                raise ValueError("ClipLoss: labels (masked duplicates) need chunk_size=None")
             return self._chunked(
                 image_features, text_features, logit_scale, gathered, self.chunk_size
             )
         if not gathered:
-            return _symmetric_ce(logit_scale * image_features @ text_features.T)
+            logits = logit_scale * image_features @ text_features.T
+            return _symmetric_ce(_mask_duplicates(logits, labels, labels, 0))
         all_images = distributed.gather_with_grad(image_features)
         all_texts = distributed.gather_with_grad(text_features)
+        all_labels = distributed.gather(labels) if labels is not None else None
         if not self.local_loss:
-            logits = logit_scale * all_images @ all_texts.T
+            logits = _mask_duplicates(
+                logit_scale * all_images @ all_texts.T, all_labels, all_labels, 0
+            )
             return distributed.sum_shares(_symmetric_ce(logits) / distributed.world_size())
         offset, total = distributed.local_offset(image_features.shape[0], image_features.device)
-        labels = torch.arange(
+        targets = torch.arange(
             offset, offset + image_features.shape[0], device=image_features.device
         )
+        image_logits = logit_scale * image_features @ all_texts.T
+        text_logits = logit_scale * text_features @ all_images.T
         per_image = F.cross_entropy(
-            logit_scale * image_features @ all_texts.T, labels, reduction="none"
+            _mask_duplicates(image_logits, labels, all_labels, offset), targets, reduction="none"
         )
         per_text = F.cross_entropy(
-            logit_scale * text_features @ all_images.T, labels, reduction="none"
+            _mask_duplicates(text_logits, labels, all_labels, offset), targets, reduction="none"
         )
         return distributed.sum_shares(wide_mean(torch.cat([per_image, per_text]), 2 * total))
 
@@ -134,6 +153,19 @@ class ClipLoss(nn.Module):
             texts, all_images, logit_scale, offset, chunk, False
         )
         return distributed.sum_shares(((per_image + per_text) / max(2 * total, 1)).to(dtype))
+
+
+def _mask_duplicates(
+    logits: Tensor, row_labels: Tensor | None, col_labels: Tensor | None, offset: int
+) -> Tensor:
+    """``logits`` [B, M] with entries of equal labels other than the positive (row ``i``,
+    column ``i + offset``) set to -inf; unchanged without labels."""
+    if row_labels is None or col_labels is None:
+        return logits
+    duplicates = row_labels[:, None] == col_labels[None, :]
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    duplicates[rows, rows + offset] = False
+    return logits.masked_fill(duplicates, float("-inf"))
 
 
 def _symmetric_ce(logits: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ optimiser step. It declares what the layers above it read:
 * :meth:`Method.trained_model`: what it trains for others to use (export, evaluation): a
   :class:`~mmcontrast.models.DualEncoder` or a vision backbone (a ``Tower``);
 * :meth:`Method.eval_tasks`: the evaluation tasks run on the held-out split;
+* :meth:`Method.zero_shot_classes`: for a ``zeroshot`` task, the classes, their prompt names
+  and templates the method trained with (FLYP), so evaluation prompts as training did;
 * :meth:`Method.loss_is_global`: whether its loss gathers every process's samples, which sets
   the loop's gradient factor; known from the losses built with :meth:`Method.make_loss`.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from torch import Tensor, nn
@@ -28,6 +31,15 @@ from mmcontrast.config import Config
 from mmcontrast.models.dual_encoder import DualEncoder
 from mmcontrast.models.tower import Tower
 from mmcontrast.registry import LOSSES, METHODS
+
+
+@dataclass(frozen=True)
+class ZeroShotClasses:
+    """Classes for zero-shot evaluation: label values (class order), names, templates."""
+
+    labels: list[str]
+    names: list[str]
+    templates: list[str]
 
 
 class Method(nn.Module):
@@ -54,6 +66,11 @@ class Method(nn.Module):
         """Evaluation tasks (``mmcontrast list tasks``) run on the held-out split during and
         after training. Default: none."""
         return ()
+
+    def zero_shot_classes(self) -> ZeroShotClasses | None:
+        """The classes a ``zeroshot`` evaluation task scores, named and prompted as the method
+        trained (None: the data's labels, prompted with the default templates)."""
+        return None
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Return ``{"loss": scalar, ...}`` for one batch."""

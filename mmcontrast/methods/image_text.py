@@ -4,9 +4,10 @@ Registered as ``image_text``; ``clip``, its earlier name, still selects it. The 
 (``loss.name``: ``clip``, the default, or ``siglip``) sets the dual encoder's initial logit
 scale and bias (``init_logit_scale`` / ``init_logit_bias`` on the loss class).
 
-``model.init_from`` starts from a whole pretrained CLIPModel or SiglipModel instead of two
-towers (``mmcontrast.models.pretrained``): its logit scale and bias are kept, and the loss
-defaults to the one it was trained with.
+``model.init_from`` starts from a whole pretrained image-text model instead of two towers: a
+transformers CLIPModel, SiglipModel or VisionTextDualEncoderModel, an open_clip model, or an
+mmcontrast run or export (``mmcontrast.methods.init_source``): its logit scale and bias are
+kept, and the loss defaults to the one it was trained with.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from torch import Tensor
 
 from mmcontrast.config import Config
 from mmcontrast.data.feature_cache import compute_tower_features
-from mmcontrast.data.image_text import ImageTextCollator, ImageTextDataset
+from mmcontrast.data.image_text import (
+    ImageTable,
+    ImageTextCollator,
+    ImageTextDataset,
+    SeededSamples,
+)
 from mmcontrast.data.pairs import load_pairs, open_stream
 from mmcontrast.data.streaming import StreamedPairs
 from mmcontrast.data.transforms import image_transform
 from mmcontrast.methods.base import Method
+from mmcontrast.methods.init_source import open_init_source
 from mmcontrast.models.dual_encoder import DualEncoder, build_dual_encoder
-from mmcontrast.models.pretrained import PretrainedSource
 from mmcontrast.models.tower import resolved_preprocess
 from mmcontrast.registry import LOSSES, METHODS
 
@@ -43,8 +49,8 @@ class ImageTextContrastive(Method):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         cfg = self.cfg
-        source = PretrainedSource(cfg.model.init_from) if cfg.model.init_from else None
-        cfg.loss.name = cfg.loss.name or (source.family.loss if source else "clip")
+        source = open_init_source(cfg.model.init_from) if cfg.model.init_from else None
+        cfg.loss.name = cfg.loss.name or (source.loss if source else "clip")
         loss_cls = LOSSES.get(cfg.loss.name)  # an unknown name fails here, with the nearest one
         init_scale = getattr(loss_cls, "init_logit_scale", None)
         if init_scale is None:
@@ -94,7 +100,7 @@ class ImageTextContrastive(Method):
     def image_transform(self, train: bool) -> Callable[[Any], Tensor]:
         return image_transform(resolved_preprocess(self.model.vision), self.cfg.data, train=train)
 
-    def train_data(self) -> tuple[ImageTextDataset | StreamedPairs, ImageTextCollator]:
+    def train_data(self) -> tuple[SeededSamples | StreamedPairs, ImageTextCollator]:
         collate = ImageTextCollator(self.model.text.tokenizer())
         if self.cfg.data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
             load_pairs(self.cfg.data, self.cfg.data.eval_split, 1)  # fail now, not after training
@@ -103,22 +109,30 @@ class ImageTextContrastive(Method):
         table = load_pairs(
             self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples
         )
-        transform = self.image_transform(train=True)
-        features, bad = None, None
-        if self.cfg.train.cache_locked_features:
-            self._check_cacheable()
-            features, bad = compute_tower_features(
-                self.model.vision,
-                self.model.vision.width,
-                table,
-                self.image_transform(train=False),
-                self.cfg.eval.batch_size,
-                self.cfg.data.num_workers,
-            )
+        features, bad = self.locked_features(table)
         dataset = ImageTextDataset(
-            table, transform, seed=self.cfg.train.seed, vision_features=features, bad_rows=bad
+            table,
+            self.image_transform(train=True),
+            seed=self.cfg.train.seed,
+            vision_features=features,
+            bad_rows=bad,
         )
         return dataset, collate
+
+    def locked_features(self, table: ImageTable) -> tuple[Tensor | None, dict[int, str] | None]:
+        """With ``train.cache_locked_features``: the locked vision tower's features of every
+        row of ``table`` (computed once) and its unreadable rows; else ``(None, None)``."""
+        if not self.cfg.train.cache_locked_features:
+            return None, None
+        self._check_cacheable()
+        return compute_tower_features(
+            self.model.vision,
+            self.model.vision.width,
+            table,
+            self.image_transform(train=False),
+            self.cfg.eval.batch_size,
+            self.cfg.data.num_workers,
+        )
 
     def _streamed_data(self) -> StreamedPairs:
         data, train = self.cfg.data, self.cfg.train

@@ -1,18 +1,29 @@
 """Towers from Hugging Face transformers: any ``AutoModel`` by Hub id or local directory.
 
-Composite checkpoints (``CLIPModel``, ``SiglipModel``) give their vision or text half;
-encoder-decoder text models (T5) give their encoder. ``pretrained: false`` builds the
-model from its config with random weights; ``name`` may then also be a bare model type
-(``bert``, ``vit``) with sizes in ``config_overrides``. A model already loaded (a half of
-the whole ``CLIPModel`` that ``model.init_from`` names) is wrapped as it is.
+Composite checkpoints (``CLIPModel``, ``SiglipModel``, ``VisionTextDualEncoderModel``) give
+their vision or text half, with a warning naming what is dropped (the other half, the
+projections, the logit scale: ``model.init_from`` keeps them); encoder-decoder text models
+(T5) give their encoder. ``pretrained: false`` builds the model from its config with random
+weights; ``name`` may then also be a bare model type (``bert``, ``vit``) with sizes in
+``config_overrides``. A model already loaded (a half of the whole ``CLIPModel`` or
+``VisionTextDualEncoderModel`` that ``model.init_from`` names) is wrapped as it is.
+
+Images are preprocessed as the checkpoint's image processor says. A timm model through
+transformers' ``TimmWrapperModel`` carries timm's data config instead (its
+``TimmWrapperImageProcessor``, or ``pretrained_cfg`` in the config when no processor loads,
+as in a ``VisionTextDualEncoderModel`` folder): size, mean/std, interpolation and crop mode
+are read from it (:func:`mmcontrast.models.timm_tower.timm_preprocess`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,14 +37,20 @@ from transformers import (
     AutoModelForTextEncoding,
     AutoTokenizer,
     PretrainedConfig,
+    PreTrainedModel,
+    TimmWrapperImageProcessor,
 )
+from transformers.utils import cached_file
 
 from mmcontrast.config import TowerConfig
 from mmcontrast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from mmcontrast.models.packaged import resolve_packaged_path
+from mmcontrast.models.timm_tower import timm_preprocess
 from mmcontrast.models.tower import Tower, pool
 from mmcontrast.models.weights import load_into
 from mmcontrast.registry import TOWERS
+
+logger = logging.getLogger(__name__)
 
 # Text towers whose pooled output is the standard sentence feature (EOS / last token).
 POOLER_TEXT_TYPES = {"clip_text_model", "siglip_text_model", "siglip2_text_model"}
@@ -46,24 +63,74 @@ def _hub_kwargs(cfg: TowerConfig) -> dict[str, Any]:
 
 
 def load_hf_config(cfg: TowerConfig, modality: str) -> PretrainedConfig:
-    """The tower's config: from its checkpoint, or ``AutoConfig.for_model`` for a bare type."""
-    path = resolve_packaged_path(cfg.name)
-    if not cfg.pretrained and path in CONFIG_MAPPING and not os.path.isdir(path):
-        config = AutoConfig.for_model(path, **cfg.config_overrides)
-    else:
-        try:
-            config = AutoConfig.from_pretrained(path, **_hub_kwargs(cfg))
-        except OSError as err:
-            raise ValueError(
-                f"cannot load Hugging Face model {cfg.name!r} for the {modality} tower: not a local "
-                f"directory with config.json, and not reachable on the Hub ({err.__class__.__name__}). "
-                f"Check the name, or build a random tower with pretrained: false and a model type "
-                f"such as 'bert' or 'vit'."
-            ) from None
-        for key, value in cfg.config_overrides.items():
-            setattr(config, key, value)
+    """The tower's config: from its checkpoint, or ``AutoConfig.for_model`` for a bare type.
+
+    A composite checkpoint (``CLIPModel``, ``SiglipModel``, ...) gives its ``vision_config``
+    or ``text_config``.
+    """
+    config = _checkpoint_config(cfg, modality)
     sub = getattr(config, f"{modality}_config", None)
     return sub if sub is not None else config
+
+
+def _checkpoint_config(cfg: TowerConfig, modality: str) -> PretrainedConfig:
+    """The config of the checkpoint ``cfg.name`` names (a composite one whole), overridden."""
+    path = resolve_packaged_path(cfg.name)
+    if not cfg.pretrained and path in CONFIG_MAPPING and not os.path.isdir(path):
+        return AutoConfig.for_model(path, **cfg.config_overrides)
+    try:
+        config = AutoConfig.from_pretrained(path, **_hub_kwargs(cfg))
+    except OSError as err:
+        raise ValueError(
+            f"cannot load Hugging Face model {cfg.name!r} for the {modality} tower: not a local "
+            f"directory with config.json, and not reachable on the Hub ({err.__class__.__name__}). "
+            f"Check the name, or build a random tower with pretrained: false and a model type "
+            f"such as 'bert' or 'vit'."
+        ) from None
+    for key, value in cfg.config_overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def _load_composite_half(
+    cfg: TowerConfig, modality: str, whole_config: PretrainedConfig, model_cls: Any
+) -> Any:
+    """The ``{modality}_model`` of a pretrained composite checkpoint, warning what is dropped.
+
+    The whole model is loaded and its half kept (the rest freed), as ``model.init_from``
+    does: loaded by its own class, a half whose checkpoint keys carry the composite's prefix
+    (a ``VisionTextDualEncoderModel``'s BERT or timm tower) would start random. A half that
+    is no transformers model of its own, or an encoder-decoder text half (T5, loaded as its
+    encoder), is loaded by its own class.
+    """
+    path, half = resolve_packaged_path(cfg.name), f"{modality}_model"
+    with torch.device("meta"):  # the composite's parts, without weights
+        skeleton = AutoModel.from_config(whole_config, trust_remote_code=cfg.trust_remote_code)
+    logger.warning(composite_half_message(cfg, modality, skeleton))
+    config = getattr(whole_config, f"{modality}_config")
+    skeleton_half = getattr(skeleton, half, None)
+    if not isinstance(skeleton_half, PreTrainedModel) or model_cls is AutoModelForTextEncoding:
+        return model_cls.from_pretrained(path, config=config, **_hub_kwargs(cfg))
+    whole = AutoModel.from_pretrained(path, config=whole_config, **_hub_kwargs(cfg))
+    return getattr(whole, half)
+
+
+def composite_half_message(cfg: TowerConfig, modality: str, whole: nn.Module) -> str:
+    """What building a tower from one half of the composite model ``whole`` drops."""
+    half = f"{modality}_model"
+    dropped = [name for name, _ in whole.named_children() if name != half]
+    dropped += [name for name, _ in whole.named_parameters(recurse=False)]
+    dropped += [name for name, _ in whole.named_buffers(recurse=False)]
+    listed = (
+        ", ".join(dropped[:-1]) + f" and {dropped[-1]}" if len(dropped) > 1 else "".join(dropped)
+    )
+    return (
+        f"model.{modality}.name ({cfg.name!r}) is a whole {type(whole).__name__}: only its "
+        f"{half} is used; {listed or 'nothing else'} {'is' if len(dropped) == 1 else 'are'} "
+        "dropped, so the model starts without the source's image-text alignment. To start "
+        f"from the whole model (a CLIPModel, SiglipModel or VisionTextDualEncoderModel), set "
+        f"model.init_from: {cfg.name} and remove model.vision.name and model.text.name"
+    )
 
 
 def _model_class(config: PretrainedConfig, modality: str) -> Any:
@@ -116,8 +183,12 @@ class HFTower(Tower):
 
     @staticmethod
     def _load(cfg: TowerConfig, modality: str) -> Any:
-        config = load_hf_config(cfg, modality)
+        whole_config = _checkpoint_config(cfg, modality)
+        sub = getattr(whole_config, f"{modality}_config", None)
+        config = sub if sub is not None else whole_config
         model_cls = _model_class(config, modality)
+        if cfg.pretrained and config is not whole_config:
+            return _load_composite_half(cfg, modality, whole_config, model_cls)
         if cfg.pretrained:
             path = resolve_packaged_path(cfg.name)
             return model_cls.from_pretrained(path, config=config, **_hub_kwargs(cfg))
@@ -250,12 +321,15 @@ class HFTokenizer:
 def _image_preprocess(cfg: TowerConfig, config: PretrainedConfig) -> ImagePreprocess:
     size = getattr(config, "image_size", None)
     mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-    resizing: dict[str, str] = {}
+    resizing: dict[str, Any] = {}  # processor_resizing: ImagePreprocess fields
     if cfg.pretrained or os.path.isdir(resolve_packaged_path(cfg.name)):
         try:
-            processor = AutoImageProcessor.from_pretrained(
-                resolve_packaged_path(cfg.name), **_hub_kwargs(cfg)
-            )
+            processor = load_image_processor(resolve_packaged_path(cfg.name), config, cfg)
+        except (OSError, ValueError, TypeError):
+            processor = None
+        if isinstance(getattr(processor, "data_config", None), dict):  # timm's, as timm does
+            return timm_preprocess(processor.data_config)
+        if processor is not None:
             mean = list(getattr(processor, "image_mean", None) or mean)
             std = list(getattr(processor, "image_std", None) or std)
             crop = size_dict(
@@ -265,11 +339,51 @@ def _image_preprocess(cfg: TowerConfig, config: PretrainedConfig) -> ImagePrepro
             ) or size_dict(getattr(processor, "size", None))
             size = crop.get("height") or crop.get("shortest_edge") or size
             resizing = processor_resizing(processor)
-        except (OSError, ValueError, TypeError):
-            pass
+    elif isinstance(getattr(config, "pretrained_cfg", None), dict):  # a random TimmWrapperModel
+        return timm_preprocess(config.pretrained_cfg)
     if isinstance(size, list | tuple):
         size = size[0]
     return ImagePreprocess(size=int(size or 224), mean=mean, std=std, **resizing)
+
+
+def load_image_processor(path: str, config: PretrainedConfig, cfg: TowerConfig) -> Any:
+    """The image processor saved at ``path`` for a vision model with ``config``.
+
+    transformers cannot load the ``TimmWrapperImageProcessor`` that a composite processor
+    (``VisionTextDualEncoderProcessor``) saves, nor find one beside a composite config; for
+    a ``TimmWrapperModel`` it is rebuilt from the saved processor's data config, else from
+    the model config's ``pretrained_cfg``.
+
+    Raises:
+        OSError, ValueError, TypeError: No image processor can be read from ``path``.
+    """
+    try:
+        return AutoImageProcessor.from_pretrained(path, **_hub_kwargs(cfg))
+    except (OSError, ValueError, TypeError):
+        if getattr(config, "model_type", None) != "timm_wrapper":
+            raise
+    data_config = _saved_timm_data_config(path, cfg) or getattr(config, "pretrained_cfg", None)
+    if not isinstance(data_config, dict):
+        raise ValueError(f"{path!r}: a timm model without a data config (pretrained_cfg)")
+    return TimmWrapperImageProcessor(pretrained_cfg=data_config)
+
+
+def _saved_timm_data_config(path: str, cfg: TowerConfig) -> dict[str, Any] | None:
+    """``processor_config.json``'s timm data config, as a composite processor saves it."""
+    try:
+        found = cached_file(
+            path,
+            "processor_config.json",
+            revision=cfg.revision,
+            _raise_exceptions_for_missing_entries=False,
+        )
+    except OSError:
+        return None
+    if found is None:
+        return None
+    saved = json.loads(Path(found).read_text()).get("image_processor", {})
+    data = saved.get("data_config") if isinstance(saved, dict) else None
+    return dict(data) if isinstance(data, dict) else None
 
 
 def size_dict(value: Any) -> dict[str, int]:

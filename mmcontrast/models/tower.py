@@ -34,7 +34,8 @@ class Tower(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is not a text tower")
 
     def layer_stack(self) -> nn.ModuleList | nn.Sequential:
-        """The module whose children are the tower's layers (used by ``unlocked_layers``)."""
+        """The module whose children are the tower's layers (``unlocked_layers``, ``lr_decay``:
+        see :func:`layer_ids`)."""
         return find_layer_stack(self)
 
     def enable_gradient_checkpointing(self) -> None:
@@ -84,11 +85,6 @@ def _apply_lora(tower: Tower, cfg: TowerConfig, modality: str) -> None:
             f"{where} freezes the tower's own weights: drop model.{modality}.unlocked_layers "
             "(or lora)"
         )
-    if cfg.source == "open_clip":
-        raise ValueError(
-            f"{where}: open_clip towers are not supported yet (their attention packs q, k, v "
-            "in one in_proj_weight); use the tower's Hugging Face or timm version"
-        )
     apply_lora(tower, settings, where)
 
 
@@ -136,51 +132,110 @@ def pool(
     raise ValueError(f"unknown pooling {pooling!r}; choose cls, mean or pooler")
 
 
-# --------------------------------------------------------------------------- locking
+# --------------------------------------------------------------------------- layers and locking
+
+# Parameter-name parts that mark the input side of a tower (embeddings, class token, stem,
+# pre-norm) wherever the model registers them: open_clip registers its text tower's
+# token_embedding after the transformer, timm ViTs hold cls_token on the model itself.
+_INPUT_SIDE = ("cls_token", "reg_token", "dist_token", "mask_token", "pre_layrnorm", "ln_pre", "norm_pre", "stem")  # fmt: skip
 
 
 def find_layer_stack(module: nn.Module) -> nn.ModuleList | nn.Sequential:
-    """The ``ModuleList``/``Sequential`` holding the most parameters (the layer stack)."""
+    """The ``ModuleList`` or ``Sequential`` holding the most parameters (the layer stack).
+
+    A ``ModuleList`` of one layer counts (a one-layer transformer); a ``Sequential`` needs
+    two, since one-module ``Sequential`` wrappers are common.
+    """
     best: nn.ModuleList | nn.Sequential | None = None
     best_count = -1
     for sub in module.modules():
-        if isinstance(sub, nn.ModuleList | nn.Sequential) and len(sub) >= 2:
+        if isinstance(sub, nn.ModuleList | nn.Sequential) and len(sub) >= (
+            1 if isinstance(sub, nn.ModuleList) else 2
+        ):
             count = sum(p.numel() for p in sub.parameters())
             if count > best_count:
                 best, best_count = sub, count
     if best is None:
         raise ValueError(
-            f"cannot find a stack of layers in {type(module).__name__}; use lock without unlocked_layers"
+            f"cannot find a stack of layers in {type(module).__name__} (no ModuleList, and "
+            "no Sequential of two or more modules)"
         )
     return best
+
+
+def layer_ids(tower: Tower) -> tuple[dict[str, int], int]:
+    """Each parameter's layer id, and the number of layers L of ``tower.layer_stack()``.
+
+    The convention of BEiT (Bao et al. 2021) and FT-CLIP (Dong et al. 2022), used by
+    layer-wise learning-rate decay and by ``unlocked_layers``: the input side (embeddings,
+    class token, stem, pre-norm) is layer 0, block k (from 0) of the stack is layer k + 1,
+    and everything after the last block (final norm, pooler, head) is layer L + 1. A
+    parameter inside a block (adapters included) takes the block's id; one outside the stack
+    is input side by its name (:data:`_INPUT_SIDE`, or a part holding ``embed``), else by
+    where it is registered: in a module before the stack is layer 0; after the stack, or
+    held directly by a module that holds the stack (open_clip's ``proj``), is layer L + 1.
+
+    Raises:
+        ValueError: The tower has no stack of layers (the message names the tower).
+    """
+    try:
+        stack = tower.layer_stack()
+    except ValueError as err:
+        raise ValueError(f"{type(tower).__name__}: {err}") from None
+    blocks = list(stack)
+    block_of = {id(p): k for k, block in enumerate(blocks) for p in block.parameters()}
+    stack_path = next(name for name, sub in tower.named_modules() if sub is stack)
+    ids: dict[str, int] = {}
+    after_stack = False
+    for name, param in tower.named_parameters():
+        if id(param) in block_of:
+            ids[name] = block_of[id(param)] + 1
+            after_stack = True
+        elif _input_side(name) or not (after_stack or _holds(name, stack_path)):
+            ids[name] = 0
+        else:
+            ids[name] = len(blocks) + 1
+    return ids, len(blocks)
+
+
+def _input_side(name: str) -> bool:
+    return any("embed" in part or part in _INPUT_SIDE for part in name.lower().split("."))
+
+
+def _holds(name: str, stack_path: str) -> bool:
+    """Whether parameter ``name`` belongs directly to a module that holds the stack."""
+    owner = name.rpartition(".")[0]
+    return owner == "" or stack_path.startswith(owner + ".")
 
 
 def apply_lock(tower: Tower, lock: bool, unlocked_layers: int = 0) -> None:
     """Freeze the tower (LiT), optionally leaving its last ``unlocked_layers`` layers trainable.
 
-    Everything registered after the unlocked layers (final norms, poolers, heads) stays
-    trainable too. Frozen sub-modules are kept in eval mode by ``keep_frozen_in_eval``.
+    Everything after the unlocked layers (final norms, poolers, heads: layer ids of
+    :func:`layer_ids`) stays trainable too, except what the tower itself froze. Frozen
+    sub-modules are kept in eval mode by ``keep_frozen_in_eval``.
     """
     if unlocked_layers and not lock:
         raise ValueError("unlocked_layers only applies to a locked tower: set lock: true as well")
     if not lock:
         return
-    names = [name for name, _ in tower.named_parameters()]
+    trainable = {name for name, param in tower.named_parameters() if param.requires_grad}
     for param in tower.parameters():
         param.requires_grad_(False)
     if unlocked_layers <= 0:
         return
-    stack = tower.layer_stack()
-    if unlocked_layers > len(stack):
+    try:
+        ids, layers = layer_ids(tower)
+    except ValueError as err:
+        raise ValueError(f"{err}; use lock without unlocked_layers") from None
+    if unlocked_layers > layers:
         raise ValueError(
-            f"unlocked_layers={unlocked_layers} but the tower has only {len(stack)} layers"
+            f"unlocked_layers={unlocked_layers} but the tower has only {layers} layers"
         )
-    first_unlocked = list(stack)[-unlocked_layers]
-    first_param = next(first_unlocked.parameters())
-    start = next(i for i, (_, p) in enumerate(tower.named_parameters()) if p is first_param)
     params = dict(tower.named_parameters())
-    for name in names[start:]:
-        params[name].requires_grad_(True)
+    for name, layer in ids.items():
+        if layer > layers - unlocked_layers and name in trainable:
+            params[name].requires_grad_(True)
 
 
 def keep_frozen_in_eval(module: nn.Module) -> None:

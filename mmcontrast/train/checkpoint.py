@@ -2,9 +2,10 @@
 
 A checkpoint folder holds what ``Accelerator.save_state`` writes (model, optimiser,
 scheduler, grad scaler, every RNG), ``trainer_state.json`` (step, epoch, batches consumed
-in that epoch), the resolved ``config.yaml`` and, for streamed data, each process's
-stream positions (``data_state_rank*.json``). The newest checkpoint is found by the step
-recorded inside, not by parsing folder names.
+in that epoch), the resolved ``config.yaml``, with ``train.ema_decay`` the moving average of
+the weights (``ema.safetensors``, :mod:`mmcontrast.train.ema`) and, for streamed data, each
+process's stream positions (``data_state_rank*.json``). The newest checkpoint is found by the
+step recorded inside, not by parsing folder names.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mmcontrast.methods.trained import WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from mmcontrast.data.streaming import StreamLoader
+    from mmcontrast.train.ema import WeightsEma
 
 STATE_FILE = "trainer_state.json"
 
@@ -43,10 +45,12 @@ def save_checkpoint(
     state: TrainerState,
     keep: int,
     data_state: StreamLoader | None = None,
+    ema: WeightsEma | None = None,
 ) -> Path:
     """Write a checkpoint under ``output_dir/checkpoints`` and prune the oldest beyond ``keep``.
 
-    ``data_state`` (a streamed run's loader) writes each process's stream positions;
+    ``data_state`` (a streamed run's loader) writes each process's stream positions; ``ema``
+    (the same on every process) is written by the main process, as safetensors;
     ``trainer_state.json``, which marks the checkpoint complete, is written last.
     """
     root = Path(cfg.train.output_dir) / "checkpoints"
@@ -56,6 +60,8 @@ def save_checkpoint(
         data_state.save(folder, accelerator.process_index)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if ema is not None:
+            ema.save(folder)
         (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         save_config(cfg, folder / "config.yaml")
         for old in list_checkpoints(root)[:-keep] if keep > 0 else []:

@@ -18,10 +18,19 @@ prepared DataLoader: endless, read per process, its positions saved in every che
 With ``train.grad_cache_micro_batch`` a batch's forward and backward go through
 :func:`mmcontrast.train.grad_cache.grad_cache_backward` (the whole batch's loss, one
 micro-batch's activations at a time); clipping, stepping and logging stay as they are.
+
+With ``train.ema_decay`` the loop keeps a moving average of the trained model's weights
+(:class:`mmcontrast.train.ema.WeightsEma`), updated after each optimiser step and saved in
+every checkpoint. The evaluations every ``eval.every`` steps score the EMA (swapped in, then
+the raw weights put back, so training goes on unchanged), as do the final evaluation and
+the final weights (``model.safetensors``): what is evaluated is what is shipped. The
+step-0 evaluation needs no swap: the EMA starts as the weights. Checkpoints keep the raw
+weights (the optimiser's) beside ``ema.safetensors``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,6 +46,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import (
     DistributedDataParallelKwargs,
+    DistributedType,
     TorchDynamoPlugin,
     gather_object,
     set_seed,
@@ -56,6 +66,7 @@ from mmcontrast.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from mmcontrast.train.ema import WeightsEma
 from mmcontrast.train.grad_cache import (
     check_grad_cache_support,
     grad_cache_backward,
@@ -131,12 +142,18 @@ def train(
         optimizer, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio
     )
     accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimiser step
+    unwrapped: Method = accelerator.unwrap_model(
+        method, keep_torch_compile=False
+    )  # plain keys in saved weights
+    ema = _build_ema(cfg, accelerator, unwrapped)  # on the training device: after prepare
 
     state = TrainerState()
     if resume:
         folder = find_resume_folder(output_dir, resume)
         accelerator.load_state(str(folder))
         state = read_state(folder)
+        if ema is not None:
+            ema.load(folder)
         if streamed:
             loader.load(folder, accelerator.process_index)
         elif list(folder.glob("data_state_rank*.json")):
@@ -153,9 +170,6 @@ def train(
                 (output_dir / name).unlink(missing_ok=True)
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
 
-    unwrapped: Method = accelerator.unwrap_model(
-        method, keep_torch_compile=False
-    )  # plain keys in saved weights
     loss_factor = _loss_factor(accelerator.num_processes, unwrapped)
     stop_at = min(total_steps, cfg.train.stop_at_step or total_steps)
     history: list[dict[str, float]] = []
@@ -175,6 +189,9 @@ def train(
     tic, tic_step = time.perf_counter(), state.step
     last_scalars: dict[str, torch.Tensor] = {}
 
+    if hooks.evaluate is not None and not resume and _evaluate_at_start(cfg):
+        # before/after: the starting model scored with the tasks of the end (eval/step-00000000)
+        _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, 0, False)
     method.train()
     data_state = loader if streamed else None  # checkpoints keep the streams' positions
     while state.step < stop_at:
@@ -206,6 +223,8 @@ def train(
             scheduler.step()
             state.step += 1
             unwrapped.after_optimizer_step(state.step, total_steps)
+            if ema is not None:
+                ema.update(state.step)
             bar.update(1)
             if state.step % cfg.train.log_every == 0 or state.step == stop_at:
                 toc = time.perf_counter()
@@ -213,7 +232,7 @@ def train(
                 record = {
                     "step": state.step,
                     "loss": loss,
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": max(scheduler.get_last_lr()),  # the fastest group's (heads, usually)
                     "pairs_per_s": samples_per_step
                     * (state.step - tic_step)
                     / max(toc - tic, 1e-9),
@@ -235,10 +254,11 @@ def train(
             step_losses = []
             evaluate_now = cfg.eval.every and state.step % cfg.eval.every == 0
             if hooks.evaluate is not None and evaluate_now and state.step < stop_at:
-                _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, state.step, False)
+                with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+                    _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, state.step, False)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 folder = save_checkpoint(
-                    accelerator, cfg, state, cfg.train.keep_checkpoints, data_state
+                    accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema
                 )
                 saved = hooks.checkpoint_saved
                 if saved is not None and accelerator.is_main_process and state.step < total_steps:
@@ -265,7 +285,13 @@ def train(
     summary["skipped"] = dict(all_skipped)
     if state.step >= total_steps:
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every != 0:
-            save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state)
+            save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema)
+        if ema is not None:  # the final weights and evaluation are the EMA's
+            ema.copy_to_model()
+            summary["ema_decay"] = ema.decay
+            note = f"final weights and evaluation: the EMA (train.ema_decay={ema.decay})"
+            logger.info(note)
+            accelerator.print(note)
         weights = full_state_dict(unwrapped)  # every process: FSDP gathers its shards
         if accelerator.is_main_process:
             save_weights(unwrapped, cfg, output_dir, weights)
@@ -276,7 +302,7 @@ def train(
         if accelerator.is_main_process and hooks.run_finished is not None:
             summary.update(hooks.run_finished(cfg, output_dir, state.step))
     elif cfg.train.stop_at_step:
-        save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state)
+        save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema)
     accelerator.end_training()
     return summary
 
@@ -351,6 +377,20 @@ def _compile_plugin(cfg: Config) -> TorchDynamoPlugin | None:
     )
 
 
+def _build_ema(cfg: Config, accelerator: Accelerator, method: Method) -> WeightsEma | None:
+    """``train.ema_decay``: the EMA of the trained model, on the training device (after
+    ``prepare``); refused where processes hold only shards of the weights."""
+    if cfg.train.ema_decay is None:
+        return None
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError(
+            f"train.ema_decay works in one process or with DDP, not with "
+            f"{accelerator.distributed_type.value} (each process holds only part of the "
+            "weights); set train.ema_decay=null or launch without it"
+        )
+    return WeightsEma(method.trained_model(), cfg.train.ema_decay)
+
+
 def _loss_factor(num_processes: int, method: Method) -> int:
     """P for a loss that gathers (its gradient is this process's share; DDP averages), else 1."""
     return num_processes if method.loss_is_global() else 1
@@ -396,6 +436,13 @@ def _evaluate(
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _evaluate_at_start(cfg: Config) -> bool:
+    """``eval.at_start``; unset, on for runs that start from a pretrained model (init_from)."""
+    if cfg.eval.at_start is not None:
+        return cfg.eval.at_start
+    return bool(cfg.model.init_from)
 
 
 def _flat_config(cfg: Config) -> dict[str, Any]:

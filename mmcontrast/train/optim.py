@@ -1,4 +1,13 @@
-"""AdamW, SGD or LARS with weight decay on weight matrices only, and a warm-up + cosine schedule."""
+"""AdamW, SGD or LARS with weight decay on weight matrices only, per-tower learning rates
+with optional layer-wise decay, and a warm-up + cosine schedule.
+
+Layer-wise learning-rate decay (``model.{vision,text}.lr_decay``) follows BEiT (Bao et al.
+2021, "BEiT: BERT Pre-Training of Image Transformers") and FT-CLIP (Dong et al. 2022, "CLIP
+Itself is a Strong Fine-tuner"): a tower's parameter of layer id ``i`` out of ``L`` layers
+(:func:`mmcontrast.models.tower.layer_ids`: embeddings 0, block k id k + 1, what follows the
+blocks L + 1) trains at ``lr * lr_decay ** (L + 1 - i)``, so the layers near the input, which
+hold the most general features, move least.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from mmcontrast.config import TrainConfig
+from mmcontrast.models.tower import Tower, layer_ids
 
 
 def build_optimizer(
@@ -21,13 +31,20 @@ def build_optimizer(
     with weight decay, so biases and norms are excluded from adaptation as in SimCLR/BYOL.
 
     ``lr_by_prefix`` gives parameters whose name starts with a prefix their own learning
-    rate (e.g. a pretrained tower trained slower than the new heads).
+    rate (e.g. a pretrained tower trained slower than the new heads). The towers in ``model``
+    whose config sets ``lr_decay`` scale it per layer (:func:`layer_decay_scales`); heads,
+    projections and the logit scale are outside the towers and keep their rate.
+
+    Parameters are grouped by (learning rate, weight decay or not) in the order of
+    ``model.named_parameters()``: the same model and config give the same groups in the same
+    order, which resuming an optimiser state needs.
 
     ``cfg.fused_optimizer`` uses torch's fused AdamW / SGD kernels (CPU and CUDA): the same
     update as the per-parameter loop, about 4x faster on CPU for a 27M-parameter model.
     """
     # not timm's param_groups_weight_decay: no per-prefix lr, and its group order breaks resume
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    scales = layer_decay_scales(model)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -35,6 +52,7 @@ def build_optimizer(
             param.ndim < 2 or "logit_" in name or "norm" in name.lower() or name.endswith(".bias")
         )
         lr = next((v for k, v in (lr_by_prefix or {}).items() if name.startswith(k)), cfg.lr)
+        lr *= scales.get(name, 1.0)
         groups.setdefault((lr, no_decay), []).append(param)
     if not groups:
         raise ValueError(
@@ -50,6 +68,47 @@ def build_optimizer(
     if cfg.optimizer == "lars":
         return Lars(param_groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fused)  # type: ignore[arg-type]
+
+
+def layer_decay_scales(model: nn.Module) -> dict[str, float]:
+    """Parameter name -> learning-rate factor ``lr_decay ** (L + 1 - layer id)`` for every
+    parameter of the towers in ``model`` whose config sets ``lr_decay``.
+
+    Raises:
+        ValueError: ``lr_decay`` outside (0, 1], or a tower with ``lr_decay`` whose layers
+            cannot be found (the message names the tower).
+
+    Example:
+        >>> from mmcontrast.config import TowerConfig
+        >>> from mmcontrast.models import build_tower
+        >>> vit = {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 2, "num_heads": 2}
+        >>> tower = build_tower(TowerConfig(source="timm", name="vit_tiny_patch16_224",
+        ...     pretrained=False, config_overrides=vit, lr_decay=0.5), "vision")
+        >>> scales = layer_decay_scales(tower)  # 2 blocks: ids 0 (embeddings) to 3
+        >>> scales["model.cls_token"], scales["model.blocks.1.mlp.fc1.weight"]
+        (0.125, 0.5)
+        >>> scales["model.norm.weight"]
+        1.0
+    """
+    scales: dict[str, float] = {}
+    for prefix, tower in model.named_modules():
+        tower_cfg = getattr(tower, "cfg", None) if isinstance(tower, Tower) else None
+        if tower_cfg is None or tower_cfg.lr_decay is None:
+            continue
+        key = f"model.{getattr(tower, 'modality', 'vision')}.lr_decay"
+        decay = tower_cfg.lr_decay
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"{key} = {decay} must be in (0, 1], e.g. 0.65 (1 = no decay)")
+        try:
+            ids, layers = layer_ids(tower)
+        except ValueError as err:
+            raise ValueError(
+                f"{key}: cannot find the layers of the {tower_cfg.source} tower "
+                f"{tower_cfg.name!r} ({err}); set {key}=null to train it at one rate"
+            ) from None
+        for name, layer in ids.items():
+            scales[f"{prefix}.{name}" if prefix else name] = decay ** (layers + 1 - layer)
+    return scales
 
 
 def cosine_schedule(

@@ -12,22 +12,27 @@ from helpers import (
     COLOURS,
     QUICKSTART,
     SHAPES,
+    TEXTS,
     TINY_CLIP_TEXT,
     TINY_CLIP_VISION,
     TINY_OPEN_CLIP,
+    TINY_TIMM_DATA,
     draw,
     save_clip,
     save_siglip,
+    save_vtde,
 )
 from PIL import Image
 
 from mmcontrast.cli import main
-from mmcontrast.config import DataConfig
+from mmcontrast.config import DataConfig, load_recipe
 from mmcontrast.data.pairs import load_pairs
+from mmcontrast.data.transforms import image_transform
 from mmcontrast.eval.adapters import load_eval_model
 from mmcontrast.eval.embed import embed_images, embed_texts
-
-TEXTS = ["a red circle", "the big blue square on a dark star", "green"]
+from mmcontrast.methods import build_method
+from mmcontrast.methods.image_text import ImageTextContrastive
+from mmcontrast.models.tower import resolved_preprocess
 
 
 def save_dual_encoder(folder: Path, tokenizer_dir: Path) -> Path:
@@ -128,6 +133,49 @@ def test_transformers_families_equal_plain_transformers(
     torch.testing.assert_close(embedded.features, expected_images, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(embed_texts(adapter, TEXTS, 2), expected_texts, atol=1e-5, rtol=1e-5)
     assert adapter.describe()["model_type"] == reference.config.model_type
+
+
+def test_timm_dual_encoder_evaluates_as_timm_and_training_preprocess(
+    tmp_path: Path, tokenizer_dir: Path, labelled_shapes: Path
+) -> None:
+    """A VisionTextDualEncoderModel with a timm vision tower (TimmWrapperModel), whose
+    processor AutoImageProcessor cannot read back: its images go through timm's own
+    evaluation transform (crop_pct included), the pixels ``model.init_from`` training uses
+    (one uint8 level apart: PIL's resize and torchvision's round differently), and the
+    embeddings are plain transformers'. ``mmcontrast eval --model FOLDER`` runs."""
+    from transformers import AutoModel, AutoTokenizer, TimmWrapperImageProcessor
+
+    data = {**TINY_TIMM_DATA, "crop_pct": 0.875}
+    folder = save_vtde(tmp_path / "vtde", tokenizer_dir, "timm", timm_data=data)
+    adapter = load_eval_model(str(folder), device="cpu")
+    assert adapter.family == "vision-text-dual-encoder"
+
+    timm_processor = TimmWrapperImageProcessor(pretrained_cfg=data)
+    method = build_method(load_recipe(None, [f"model.init_from={folder}"]))
+    assert isinstance(method, ImageTextContrastive)
+    pre = resolved_preprocess(method.model.vision)
+    assert pre.crop_pct == 0.875
+    one_level = 1.01 / 255 / min(pre.std)
+    images = [*_images(), draw("red", "star", size=48).resize((50, 37))]  # one not square
+    pixels = torch.stack([adapter.image_transform()(im) for im in images])
+    expected_pixels = timm_processor(images=images, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels, expected_pixels, atol=0, rtol=0)
+    training = torch.stack([image_transform(pre)(im) for im in images])
+    assert (training - pixels).abs().max() <= one_level
+
+    reference = AutoModel.from_pretrained(folder).eval()
+    tokens = AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference.get_image_features(pixel_values=expected_pixels).pooler_output
+        expected_texts = reference.get_text_features(**tokens).pooler_output
+    torch.testing.assert_close(adapter.encode_images(pixels), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(adapter.encode_texts(TEXTS), expected_texts, atol=1e-5, rtol=1e-5)
+
+    out = tmp_path / "results"
+    args = ["eval", "--model", str(folder), "--data", str(labelled_shapes), "--task", "retrieval"]
+    assert main([*args, "--output", str(out), "--batch-size", "4"]) == 0
+    record = json.loads(next(out.rglob("retrieval.json")).read_text())
+    assert record["model"]["family"] == "vision-text-dual-encoder" and record["num_images"] == 8
 
 
 def test_open_clip_checkpoint_equals_open_clip(tmp_path: Path) -> None:

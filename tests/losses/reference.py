@@ -92,6 +92,27 @@ def clip_reference(
     return (torch.stack(image_to_text).mean() + torch.stack(text_to_image).mean()) / 2
 
 
+def clip_masked_reference(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """CLIP's loss where rows sharing a label are not each other's negatives (FLYP's class
+    prompts, Goyal et al. 2023): row ``i``'s softmax runs over its positive ``i`` and the
+    columns ``j`` with ``labels[j] != labels[i]``; the same for columns."""
+    n = image_features.shape[0]
+
+    def term(queries: torch.Tensor, keys: torch.Tensor, i: int) -> torch.Tensor:
+        kept = [j for j in range(n) if j == i or labels[j] != labels[i]]
+        logits = torch.stack([logit_scale * _dot(queries[i], keys[j]) for j in kept])
+        return _neg_log_softmax_at(logits, kept.index(i))
+
+    image_to_text = torch.stack([term(image_features, text_features, i) for i in range(n)])
+    text_to_image = torch.stack([term(text_features, image_features, i) for i in range(n)])
+    return (image_to_text.mean() + text_to_image.mean()) / 2
+
+
 def siglip_reference(
     image_features: torch.Tensor,
     text_features: torch.Tensor,

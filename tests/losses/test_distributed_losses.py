@@ -68,8 +68,25 @@ def _supcon_batch(n: int, labelled: bool) -> Callable[[], dict[str, Any]]:
     return make
 
 
+def _labelled_image_text(n: int) -> dict[str, Any]:
+    return {**_image_text(n), "labels": torch.tensor([0, 1, 2, 0, 1, 3, 0, 2])[:n]}
+
+
 CASES = [
     Case("clip", lambda g: losses.ClipLoss(gather_distributed=g), lambda: _image_text(8), _scale),
+    Case(
+        "clip-labels",
+        lambda g: losses.ClipLoss(gather_distributed=g),
+        lambda: _labelled_image_text(8),
+        _scale,
+    ),
+    Case(
+        "clip-local-labels-unequal",
+        lambda g: losses.ClipLoss(gather_distributed=g, local_loss=True),
+        lambda: _labelled_image_text(8),
+        _scale,
+        sizes=(3, 5),
+    ),
     Case(
         "clip-local-unequal",
         lambda g: losses.ClipLoss(gather_distributed=g, local_loss=True),

@@ -106,6 +106,15 @@ CASES = [
     Case("clip-8x16-s14", losses.ClipLoss(), ref.clip_reference, _clip_inputs(8, 16, 14.3)),
     Case("clip-17x32-s100", losses.ClipLoss(), ref.clip_reference, _clip_inputs(17, 32, 100.0)),
     Case(
+        "clip-labels-10x8",
+        losses.ClipLoss(),
+        ref.clip_masked_reference,
+        lambda s: {
+            **_clip_inputs(10, 8, 14.3)(s),
+            "labels": torch.tensor([0, 1, 0, 2, 1, 0, 3, 4, 2, 5]),
+        },
+    ),
+    Case(
         "siglip-4x8", losses.SigLipLoss(), ref.siglip_reference, _siglip_inputs(4, 8, 10.0, -10.0)
     ),
     Case("siglip-9x16", losses.SigLipLoss(), ref.siglip_reference, _siglip_inputs(9, 16, 3.0, 0.5)),
@@ -424,6 +433,15 @@ def test_ntxent_of_identical_orthogonal_views() -> None:
     eye = torch.eye(n, dtype=torch.float64)
     expected = -math.log(math.exp(1 / t) / (math.exp(1 / t) + 2 * n - 2))
     assert losses.NTXentLoss(t)(eye, eye).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_clip_with_unique_labels_is_clip() -> None:
+    inputs = _clip_inputs(6, 8, 10.0)(0)
+    plain = losses.ClipLoss()(**inputs)
+    labelled = losses.ClipLoss()(**inputs, labels=torch.arange(6))
+    assert labelled.item() == pytest.approx(plain.item(), rel=1e-12)
+    duplicated = losses.ClipLoss()(**inputs, labels=torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert duplicated.item() < plain.item()  # fewer negatives
 
 
 def test_clip_of_orthonormal_pairs() -> None:

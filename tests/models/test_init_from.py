@@ -1,30 +1,39 @@
 """``model.init_from``: a whole tiny random CLIPModel or SiglipModel, saved to a folder (no
 network), is the dual encoder at step 0 (same embeddings, logit scale and bias, tokenizer
 and preprocessing), picks the loss, refuses keys it replaces, trains, reloads and exports
-back to its own class."""
+back to its own class; what is not an image-text source is refused, naming what is.
+
+The other kinds of source have their own files: ``test_init_from_vtde.py``
+(VisionTextDualEncoderModel), ``test_init_from_open_clip.py``, ``test_init_from_run.py``
+(mmcontrast runs and exports) and ``test_init_from_eval.py`` (step-0 evaluation)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY_BERT, save_clip, save_siglip
+from helpers import (
+    TEXTS,
+    TINY_BERT,
+    embeddings,
+    method_from,
+    pixels,
+    save_clip,
+    save_siglip,
+    train_from,
+)
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 from mmcontrast.config import load_recipe
 from mmcontrast.eval.adapters.base import features_of
 from mmcontrast.hub.export import export
 from mmcontrast.methods import build_method, load_trained
-from mmcontrast.methods.base import Method
-from mmcontrast.methods.image_text import ImageTextContrastive
 from mmcontrast.models.tower import resolved_preprocess
-from mmcontrast.pipeline import train
 
-TEXTS = ["a red circle", "the big blue square on a dark star", "green"]
 SIGLIP_SCALE, SIGLIP_BIAS = math.log(117.33), -12.93  # above ln 100, as trained SigLIPs are
 
 
@@ -38,22 +47,6 @@ def sources(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> di
         model.logit_bias.fill_(SIGLIP_BIAS)
     model.save_pretrained(siglip)
     return {"clip": save_clip(root / "clip", tokenizer_dir), "siglip": siglip}
-
-
-def method_from(source: Path, *overrides: str) -> ImageTextContrastive:
-    method = build_method(load_recipe(None, [f"model.init_from={source}", *overrides]))
-    assert isinstance(method, ImageTextContrastive)
-    return method.eval()
-
-
-def pixels(n: int = 4) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-@torch.no_grad()
-def embeddings(method: Method) -> tuple[torch.Tensor, torch.Tensor]:
-    dual = method.trained_model()
-    return dual.get_image_features(pixels()), dual.get_text_features(**dual.tokenize(TEXTS))
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
@@ -123,9 +116,10 @@ def test_only_image_text_models(tmp_path: Path, tokenizer_dir: Path) -> None:
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(**TINY_BERT)).save_pretrained(tmp_path / "bert")
-    with pytest.raises(ValueError, match="is a bert model, not an image-text model"):
+    accepted = "VisionTextDualEncoderModel.*open_clip:NAME.*mmcontrast run"
+    with pytest.raises(ValueError, match=f"is a bert model, not an image-text model.*{accepted}"):
         method_from(tmp_path / "bert")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match=f"cannot read.*{accepted}"):
         method_from(tmp_path / "missing")
     clip = save_clip(tmp_path / "clip", tokenizer_dir)
     (clip / "preprocessor_config.json").unlink()
@@ -133,31 +127,25 @@ def test_only_image_text_models(tmp_path: Path, tokenizer_dir: Path) -> None:
         method_from(clip)
 
 
+def test_an_export_of_a_sigmoid_loss_run_keeps_its_bias(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """CLIPModel has no logit bias: mmcontrast's export records it in config.json."""
+    folder = save_clip(tmp_path / "clip", tokenizer_dir)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "mmcontrast_logit_bias": -4.25}))
+    method = method_from(folder)
+    assert method.cfg.loss.name == "siglip"
+    assert method.model.logit_bias is not None
+    assert method.model.logit_bias.item() == -4.25
+
+
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_trains_saves_and_reloads(
     sources: dict[str, Path], shapes_dir: Path, tmp_path: Path, kind: str
 ) -> None:
     run = tmp_path / "run"
-    overrides = [
-        f"model.init_from={sources[kind]}",
-        f"data.path={shapes_dir}",
-        f"train.output_dir={run}",
-        "train.batch_size=8",
-        "train.max_steps=3",
-        "train.lr=1e-3",
-        "train.progress_bar=false",
-        "train.trackers=[]",
-        "eval.batch_size=8",
-    ]
-    built: list[Method] = []
-
-    def keep(cfg: object) -> Method:
-        built.append(build_method(cfg))  # type: ignore[arg-type]
-        return built[-1]
-
-    with mock.patch("mmcontrast.train.loop.build_method", keep):
-        train(load_recipe(None, overrides))
-    trained = built[0].eval()
+    trained = train_from(sources[kind], shapes_dir, run, at_start=None, at_end=True)
     start_image, _ = embeddings(method_from(sources[kind]))
     image, text = embeddings(trained)
     assert not torch.allclose(image, start_image, atol=1e-4)  # it trained

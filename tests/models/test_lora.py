@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import QUICKSTART, TINY_OPEN_CLIP, save_clip, train_stopped_and_resumed
+from helpers import (
+    QUICKSTART,
+    TEXTS,
+    TINY_OPEN_CLIP,
+    embeddings,
+    pixels,
+    save_clip,
+    train_stopped_and_resumed,
+)
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel
@@ -33,7 +41,6 @@ from mmcontrast.models.tower import build_tower
 from mmcontrast.pipeline import train
 from mmcontrast.train.checkpoint import save_weights
 
-TEXTS = ["a red circle", "the big blue square on a dark star", "green"]
 CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
@@ -44,16 +51,6 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> P
 
 def method_from(*overrides: str) -> Method:
     return build_method(load_recipe(None, list(overrides))).eval()
-
-
-def pixels(n: int = 4) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-@torch.no_grad()
-def embeddings(method: Method) -> tuple[torch.Tensor, torch.Tensor]:
-    dual = method.trained_model()
-    return dual.get_image_features(pixels()), dual.get_text_features(**dual.tokenize(TEXTS))
 
 
 def linears(module: nn.Module, targets: list[str]) -> list[nn.Linear]:
@@ -121,12 +118,44 @@ def test_bad_settings_are_refused(tiny_run: list[str]) -> None:
         default_targets(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)), "x.lora")
 
 
-def test_open_clip_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("modality", ["vision", "text"])
+def test_open_clip_packed_attention(tmp_path: Path, modality: str) -> None:
+    """open_clip's MultiheadAttention (q, k, v packed in in_proj_weight) is adapted whole;
+    merged, the tower gives the adapted outputs with the plain tower's keys."""
     path = tmp_path / "tiny-oc.json"
     path.write_text(json.dumps(TINY_OPEN_CLIP))
-    cfg = TowerConfig(source="open_clip", name=str(path), pretrained=False, lora={})
-    with pytest.raises(ValueError, match="open_clip towers are not supported"):
-        build_tower(cfg, "vision")
+    torch.manual_seed(0)
+    plain = build_tower(TowerConfig(source="open_clip", name=str(path), pretrained=False), modality)
+    cfg = TowerConfig(source="open_clip", name=str(path), pretrained=False, lora={"rank": 2})
+    torch.manual_seed(0)  # the same base weights
+    tower = build_tower(cfg, modality)
+    trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    assert any(".attn.lora_A" in n for n in trainable)  # the packed q, k, v projection
+    inputs = (
+        {"pixel_values": pixels()}
+        if modality == "vision"
+        else tower.tokenizer()(["a red circle", "the big blue square"])
+    )
+    tower.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tower(**inputs), plain.eval()(**inputs))  # B starts at zero
+        for name, param in tower.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # as if trained
+    out = tower(**inputs)
+    out.square().sum().backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in tower.named_parameters()
+        if "lora_" in n
+    )
+    with torch.no_grad():
+        out = tower(**inputs)
+        assert not torch.allclose(out, plain(**inputs), atol=1e-4)
+        assert merge_adapters(tower) > 0 and not has_adapters(tower)
+        assert tower.state_dict().keys() == plain.state_dict().keys()
+        torch.testing.assert_close(tower(**inputs), out, atol=1e-5, rtol=1e-5)
 
 
 def test_timm_tower() -> None:

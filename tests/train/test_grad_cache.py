@@ -193,6 +193,13 @@ LOOP_CASES = {
         "train.max_grad_norm=null",  # clipping would hide a wrong gradient scale
         "train.grad_cache_micro_batch=4",
     ),
+    # LoRA adapters on both towers (the base weights frozen), no dropout
+    "lora": (
+        f"model.text.config_overrides={BERT_NO_DROPOUT}",
+        "model.vision.lora={rank: 2}",
+        "model.text.lora={rank: 2}",
+        "train.grad_cache_micro_batch=2",
+    ),
     # dropout on: one micro-batch draws the same masks as the plain step
     "dropout-one-micro-batch": (
         f"model.text.config_overrides={BERT}",

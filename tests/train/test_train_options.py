@@ -90,7 +90,8 @@ def test_gradient_checkpointing_from_the_recipe_and_refused_where_unsupported(
         build_tower(small, "vision")
 
 
-def test_compile_trains_like_eager(tiny_run: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_compile_trains_like_eager(tiny_run: list[str], tmp_path: Path, lora: bool) -> None:
     """``train.compile`` (regional, aot_eager backend: no C++ compiler needed in CI) runs
     compiled blocks and trains like eager without dropout; the saved weights have plain keys."""
     from accelerate.state import AcceleratorState
@@ -107,6 +108,7 @@ def test_compile_trains_like_eager(tiny_run: list[str], tmp_path: Path) -> None:
         "train.cache_locked_features=false",
         "train.max_steps=3",
         "eval.at_end=false",
+        *(["model.text.lora={rank: 2}"] if lora else []),
     ]
     eager = train(load_recipe(QUICKSTART, [*common, f"train.output_dir={tmp_path / 'eager'}"]))
     AcceleratorState._reset_state(reset_partial_state=True)  # a new dynamo plugin

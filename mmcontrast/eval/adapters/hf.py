@@ -2,7 +2,11 @@
 
 A family is a subclass naming its ``model_types`` (the ``model_type`` in ``config.json``)
 and how its tokenizer pads. Images go through the model's own image processor and texts
-through its own tokenizer, so embeddings equal what plain transformers computes.
+through its own tokenizer, so embeddings equal what plain transformers computes. The image
+processor is read as training reads it (:func:`mmcontrast.models.hf_tower.load_image_processor`):
+for a timm vision tower (``TimmWrapperModel``), which ``AutoImageProcessor`` cannot read back
+from a dual encoder's folder, it is timm's own evaluation transform rebuilt from the saved
+data config.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from mmcontrast.config import TowerConfig
 from mmcontrast.data.images import load_image
 from mmcontrast.eval.adapters.base import EvalModel, PerImage, features_of
+from mmcontrast.models.hf_tower import load_image_processor
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -78,23 +84,27 @@ class TransformersDualEncoder(EvalModel):
 
     @classmethod
     def load(cls, spec: str, device: torch.device) -> EvalModel:
-        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         kind = model_type_of(spec)
         if kind not in cls.model_types:
             raise ValueError(
                 f"{spec!r} is a {kind!r} model, not one of {cls.model_types} ({cls.family})"
             )
+        config = AutoConfig.from_pretrained(spec)
         try:
-            processor = AutoImageProcessor.from_pretrained(spec)
+            processor = load_image_processor(
+                spec, config.vision_config, TowerConfig(source="hf", name=spec)
+            )
             tokenizer = AutoTokenizer.from_pretrained(spec)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, TypeError) as err:
             raise ValueError(
                 f"{spec!r} lacks its image processor or tokenizer files ({err}); save them with "
                 "the model (processor.save_pretrained(folder)) so evaluation preprocesses as "
                 "training did"
             ) from err
-        return cls(spec, device, AutoModel.from_pretrained(spec), processor, tokenizer)
+        model = AutoModel.from_pretrained(spec, config=config)
+        return cls(spec, device, model, processor, tokenizer)
 
     def image_transform(self) -> Callable[[Any], Tensor]:
         return PerImage(ProcessorTransform(self.processor))

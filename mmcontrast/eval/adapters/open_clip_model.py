@@ -19,15 +19,11 @@ import torch
 from torch import Tensor
 
 from mmcontrast.eval.adapters.base import MODEL_FAMILIES, EvalModel, PerImage
-from mmcontrast.models.open_clip_tower import OPEN_CLIP_SCHEMAS, open_clip_model_name
-
-
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``"ViT-B-32:laion2b_s34b_b79k"`` -> name and pretrained; ``local-dir:``/``hf-hub:`` stay whole."""
-    if spec.startswith(OPEN_CLIP_SCHEMAS):
-        return spec, None
-    name, sep, pretrained = spec.partition(":")
-    return name, (pretrained or None) if sep else None
+from mmcontrast.models.open_clip_tower import (
+    OPEN_CLIP_SCHEMAS,
+    open_clip_model_name,
+    parse_open_clip_spec,
+)
 
 
 @MODEL_FAMILIES.register(
@@ -44,13 +40,13 @@ class OpenClipAdapter(EvalModel):
         self.model = model.to(device).eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
-        self.name, self.pretrained = parse_spec(spec)
+        self.name, self.pretrained = parse_open_clip_spec(spec)
 
     @classmethod
     def matches(cls, spec: str) -> bool:
         import open_clip
 
-        name, _ = parse_spec(spec)
+        name, _ = parse_open_clip_spec(spec)
         return (
             name.startswith(OPEN_CLIP_SCHEMAS)
             or name in open_clip.list_models()
@@ -61,7 +57,7 @@ class OpenClipAdapter(EvalModel):
     def load(cls, spec: str, device: torch.device) -> EvalModel:
         import open_clip
 
-        name, pretrained = parse_spec(spec)
+        name, pretrained = parse_open_clip_spec(spec)
         name = open_clip_model_name(name)  # a clear error for a missing folder or offline Hub
         schema = name.startswith(OPEN_CLIP_SCHEMAS)
         if pretrained and not Path(pretrained).is_file():
