@@ -487,9 +487,12 @@ def _summary(ctx: CardContext, image_text: bool) -> str:
         start = cfg.model.init_from
         trained = f"fine-tuned from {_start_text(start)}" if start else "trained"
         space = "the starting model's" if start else f"one {cfg.model.embed_dim}-dimensional"
+        data = _data_text(cfg.data.path)
+        if cfg.method == "flyp":  # labelled images paired with prompts of their class
+            data = f"the `{cfg.data.label_column}` classes of {data}, as class-name prompts (FLYP)"
         text = (
             f"An image-text dual encoder {trained} with [mmcontrast]({MMCONTRAST_URL}) with the "
-            f"{_loss_title(cfg)} loss on {_data_text(cfg.data.path)}. It embeds images and "
+            f"{_loss_title(cfg)} loss on {data}. It embeds images and "
             f"captions into {space} space: use it for text-to-image and image-to-text "
             "retrieval and zero-shot classification."
         )

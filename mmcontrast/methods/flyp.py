@@ -43,7 +43,7 @@ DEFAULT_TEMPLATES = ["a photo of a {c}."]
 
 @METHODS.register(
     "flyp",
-    "FLYP: fine-tune a zero-shot classifier with the contrastive loss against class prompts",
+    "FLYP: zero-shot classifier fine-tuned contrastively on class prompts (Goyal et al. 2023)",
 )
 class Flyp(ImageTextContrastive):
     """Image-text contrastive fine-tuning on labelled images with class-name prompts."""
