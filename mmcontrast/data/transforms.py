@@ -91,8 +91,10 @@ class ImagePreprocess:
 
     @property
     def resize_size(self) -> int:
-        """The side images are resized to before the crop: ``floor(size / crop_pct)``."""
-        return math.floor(self.size / self.crop_pct)
+        """The side images are resized to before the crop: ``floor(size / crop_pct)``, or the
+        whole number it is within rounding of (224 / (224 / 232) is 232)."""
+        scale = self.size / self.crop_pct
+        return round(scale) if abs(scale - round(scale)) < 1e-6 else math.floor(scale)
 
 
 class FloorCenterCrop(v2.Transform):

@@ -48,15 +48,11 @@ def save_native(method: Method, output: str | Path) -> list[Path]:
     """Write ``method`` to ``output`` so that :func:`from_pretrained` rebuilds it offline.
 
     Raises:
-        ValueError: A tower cannot be rebuilt from its config as it was trained (e.g. a
-            SigLIP text tower from ``init_from``, which pads captions to ``max_length``), or
-            the reloaded folder differs from ``method`` (nothing is kept).
+        ValueError: The reloaded folder differs from ``method`` (nothing is kept).
     """
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     towers = _towers(method)
-    for tower in towers.values():
-        _check_rebuildable(tower)
     written: list[Path] = []
     try:
         return _write(method, towers, output, written)
@@ -101,17 +97,6 @@ def _towers(method: Method) -> dict[str, Any]:
     if isinstance(module, DualEncoder):
         return {"vision": module.vision, "text": module.text}
     return {"vision": module}
-
-
-def _check_rebuildable(tower: Any) -> None:
-    """Refuse, before anything is written, a tower its config cannot rebuild as trained."""
-    if tower.cfg.source == "hf" and getattr(tower, "padding", True) is not True:
-        raise ValueError(
-            f"the {tower.modality} tower pads captions to {tower.padding!r} as its source was "
-            "trained (SigLIP); mmcontrast's format rebuilds Hugging Face text towers padding to "
-            "the longest caption, which changes its embeddings: export with --format "
-            "transformers (a SiglipModel) instead"
-        )
 
 
 def _make_self_contained(tower: Any, cfg: TowerConfig, folder: Path) -> list[Path]:

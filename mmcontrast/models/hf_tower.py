@@ -402,15 +402,16 @@ def size_dict(value: Any) -> dict[str, int]:
 PIL_RESAMPLING = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
-def processor_resizing(processor: Any) -> dict[str, str]:
+def processor_resizing(processor: Any) -> dict[str, Any]:
     """How a transformers image processor resizes, as ``ImagePreprocess`` fields.
 
     Reads ``resample`` (a PIL code, or a torchvision mode in fast processors),
     ``do_center_crop`` and the ``size`` dict: ``shortest_edge`` (resize the shortest side,
-    then centre crop, as CLIP) or ``height``/``width`` without a crop (squash, as SigLIP).
+    then centre crop ``crop_size``, as CLIP; a crop smaller than the edge is ``crop_pct``) or
+    ``height``/``width`` without a crop (squash, as SigLIP).
     Both processor backends (PIL and torchvision) crop at ``margin // 2``.
     """
-    out = {"crop_offset": "floor"}
+    out: dict[str, Any] = {"crop_offset": "floor"}
     resample = getattr(processor, "resample", None)
     mode = getattr(resample, "value", resample)  # an enum: PIL's int or torchvision's name
     if isinstance(mode, int):
@@ -422,9 +423,16 @@ def processor_resizing(processor: Any) -> dict[str, str]:
         out["resize"] = "squash"
     else:
         out["resize"] = "shortest"
+        crop = size_dict(getattr(processor, "crop_size", None)).get("height")
+        edge = size.get("shortest_edge")
+        if getattr(processor, "do_center_crop", False) and crop and edge and edge != crop:
+            out["crop_pct"] = int(crop) / int(edge)  # e.g. 224 cropped from 256: 0.875
     return out
 
 
 @TOWERS.register("hf", "any transformers AutoModel by Hub id, local directory or package:NAME")
 def build_hf_tower(cfg: TowerConfig, modality: str) -> HFTower:
-    return HFTower(cfg, modality)
+    tower = HFTower(cfg, modality)
+    if modality == "text" and str(tower.model.config.model_type).startswith("siglip"):
+        tower.padding = "max_length"  # SigLIP's text model was trained on captions padded so
+    return tower

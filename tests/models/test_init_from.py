@@ -172,3 +172,26 @@ def test_trains_saves_and_reloads(
 def test_vision_methods_refuse_init_from(sources: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="init_from is for image-text training"):
         build_method(load_recipe(None, ["method=simclr", f"model.init_from={sources['clip']}"]))
+
+
+def test_a_crop_smaller_than_the_resize_is_kept(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """CLIP's processors resize the shortest side to 256 and crop 224: the dual encoder
+    resizes to the processor's edge too, so its pixels are the processor's."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    folder = save_clip(tmp_path / "clip", tokenizer_dir)
+    CLIPImageProcessor(
+        size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(folder)
+    dual = method_from(folder).model
+    pre = resolved_preprocess(dual.vision)
+    assert (pre.size, pre.resize_size, pre.interpolation) == (32, 40, "bicubic")
+    rng = torch.Generator().manual_seed(0)
+    array = (torch.rand(50, 70, 3, generator=rng) * 255).to(torch.uint8).numpy()
+    image = Image.fromarray(array)  # not square
+    ours = dual.image_transform()(image)
+    theirs = AutoImageProcessor.from_pretrained(folder)(images=image, return_tensors="pt")
+    diff = (ours - theirs["pixel_values"][0]).abs()
+    # transformers resizes in PIL, torchvision antialiases on tensors: a few 8-bit levels apart
+    assert diff.mean() < 0.02 and ours.shape == theirs["pixel_values"][0].shape
