@@ -1,7 +1,9 @@
 """Checkpoints: accelerate's full state plus where training stood, and the final weights.
 
-A checkpoint folder holds what ``Accelerator.save_state`` writes (model, optimiser,
-scheduler, grad scaler, every RNG), ``trainer_state.json`` (step, epoch, batches consumed
+A checkpoint folder holds what ``Accelerator.save_state`` writes (model, optimiser, grad
+scaler, every RNG: tensors and plain values that accelerate reloads with ``weights_only``),
+the learning-rate schedule's position as JSON (``scheduler.json``; never a pickle, which
+would run code when read), ``trainer_state.json`` (step, epoch, batches consumed
 in that epoch), the resolved ``config.yaml``, with ``train.ema_decay`` the moving average of
 the weights (``ema.safetensors``, :mod:`mmcontrast.train.ema`) and, for streamed data, each
 process's stream positions (``data_state_rank*.json``). The newest checkpoint is found by the
@@ -11,7 +13,11 @@ step recorded inside, not by parsing folder names.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -21,6 +27,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
+from torch.optim.lr_scheduler import LRScheduler
 
 from mmcontrast.config import Config, save_config
 from mmcontrast.methods.trained import WEIGHTS_FILE
@@ -29,7 +36,10 @@ if TYPE_CHECKING:
     from mmcontrast.data.streaming import StreamLoader
     from mmcontrast.train.ema import WeightsEma
 
+logger = logging.getLogger("mmcontrast")
+
 STATE_FILE = "trainer_state.json"
+SCHEDULE_FILE = "scheduler.json"
 
 
 @dataclass
@@ -46,6 +56,7 @@ def save_checkpoint(
     keep: int,
     data_state: StreamLoader | None = None,
     ema: WeightsEma | None = None,
+    scheduler: LRScheduler | None = None,
 ) -> Path:
     """Write a checkpoint under ``output_dir/checkpoints`` and prune the oldest beyond ``keep``.
 
@@ -62,12 +73,68 @@ def save_checkpoint(
     if accelerator.is_main_process:
         if ema is not None:
             ema.save(folder)
+        if scheduler is not None:
+            save_schedule(scheduler, folder)
         (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         save_config(cfg, folder / "config.yaml")
         for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return folder
+
+
+def save_schedule(scheduler: LRScheduler, folder: Path) -> None:
+    """The schedule's position (step count, base and last rates) as JSON; its lambdas are
+    code, rebuilt from the config."""
+    state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    (Path(folder) / SCHEDULE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def load_schedule(scheduler: LRScheduler, folder: Path, step: int) -> None:
+    """Put ``scheduler`` where the checkpoint ``folder`` left it.
+
+    A checkpoint without ``scheduler.json`` (written by an older mmcontrast, which let
+    accelerate pickle the schedule) is placed at ``step`` from its lambdas: the pickle is
+    never read, since unpickling can run any code.
+    """
+    path = Path(folder) / SCHEDULE_FILE
+    if path.is_file():
+        state = json.loads(path.read_text())
+        state["lr_lambdas"] = [None] * len(scheduler.base_lrs)  # type: ignore[attr-defined]
+        scheduler.load_state_dict(state)
+        return
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if lambdas is None:
+        raise ValueError(f"{folder} holds no {SCHEDULE_FILE}: cannot place the schedule")
+    scheduler.last_epoch, scheduler._step_count = step, step + 1  # type: ignore[attr-defined]
+    scheduler._last_lr = [  # type: ignore[attr-defined]
+        base * fn(step) for base, fn in zip(scheduler.base_lrs, lambdas, strict=True)
+    ]
+
+
+@contextmanager
+def without_pickled_objects(folder: Path) -> Iterator[Path]:
+    """``folder`` for ``Accelerator.load_state``, less any ``custom_checkpoint_*.pkl``.
+
+    accelerate unpickles those (registered objects) with ``weights_only=False``, which runs
+    whatever code the file holds. mmcontrast registers none; a checkpoint that has them (an
+    older mmcontrast's, or a planted file) is read through a folder of links to its other
+    files, and the pickles are named in a warning, never opened.
+    """
+    pickled = sorted(Path(folder).glob("custom_checkpoint_*"))
+    if not pickled:
+        yield Path(folder)
+        return
+    logger.warning(
+        "ignoring %s in %s: pickled objects are not loaded (they could run code)",
+        ", ".join(p.name for p in pickled),
+        folder,
+    )
+    with tempfile.TemporaryDirectory(prefix="mmcontrast-resume-") as links:
+        for path in Path(folder).iterdir():
+            if path not in pickled:
+                (Path(links) / path.name).symlink_to(path.resolve())
+        yield Path(links)
 
 
 def read_state(folder: Path) -> TrainerState:

@@ -62,9 +62,11 @@ from mmcontrast.train.checkpoint import (
     find_resume_folder,
     full_state_dict,
     list_checkpoints,
+    load_schedule,
     read_state,
     save_checkpoint,
     save_weights,
+    without_pickled_objects,
 )
 from mmcontrast.train.ema import WeightsEma
 from mmcontrast.train.grad_cache import (
@@ -141,7 +143,8 @@ def train(
     scheduler = cosine_schedule(
         optimizer, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio
     )
-    accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimiser step
+    # stepped by us once per optimiser step; checkpoints keep its position as JSON
+    # (save_schedule), not through register_for_checkpointing, which pickles it
     unwrapped: Method = accelerator.unwrap_model(
         method, keep_torch_compile=False
     )  # plain keys in saved weights
@@ -150,8 +153,10 @@ def train(
     state = TrainerState()
     if resume:
         folder = find_resume_folder(output_dir, resume)
-        accelerator.load_state(str(folder))
+        with without_pickled_objects(folder) as readable:
+            accelerator.load_state(str(readable))
         state = read_state(folder)
+        load_schedule(scheduler, folder, state.step)
         if ema is not None:
             ema.load(folder)
         if streamed:
@@ -258,7 +263,7 @@ def train(
                     _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, state.step, False)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 folder = save_checkpoint(
-                    accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema
+                    accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema, scheduler
                 )
                 saved = hooks.checkpoint_saved
                 if saved is not None and accelerator.is_main_process and state.step < total_steps:
@@ -285,7 +290,9 @@ def train(
     summary["skipped"] = dict(all_skipped)
     if state.step >= total_steps:
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every != 0:
-            save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema)
+            save_checkpoint(
+                accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema, scheduler
+            )
         if ema is not None:  # the final weights and evaluation are the EMA's
             ema.copy_to_model()
             summary["ema_decay"] = ema.decay
@@ -302,7 +309,9 @@ def train(
         if accelerator.is_main_process and hooks.run_finished is not None:
             summary.update(hooks.run_finished(cfg, output_dir, state.step))
     elif cfg.train.stop_at_step:
-        save_checkpoint(accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema)
+        save_checkpoint(
+            accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema, scheduler
+        )
     accelerator.end_training()
     return summary
 
