@@ -30,6 +30,7 @@ from mmcontrast.config import ConfigError, load_recipe
 from mmcontrast.cpu_allocator import reuse_freed_memory
 from mmcontrast.registry import unknown_name_message
 from mmcontrast.resources import ACCELERATE, list_recipes, recipes_root, resolve_recipe
+from mmcontrast.train.errors import NonFiniteTraining
 
 RECIPES_DIR = recipes_root()  # shipped recipes (package data): `mmcontrast train NAME`
 
@@ -563,6 +564,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except NonFiniteTraining as err:
+        if args.verbose:
+            raise
+        print(f"mmcontrast {args.command}: stopped: {err}", file=sys.stderr)
+        return err.exit_code
     except (ConfigError, ValueError, KeyError, OSError, ImportError) as err:
         if args.verbose:
             raise

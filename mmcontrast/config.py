@@ -174,6 +174,10 @@ class TrainConfig:
     # the loss over the whole batch, then replay; None = off. Must divide batch_size
     grad_cache_micro_batch: int | None = None
     max_grad_norm: float | None = 1.0
+    # a step whose loss (or gradient norm) is not finite: skip it (no update; counted and
+    # logged) and halt after nonfinite_limit such steps in a row, or halt at the first
+    nonfinite: str = "skip"  # skip | halt
+    nonfinite_limit: int = 10
     mixed_precision: str = "no"  # no | fp16 | bf16
     log_every: int = 10
     checkpoint_every: int | None = None  # steps; None = only at the end
@@ -313,6 +317,7 @@ CHOICES: dict[tuple[str, str], list[str]] = {
     ("ModelConfig", "projection"): ["linear", "mlp", "none"],
     ("TrainConfig", "mixed_precision"): ["no", "fp16", "bf16"],
     ("TrainConfig", "optimizer"): ["adamw", "sgd", "lars"],
+    ("TrainConfig", "nonfinite"): ["skip", "halt"],
 }
 
 

@@ -51,6 +51,7 @@ from accelerate.utils import (
     gather_object,
     set_seed,
 )
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -69,6 +70,7 @@ from mmcontrast.train.checkpoint import (
     without_pickled_objects,
 )
 from mmcontrast.train.ema import WeightsEma
+from mmcontrast.train.errors import NonFiniteTraining
 from mmcontrast.train.grad_cache import (
     check_grad_cache_support,
     grad_cache_backward,
@@ -197,6 +199,8 @@ def train(
     if hooks.evaluate is not None and not resume and _evaluate_at_start(cfg):
         # before/after: the starting model scored with the tasks of the end (eval/step-00000000)
         _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, 0, False)
+    nonfinite = NonFiniteSteps(accelerator)
+    window_nonfinite = False  # a non-finite loss or gradient in this optimiser step's batches
     method.train()
     data_state = loader if streamed else None  # checkpoints keep the streams' positions
     while state.step < stop_at:
@@ -216,15 +220,33 @@ def train(
                     else:
                         out = method(batch)
                         accelerator.backward(out["loss"] * loss_factor)
-                    step_losses.append(out["loss"].detach())
+                    batch_loss = out["loss"].detach()
+                    if torch.isfinite(batch_loss).all():
+                        step_losses.append(batch_loss)
+                    else:
+                        window_nonfinite = True
                     last_scalars = {k: v for k, v in out.items() if k != "loss"}
                     if accelerator.sync_gradients and cfg.train.max_grad_norm:
-                        accelerator.clip_grad_norm_(method.parameters(), cfg.train.max_grad_norm)
-                optimizer.step()
+                        norm = accelerator.clip_grad_norm_(
+                            method.parameters(), cfg.train.max_grad_norm
+                        )
+                        # fp16's loss scaler skips overflowing steps itself
+                        if norm is not None and cfg.train.mixed_precision != "fp16":
+                            window_nonfinite |= not bool(torch.isfinite(norm).all())
+                skip_update = accelerator.sync_gradients and _on_any_process(
+                    accelerator, window_nonfinite
+                )
+                if not skip_update:  # a non-finite loss or gradient: no update from it
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             state.batches_in_epoch += 1
             if not accelerator.sync_gradients:
                 continue
+            window_nonfinite = False
+            if skip_update:
+                nonfinite.skip(state, cfg)
+                continue
+            nonfinite.in_a_row = 0
             scheduler.step()
             state.step += 1
             unwrapped.after_optimizer_step(state.step, total_steps)
@@ -243,6 +265,8 @@ def train(
                     / max(toc - tic, 1e-9),
                     **{k: float(v) for k, v in last_scalars.items()},
                 }
+                if nonfinite.total:
+                    record["nonfinite_skipped"] = nonfinite.total
                 history.append(record)
                 accelerator.log(
                     {f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step
@@ -262,6 +286,7 @@ def train(
                 with ema.swapped_in() if ema is not None else contextlib.nullcontext():
                     _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, state.step, False)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                require_finite_weights(accelerator, unwrapped, state.step)
                 folder = save_checkpoint(
                     accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema, scheduler
                 )
@@ -288,6 +313,9 @@ def train(
             f"WARNING: skipped {sum(all_skipped.values())} bad training samples: {dict(all_skipped)}"
         )
     summary["skipped"] = dict(all_skipped)
+    summary["nonfinite_skipped"] = nonfinite.total
+    if state.step >= total_steps or cfg.train.stop_at_step:
+        require_finite_weights(accelerator, unwrapped, state.step)  # nothing non-finite saved
     if state.step >= total_steps:
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every != 0:
             save_checkpoint(
@@ -398,6 +426,64 @@ def _build_ema(cfg: Config, accelerator: Accelerator, method: Method) -> Weights
             "weights); set train.ema_decay=null or launch without it"
         )
     return WeightsEma(method.trained_model(), cfg.train.ema_decay)
+
+
+class NonFiniteSteps:
+    """``train.nonfinite``: optimiser steps skipped for a non-finite loss or gradient norm.
+
+    Every process skips together (the flag is reduced over processes). ``skip`` counts and
+    logs the step; past ``train.nonfinite_limit`` steps in a row, or at the first with
+    ``halt``, it raises :class:`NonFiniteTraining` before anything more is saved.
+    """
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        self.total = 0
+        self.in_a_row = 0
+
+    def skip(self, state: TrainerState, cfg: Config) -> None:
+        self.total += 1
+        self.in_a_row += 1
+        where = f"epoch {state.epoch}, batch {state.batches_in_epoch}, after step {state.step}"
+        if cfg.train.nonfinite == "halt" or self.in_a_row > cfg.train.nonfinite_limit:
+            checkpoints = list_checkpoints(Path(cfg.train.output_dir) / "checkpoints")
+            kept = (
+                f"the last checkpoint, {checkpoints[-1]}, is intact"
+                if checkpoints
+                else ("no checkpoint was written")
+            )
+            raise NonFiniteTraining(
+                f"the loss or its gradient was not finite for {self.in_a_row} optimiser step(s) "
+                f"in a row ({where}; train.nonfinite={cfg.train.nonfinite}, "
+                f"nonfinite_limit={cfg.train.nonfinite_limit}); {kept}. Lower train.lr, "
+                "raise train.warmup_steps or clip gradients (train.max_grad_norm), then "
+                "--resume or start again"
+            )  # fmt: skip
+        message = f"skipped an optimiser step: non-finite loss or gradient ({where})"
+        logger.warning(message)
+        self.accelerator.print(f"WARNING: {message}")
+
+
+def require_finite_weights(accelerator: Accelerator, method: nn.Module, step: int) -> None:
+    """Refuse to save weights that are not finite (every process calls it).
+
+    Raises:
+        NonFiniteTraining: Some weight is NaN or infinite on some process.
+    """
+    bad = any(not bool(torch.isfinite(p.detach()).all()) for p in method.parameters())
+    if _on_any_process(accelerator, bad):
+        raise NonFiniteTraining(
+            f"the weights are not finite after step {step}: nothing is saved, earlier "
+            "checkpoints are intact. Lower train.lr or raise train.warmup_steps"
+        )
+
+
+def _on_any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether ``flag`` is set on any process (a collective: every process calls it)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor(float(flag), device=accelerator.device)
+    return bool(accelerator.reduce(value, "sum").item() > 0)
 
 
 def _loss_factor(num_processes: int, method: Method) -> int:
