@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ logger = logging.getLogger("mmcontrast")
 
 STATE_FILE = "trainer_state.json"
 SCHEDULE_FILE = "scheduler.json"
+PARTIAL_PREFIX = ".partial-"  # a checkpoint being written
 
 
 @dataclass
@@ -62,21 +64,34 @@ def save_checkpoint(
 
     ``data_state`` (a streamed run's loader) writes each process's stream positions; ``ema``
     (the same on every process) is written by the main process, as safetensors;
-    ``trainer_state.json``, which marks the checkpoint complete, is written last.
+    ``trainer_state.json``, which marks the checkpoint complete, is written last. Everything
+    goes into ``.partial-step-N`` first, is flushed to disk, then renamed to ``step-N``: a
+    kill or a full disk mid-write leaves no folder that looks complete, and the previous
+    checkpoints untouched.
     """
     root = Path(cfg.train.output_dir) / "checkpoints"
     folder = root / f"step-{state.step:08d}"
-    accelerator.save_state(str(folder))
+    partial = root / f"{PARTIAL_PREFIX}{folder.name}"  # renamed to ``folder`` once complete
+    if accelerator.is_main_process:
+        for leftover in root.glob(f"{PARTIAL_PREFIX}*"):  # a write cut off earlier
+            shutil.rmtree(leftover, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
     if data_state is not None:
-        data_state.save(folder, accelerator.process_index)
+        data_state.save(partial, accelerator.process_index)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if ema is not None:
-            ema.save(folder)
+            ema.save(partial)
         if scheduler is not None:
-            save_schedule(scheduler, folder)
-        (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-        save_config(cfg, folder / "config.yaml")
+            save_schedule(scheduler, partial)
+        save_config(cfg, partial / "config.yaml")
+        (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        _sync_files(partial)
+        if folder.exists():  # the same step saved again (a resumed run): the new one wins
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+        _sync_files(root, recursive=False)
         for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -142,9 +157,34 @@ def read_state(folder: Path) -> TrainerState:
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (by recorded step)."""
-    found = [p for p in Path(root).glob("*/") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: read_state(p).step)
+    """Complete checkpoints under ``root``, oldest first (by recorded step); folders still
+    being written, or whose ``trainer_state.json`` cannot be read, are left out (named in a
+    warning)."""
+    steps: dict[Path, int] = {}
+    for folder in Path(root).glob("*/"):
+        if folder.name.startswith(PARTIAL_PREFIX) or not (folder / STATE_FILE).is_file():
+            continue
+        try:
+            steps[folder] = read_state(folder).step
+        except (ValueError, TypeError, OSError) as err:
+            logger.warning("skipping checkpoint %s: unreadable %s (%s)", folder, STATE_FILE, err)
+    return sorted(steps, key=steps.__getitem__)
+
+
+def _sync_files(folder: Path, recursive: bool = True) -> None:
+    """Flush ``folder``'s files (and the folder entries) to disk before it is renamed."""
+    paths = [p for p in folder.rglob("*") if p.is_file()] if recursive else []
+    for path in [*paths, folder]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:  # some file systems cannot sync a folder
+            pass
+        finally:
+            os.close(fd)
 
 
 def find_resume_folder(output_dir: str | Path, resume: str) -> Path:
@@ -155,6 +195,13 @@ def find_resume_folder(output_dir: str | Path, resume: str) -> Path:
             raise FileNotFoundError(
                 f"{resume!r} is not a checkpoint folder (no {STATE_FILE} inside)"
             )
+        try:
+            read_state(folder)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{folder / STATE_FILE} cannot be read ({err}): the checkpoint is incomplete; "
+                "resume from another one, or pass --resume latest for the newest complete one"
+            ) from None
         return folder
     checkpoints = list_checkpoints(Path(output_dir) / "checkpoints")
     if not checkpoints:
