@@ -29,7 +29,7 @@ fashion-mnist:
 
 demo: setup
 	$(VENV)/bin/mmcontrast data emoji --output data/emoji
-	$(VENV)/bin/mmcontrast train quickstart
+	$(VENV)/bin/mmcontrast train quickstart --overwrite
 	$(VENV)/bin/mmcontrast export runs/quickstart --output exports/quickstart --overwrite
 	@echo "retrieval grid: runs/quickstart/eval/retrieval_grid.png"
 	@echo "plain-transformers export and model card: exports/quickstart (README.md)"
@@ -38,7 +38,7 @@ demo: setup
 # fine-tuned with FLYP + LoRA, WiSE-FT mixes scored on the held-out emoji, the 0.5 mix exported
 finetune-demo: setup
 	test -f exports/quickstart/config.json || $(MAKE) demo
-	$(VENV)/bin/mmcontrast train flyp-emoji
+	$(VENV)/bin/mmcontrast train flyp-emoji --overwrite
 	$(VENV)/bin/mmcontrast wise-ft runs/flyp-emoji --alphas 0 0.25 0.5 0.75 1 --overwrite
 	$(VENV)/bin/mmcontrast export runs/flyp-emoji --output exports/flyp-emoji --wise-ft-alpha 0.5 --overwrite
 	$(PY) scripts/finetune_demo.py runs/flyp-emoji

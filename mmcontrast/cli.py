@@ -57,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
+    if args.overwrite:
+        overrides.append("train.overwrite_output_dir=true")
     with as_file(resolve_recipe(args.recipe)) as recipe:
         cfg = load_recipe(recipe, overrides)
     summary = train(cfg, resume=args.resume)
@@ -303,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="latest",
         help="continue from a checkpoint folder, or the latest one of the run",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in the output folder (train.overwrite_output_dir=true)",
     )
     p.set_defaults(func=cmd_train)
 

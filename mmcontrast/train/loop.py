@@ -115,6 +115,7 @@ def train(
         )
     if not resume:
         _claim_output_dir(output_dir, cfg.train.overwrite_output_dir, accelerator.is_main_process)
+        accelerator.wait_for_everyone()  # every process looked before the main one writes
     set_seed(cfg.train.seed)
     method = sync_batchnorm(build_method(cfg), cfg, accelerator.num_processes, accelerator.device)
     cfg = method.cfg  # with the method's defaults, as saved beside checkpoints and weights
@@ -377,17 +378,29 @@ def build_loader(
     )
 
 
+# what a run writes into its output_dir: a fresh run there replaces them only when asked
+RUN_ARTEFACTS = (
+    "checkpoints", "model.safetensors", "config.yaml", "history.jsonl", "eval_history.jsonl",
+    "eval", "curves.png", "views.png", "mmcontrast", "wise_ft",
+)  # fmt: skip
+
+
 def _claim_output_dir(output_dir: Path, overwrite: bool, is_main: bool) -> None:
-    """Refuse to mix a fresh run with an earlier run's checkpoints unless told to replace them."""
-    if not list_checkpoints(output_dir / "checkpoints"):
+    """Refuse to start a fresh run over an earlier run's files unless told to replace them
+    (then they are removed first, so nothing of the old run mixes with the new one)."""
+    found = [name for name in RUN_ARTEFACTS if (output_dir / name).exists()]
+    if not found:
         return
     if not overwrite:
         raise FileExistsError(
-            f"{output_dir} already holds checkpoints of an earlier run: pass --resume to continue it, "
-            f"choose another train.output_dir, or set train.overwrite_output_dir=true to replace them"
+            f"{output_dir} already holds an earlier run ({', '.join(found)}): pass --resume to "
+            "continue it, choose another train.output_dir, or pass --overwrite "
+            "(train.overwrite_output_dir=true) to replace it"
         )
     if is_main:
-        shutil.rmtree(output_dir / "checkpoints")
+        for name in found:
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def sync_batchnorm(method: Method, cfg: Config, num_processes: int, device: torch.device) -> Method:

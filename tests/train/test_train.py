@@ -236,7 +236,7 @@ def test_history_restarts_with_a_fresh_run_and_continues_on_resume(tiny_run: lis
     ]
     cfg = load_recipe(QUICKSTART, [*overrides, "train.max_steps=2"])
     train(cfg)
-    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+    with pytest.raises(FileExistsError, match=r"already holds an earlier run \(checkpoints, "):
         train(cfg)  # an earlier run's checkpoints are never silently mixed with a new run
     overwrite = ["train.max_steps=2", "train.overwrite_output_dir=true"]
     train(load_recipe(QUICKSTART, [*overrides, *overwrite]))
@@ -245,3 +245,19 @@ def test_history_restarts_with_a_fresh_run_and_continues_on_resume(tiny_run: lis
     train(load_recipe(QUICKSTART, [*overrides, *overwrite, "train.stop_at_step=1"]))
     train(cfg, resume="latest")
     assert [json.loads(line)["step"] for line in history.read_text().splitlines()] == [1, 2]
+
+
+def test_a_finished_run_is_not_replaced_without_asking(
+    tiny_run: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No checkpoints, only the final weights and evaluation: still an earlier run."""
+    overrides = [*tiny_run, "model.vision.weights=null", "train.max_steps=1"]
+    train(load_recipe(QUICKSTART, overrides))
+    output = Path(load_recipe(QUICKSTART, overrides).train.output_dir)
+    before = (output / "model.safetensors").read_bytes()
+    assert cli(["train", QUICKSTART], overrides) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "eval" in err and "--overwrite" in err
+    assert (output / "model.safetensors").read_bytes() == before  # untouched
+    assert cli(["train", QUICKSTART, "--overwrite"], [*overrides, "train.seed=1"]) == 0
+    assert (output / "model.safetensors").read_bytes() != before
