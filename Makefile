@@ -34,7 +34,7 @@ demo: setup
 	@echo "retrieval grid: runs/quickstart/eval/retrieval_grid.png"
 	@echo "plain-transformers export and model card: exports/quickstart (README.md)"
 
-# fine-tuning demonstration (about 12 minutes on 2 cores after make demo): the quickstart's export
+# fine-tuning demonstration (about 5 minutes on 2 cores after make demo): the quickstart's export
 # fine-tuned with FLYP + LoRA, WiSE-FT mixes scored on the held-out emoji, the 0.5 mix exported
 finetune-demo: setup
 	test -f exports/quickstart/config.json || $(MAKE) demo
