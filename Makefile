@@ -41,7 +41,7 @@ finetune-demo: setup
 	$(VENV)/bin/mmcontrast train flyp-emoji --overwrite
 	$(VENV)/bin/mmcontrast wise-ft runs/flyp-emoji --alphas 0 0.25 0.5 0.75 1 --overwrite
 	$(VENV)/bin/mmcontrast export runs/flyp-emoji --output exports/flyp-emoji --wise-ft-alpha 0.5 --overwrite
-	$(PY) scripts/finetune_demo.py runs/flyp-emoji
+	$(PY) scripts/bench_finetune_demo.py runs/flyp-emoji
 	@echo "WiSE-FT curve: runs/flyp-emoji/wise_ft/wise_ft.png; export and card: exports/flyp-emoji"
 
 test: setup

@@ -30,7 +30,7 @@ BENCH_SCRIPTS = [
     "bench_memory.py",
     "bench_retrieval.py",
     "bench_train.py",
-    "finetune_demo.py",
+    "bench_finetune_demo.py",
 ]
 
 

@@ -9,7 +9,7 @@ task), caption retrieval R@1 (the mean of both directions: what the model knew) 
 mean of the two; then the change fine-tuning made and which mixes beat both ends on the
 mean.
 
-    .venv/bin/python scripts/finetune_demo.py runs/flyp-emoji [--write]
+    .venv/bin/python scripts/bench_finetune_demo.py runs/flyp-emoji [--write]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
         [
             HEADING,
             "",
-            f"`make finetune-demo`, then `{command_line('scripts/finetune_demo.py')}`: {cpu_name()}, "
+            f"`make finetune-demo`, then `{command_line('scripts/bench_finetune_demo.py')}`: {cpu_name()}, "
             "2 cores. The quickstart's export fine-tuned with FLYP (recipe `flyp-emoji`: LoRA "
             "rank 8 on the text tower, vision tower locked, 5 epochs on the emoji subcategories "
             "of the training concepts), then `mmcontrast wise-ft` at each alpha; all figures on "
