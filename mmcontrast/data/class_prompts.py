@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmcontrast.data.image_text import SeededSamples
+from mmcontrast.data.image_text import ImageTextDataset
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.labelled import LabelledImages
 
@@ -35,7 +35,7 @@ def check_templates(templates: Sequence[str]) -> list[str]:
     return list(templates)
 
 
-class ClassPromptDataset(SeededSamples):
+class ClassPromptDataset(ImageTextDataset):
     """Yields ``{"pixel_values", "caption", "label"}`` (or ``vision_features``), or
     ``{"skip": reason}`` for an unreadable image.
 
@@ -58,16 +58,14 @@ class ClassPromptDataset(SeededSamples):
         vision_features: Tensor | None = None,
         bad_rows: dict[int, str] | None = None,
     ) -> None:
-        super().__init__(table, seed)
         if len(names) != len(table.class_names):
             raise ValueError(
                 f"{len(names)} class names for {len(table.class_names)} classes in {table.source}"
             )
+        # the rows' captions are made here from labels: the pair table's captions() is not read
+        super().__init__(table, transform, seed, vision_features, bad_rows)  # type: ignore[arg-type]
         self.names = list(names)
         self.templates = check_templates(templates)
-        self.transform = transform
-        self.vision_features = vision_features
-        self.bad_rows = bad_rows or {}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         label = self.table.label(index)

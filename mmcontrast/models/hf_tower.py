@@ -158,7 +158,8 @@ class HFTower(Tower):
 
     ``model`` wraps an already loaded transformers model instead of loading ``cfg.name``
     (whose tokenizer and image processor are still used). ``padding`` is how captions are
-    padded: ``True`` (to the longest) or ``"max_length"`` (SigLIP was trained so).
+    padded: ``True`` (to the longest) or ``"max_length"``; None = as the model was trained
+    (``"max_length"`` for SigLIP's text models, else ``True``).
     """
 
     def __init__(
@@ -166,16 +167,18 @@ class HFTower(Tower):
         cfg: TowerConfig,
         modality: str,
         model: nn.Module | None = None,
-        padding: bool | str = True,
+        padding: bool | str | None = None,
     ) -> None:
         super().__init__()
         self.modality = modality
         self.cfg = cfg
-        self.padding = padding
         self.model: Any = model if model is not None else self._load(cfg, modality)
         if cfg.weights:
             load_into(self.model, cfg.weights)
         self.model_type = str(getattr(self.model.config, "model_type", ""))
+        if padding is None:  # SigLIP's text model was trained on captions padded to the length
+            padding = "max_length" if self.model_type.startswith("siglip") else True
+        self.padding = padding
         self.pooling = cfg.pooling if cfg.pooling != "auto" else self._auto_pooling()
         if self.pooling != "pooler" and isinstance(getattr(self.model, "pooler", None), nn.Module):
             self.model.pooler = None  # unused: keep it out of the optimiser and the checkpoint
@@ -432,7 +435,4 @@ def processor_resizing(processor: Any) -> dict[str, Any]:
 
 @TOWERS.register("hf", "any transformers AutoModel by Hub id, local directory or package:NAME")
 def build_hf_tower(cfg: TowerConfig, modality: str) -> HFTower:
-    tower = HFTower(cfg, modality)
-    if modality == "text" and str(tower.model.config.model_type).startswith("siglip"):
-        tower.padding = "max_length"  # SigLIP's text model was trained on captions padded so
-    return tower
+    return HFTower(cfg, modality)

@@ -172,10 +172,7 @@ def train(
             f"resumed from {folder} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})"
         )
     if accelerator.is_main_process:
-        save_config(cfg, output_dir / "config.yaml")
-        if not resume:
-            for name in ("history.jsonl", "eval_history.jsonl"):  # a fresh run, a fresh history
-                (output_dir / name).unlink(missing_ok=True)
+        save_config(cfg, output_dir / "config.yaml")  # a fresh run's histories: _claim_output_dir
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
 
     loss_factor = _loss_factor(accelerator.num_processes, unwrapped)
