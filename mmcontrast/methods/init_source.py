@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from mmcontrast.config import ModelConfig, TowerConfig, load_recipe
-from mmcontrast.methods.trained import WEIGHTS_FILE, load_trained
+from mmcontrast.methods.trained import WEIGHTS_FILE, load_trained, merge_lora
 from mmcontrast.models.dual_encoder import DualEncoder
-from mmcontrast.models.lora import merge_adapters
 from mmcontrast.models.pretrained import (
     ACCEPTED,
     TOWER_KEYS,
@@ -92,14 +91,13 @@ class RunSource:
         reload, whose own weights replace them): a run has no lighter way to rebuild.
         """
         check_init_from_keys(cfg)
-        method = load_trained(self.folder)
+        method = merge_lora(load_trained(self.folder))
         dual = method.trained_model()
         if not isinstance(dual, DualEncoder):
             raise ValueError(
                 f"model.init_from: {self.name!r} is a {method.cfg.method} run without a text "
                 f"tower. {ACCEPTED}"
             )
-        merge_adapters(dual)
         dual.requires_grad_(True)  # the run's locks are its own; this recipe's apply below
         dual.train()
         for modality in ("vision", "text"):
