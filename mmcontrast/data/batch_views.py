@@ -35,6 +35,7 @@ from torch import Tensor
 
 from mmcontrast.config import AugmentConfig
 from mmcontrast.data.image_text import SeededSamples, sample_seed
+from mmcontrast.data.skips import Skips
 from mmcontrast.data.transforms import ImagePreprocess
 from mmcontrast.data.views import check_augment, local_view_size
 
@@ -240,5 +241,5 @@ class BatchedViewCollator:
         return {
             "views": self.views(images, generator),
             "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-            "skipped": {},
+            "skipped": Skips(),  # images in memory: none is unreadable
         }

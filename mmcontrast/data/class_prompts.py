@@ -19,6 +19,7 @@ from torch import Tensor
 from mmcontrast.data.image_text import ImageTextDataset
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.labelled import LabelledImages
+from mmcontrast.data.skips import indexed_skip
 
 
 def check_templates(templates: Sequence[str]) -> list[str]:
@@ -36,8 +37,8 @@ def check_templates(templates: Sequence[str]) -> list[str]:
 
 
 class ClassPromptDataset(ImageTextDataset):
-    """Yields ``{"pixel_values", "caption", "label"}`` (or ``vision_features``), or
-    ``{"skip": reason}`` for an unreadable image.
+    """Yields ``{"pixel_values", "caption", "label"}`` (or ``vision_features``), or a
+    skipped sample naming the row of an unreadable image (``skips.py``).
 
     Args:
         table: Labelled images whose ``class_names`` index ``names``.
@@ -77,10 +78,11 @@ class ClassPromptDataset(ImageTextDataset):
             }
             if self.vision_features is not None:
                 if index in self.bad_rows:
-                    return {"skip": self.bad_rows[index]}
+                    return indexed_skip(self.bad_rows[index], self.table.image(index), index)
                 return {**sample, "vision_features": self.vision_features[index]}
+            value = self.table.image(index)
             try:
-                image = load_image(self.table.image(index))
+                image = load_image(value)
             except BadSample as bad:
-                return {"skip": bad.reason}
+                return indexed_skip(bad.reason, value, index)
             return {**sample, "pixel_values": self.transform(image)}

@@ -2,13 +2,14 @@
 
 Every sample's randomness (augmentation, which caption) comes from a generator seeded by
 (seed, epoch, index), so a resumed run sees exactly the samples the uninterrupted run saw,
-whatever the number of workers.
+whatever the number of workers. A row that cannot be used becomes a skipped sample naming
+it (``skips.py``); the collate gathers them in ``batch["skipped"]``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
@@ -18,6 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.pairs import PairTable
+from mmcontrast.data.skips import SkippedRows, Skips, image_name, indexed_skip, skip_sample
+
+logger = logging.getLogger("mmcontrast")
+_reported: set[str] = set()  # image_batches' warnings already logged by this process
 
 
 class ImageTable(Protocol):
@@ -43,18 +48,23 @@ def seeded(seed: int, epoch: int, index: int) -> Iterator[None]:
 
 
 def pair_sample(
-    image: Any, captions: list[str], transform: Callable[[Any], Tensor]
+    image: Any,
+    captions: list[str],
+    transform: Callable[[Any], Tensor],
+    name: str,
+    key: str | None = None,
 ) -> dict[str, Any]:
-    """``{"pixel_values", "caption"}`` (one caption drawn), or ``{"skip": reason}``.
+    """``{"pixel_values", "caption"}`` (one caption drawn), or :func:`skip_sample` naming
+    the row ``name`` (identified by ``key``, default ``name``).
 
     Draws from the global generator: call it inside :func:`seeded`.
     """
     if not captions:
-        return {"skip": "empty caption"}
+        return skip_sample("empty caption", name, key)
     try:
         decoded = load_image(image)
     except BadSample as bad:
-        return {"skip": bad.reason}
+        return skip_sample(bad.reason, name, key)
     caption = captions[int(torch.randint(len(captions), ()))]
     return {"pixel_values": transform(decoded), "caption": caption}
 
@@ -76,9 +86,10 @@ class SeededSamples(Dataset):
         self.epoch = epoch
 
     @property
-    def skipped_at_load(self) -> dict[str, int]:
-        """Rows dropped when the table was loaded (e.g. empty captions, missing labels)."""
-        return dict(self.table.skipped)
+    def skipped_at_load(self) -> Mapping[str, int]:
+        """Rows dropped when the table was loaded (e.g. empty captions, missing labels): a
+        :class:`Skips` naming them where the table does."""
+        return self.table.skipped
 
     def __len__(self) -> int:
         return len(self.table)
@@ -88,7 +99,7 @@ class SeededSamples(Dataset):
 
 
 class ImageTextDataset(SeededSamples):
-    """Yields ``{"pixel_values", "caption"}`` or ``{"skip": reason}`` for a bad sample.
+    """Yields ``{"pixel_values", "caption"}``, or :func:`skip_sample` for a bad row.
 
     With ``vision_features`` (one row per table row, from a locked vision tower run once,
     see ``feature_cache.py``) it yields ``{"vision_features", "caption"}`` instead and never
@@ -112,25 +123,28 @@ class ImageTextDataset(SeededSamples):
         with self.seeded(index):
             if self.vision_features is not None:
                 if index in self.bad_rows:
-                    return {"skip": self.bad_rows[index]}
+                    return indexed_skip(self.bad_rows[index], self.table.image(index), index)
                 captions = self.table.captions(index)
                 caption = captions[int(torch.randint(len(captions), ()))]
                 return {"vision_features": self.vision_features[index], "caption": caption}
-            return pair_sample(self.table.image(index), self.table.captions(index), self.transform)
+            image = self.table.image(index)
+            name = image_name(image) or f"row {index}"
+            return pair_sample(
+                image, self.table.captions(index), self.transform, name, f"row {index}"
+            )
 
 
 class ImageTextCollator:
     """Stacks pixels, tokenises captions, stacks class labels where samples have them
-    (``batch["labels"]``) and counts skipped samples (``batch["skipped"]``)."""
+    (``batch["labels"]``) and gathers skipped samples (``batch["skipped"]``, a
+    :class:`Skips`: reason -> count, naming the rows)."""
 
     def __init__(self, tokenizer: Callable[[list[str]], dict[str, Tensor]]) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         good = [s for s in samples if "skip" not in s]
-        batch: dict[str, Any] = {
-            "skipped": dict(Counter(s["skip"] for s in samples if "skip" in s))
-        }
+        batch: dict[str, Any] = {"skipped": Skips.of_samples(samples)}
         if good:
             key = "pixel_values" if "pixel_values" in good[0] else "vision_features"
             batch[key] = torch.stack([s[key] for s in good])
@@ -181,10 +195,12 @@ def image_batches(
 
     ``pixels`` stacks the readable images of ``rows`` (``None`` when none was readable);
     ``unreadable`` maps the other rows of the batch to the reason. Evaluation and feature
-    caching both read images this way. The loader has its own generator, so reading never
-    draws from the global RNG. Tables holding their images as one uint8 tensor
-    (``table.images``, e.g. Fashion-MNIST) are transformed a whole batch at a time, unless
-    the transform says it takes one image at a time (``transform.per_image``).
+    caching both read images this way; once every row is read, a warning names the first
+    unreadable ones (once per process for the same rows). The loader has its own
+    generator, so reading never draws from the global RNG. Tables holding their images as
+    one uint8 tensor (``table.images``, e.g. Fashion-MNIST) are transformed a whole batch
+    at a time, unless the transform says it takes one image at a time
+    (``transform.per_image``).
     """
     images = getattr(table, "images", None)
     if isinstance(images, Tensor) and not getattr(transform, "per_image", False):
@@ -197,8 +213,17 @@ def image_batches(
         collate_fn=_as_list,
         generator=torch.Generator(),
     )
+    skipped = SkippedRows()
     for samples in loader:
         good = [(i, x) for i, x in samples if isinstance(x, Tensor)]
         unreadable = {i: x for i, x in samples if isinstance(x, str)}
+        for i, reason in unreadable.items():
+            skipped.add_row(reason, image_name(table.image(i)) or f"row {i}", f"row {i}")
         pixels = torch.stack([x for _, x in good]) if good else None
         yield [i for i, _ in good], pixels, unreadable
+    if skipped:
+        source = getattr(table, "source", "") or "the data"
+        message = f"{source}: {skipped.message('', shown=10)}"
+        if message not in _reported:
+            _reported.add(message)
+            logger.warning(message)

@@ -10,13 +10,14 @@ Sources, picked by ``data.path``:
   ``data.label_column``.
 
 Labels may be a ``ClassLabel``, strings or integers. An eval split maps its labels with the
-train split's ``class_names``. Rows without a label are dropped at load and counted.
+train split's ``class_names``. Rows without a label are dropped at load, counted and named
+(``skips.py``); a metadata line that is not UTF-8 or not JSON stops with an error naming the
+file and line (``metadata.py``).
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from PIL import Image
 from torch import Tensor
 
 from mmcontrast.config import DataConfig
+from mmcontrast.data.metadata import load_metadata
 from mmcontrast.data.pairs import find_metadata, load_dataset_split
+from mmcontrast.data.skips import Skips, image_name
 
 BUILTIN = "fashion_mnist"
 
@@ -44,7 +47,7 @@ class LabelledImages:
         dataset: Rows holding ``image_column`` (datasets backing).
         image_column: The image column of ``dataset``.
         base_dir: Local folders: relative image paths are relative to it.
-        skipped: Rows dropped at load, by reason.
+        skipped: Rows dropped at load, by reason and name.
     """
 
     source: str
@@ -54,7 +57,7 @@ class LabelledImages:
     dataset: datasets.Dataset | None = None
     image_column: str = "image"
     base_dir: Path | None = None
-    skipped: Counter[str] = field(default_factory=Counter)
+    skipped: Skips = field(default_factory=Skips)
 
     def __post_init__(self) -> None:
         if (self.images is None) == (self.dataset is None):
@@ -125,16 +128,14 @@ def load_labelled(
     targets, names, keep = _encode_labels(
         dataset[label_column], dataset.features[label_column], class_names, label_column, source
     )
-    skipped: Counter[str] = Counter()
-    if len(keep) < len(dataset):
-        skipped["missing label"] = len(dataset) - len(keep)
-    if max_samples is not None:
-        keep = keep[:max_samples]
     dataset = dataset.select_columns([image_column])
-    if len(keep) < len(dataset):
-        dataset = dataset.select(keep)
     if isinstance(dataset.features[image_column], datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    skipped = _without_label(dataset, image_column, keep, base_dir, source)
+    if max_samples is not None:
+        keep = keep[:max_samples]
+    if len(keep) < len(dataset):
+        dataset = dataset.select(keep)
     return LabelledImages(
         source,
         names,
@@ -144,6 +145,27 @@ def load_labelled(
         base_dir=base_dir,
         skipped=skipped,
     )
+
+
+def _without_label(
+    dataset: datasets.Dataset,
+    image_column: str,
+    keep: list[int],
+    base_dir: Path | None,
+    source: str,
+) -> Skips:
+    """The rows not in ``keep``, named by their image file, as ``missing label`` skips."""
+    skipped = Skips()
+    if len(keep) == len(dataset):
+        return skipped
+    kept = set(keep)
+    dropped = [i for i in range(len(dataset)) if i not in kept]
+    for i, value in zip(dropped, dataset.select(dropped)[image_column], strict=True):
+        name = image_name(value)
+        if name is not None and base_dir is not None and isinstance(value, str):
+            name = str(base_dir / value)
+        skipped.add("missing label", name or f"row {i} of {source}", f"{source} row {i}")
+    return skipped
 
 
 def _load_fashion_mnist(
@@ -165,8 +187,7 @@ def _load_folder(
     """A metadata file (``file_name`` + label column) or class subfolders."""
     metadata = find_metadata(folder, split)
     if metadata is not None:
-        builder = "json" if metadata.suffix == ".jsonl" else "csv"
-        dataset = datasets.load_dataset(builder, data_files=str(metadata), split="train")
+        dataset = load_metadata(metadata)
         image_column = cfg.image_column if cfg.image_column in dataset.column_names else "file_name"
         _check_column(dataset, image_column, str(metadata), "data.image_column")
         _check_column(dataset, cfg.label_column, str(metadata), "data.label_column")

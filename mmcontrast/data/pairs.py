@@ -15,13 +15,17 @@ Two sources:
 ``streaming.py``); a streamed source's evaluation split is read through the stream too.
 A caption column may name a field inside a column: ``json.text``.
 
-Rows without a usable caption are dropped when the table is loaded and counted; images
-are decoded lazily, and one that is missing or unreadable is skipped when it is met.
+A caption is a string or a list of strings. Rows without one (``empty caption``) or
+whose caption is another JSON type (``caption not text``: a number, an object, a list
+holding one) are dropped when the table is loaded, counted and named in ``skipped``;
+images are decoded lazily, and one that is missing or unreadable is skipped when it is
+met. A metadata line that is not UTF-8 or not JSON stops with an error naming the file and
+line (``metadata.py``).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,8 @@ from typing import Any
 import datasets
 
 from mmcontrast.config import DataConfig
+from mmcontrast.data.metadata import load_metadata
+from mmcontrast.data.skips import Skips, image_name
 from mmcontrast.data.webdataset import (
     IMAGE_EXTENSIONS,
     column_value,
@@ -47,7 +53,7 @@ class PairTable:
     image_column: str
     caption_column: str
     base_dir: Path | None = None  # local folders: image paths are relative to it
-    skipped: Counter = field(default_factory=Counter)  # rows dropped at load, by reason
+    skipped: Skips = field(default_factory=Skips)  # rows dropped at load, by reason and name
     source: str = ""
 
     def __len__(self) -> int:
@@ -70,11 +76,38 @@ class PairTable:
     def row_captions(self, row: dict[str, Any]) -> list[str]:
         return clean_captions(column_value(row, self.caption_column))
 
+    def row_caption_problem(self, row: dict[str, Any]) -> str | None:
+        """:func:`caption_problem` of a row already read (e.g. from a stream)."""
+        return caption_problem(column_value(row, self.caption_column))
+
+    def row_name(self, row: dict[str, Any], fallback: str) -> str:
+        """How messages name a row: its image file, or its key in a tar shard; else ``fallback``."""
+        if row.get("__key__") and row.get("__url__"):  # webdataset
+            return f"{row['__key__']} in {row['__url__']}"
+        return image_name(self.row_image(row)) or fallback
+
 
 def clean_captions(value: Any) -> list[str]:
     """A row's captions as a list of non-empty, stripped strings."""
     values = value if isinstance(value, list | tuple) else [value]
     return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+
+
+def caption_problem(value: Any) -> str | None:
+    """Why a caption value gives no caption, or None when it gives at least one.
+
+    A caption is a string or a list of strings; None, NaN (an empty csv cell) and blank
+    strings are no caption. ``"caption not text"``: a number, boolean or object, or a list
+    holding one; ``"empty caption"``: nothing but blanks.
+    """
+    values = value if isinstance(value, list | tuple) else [value]
+    if any(not (v is None or isinstance(v, str) or _is_nan(v)) for v in values):
+        return "caption not text"
+    return None if clean_captions(values) else "empty caption"
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def find_metadata(folder: Path, split: str) -> Path | None:
@@ -90,7 +123,7 @@ def load_pairs(cfg: DataConfig, split: str, max_samples: int | None = None) -> P
     """Load one split of image-text pairs as described by the data config."""
     if cfg.streaming:
         return _materialise(cfg, split, max_samples)
-    return _drop_empty_captions(_load_split(cfg, split, streaming=False), max_samples)
+    return _drop_rows_without_captions(_load_split(cfg, split, streaming=False), max_samples)
 
 
 def open_stream(cfg: DataConfig, split: str) -> PairTable:
@@ -120,10 +153,13 @@ def _materialise(cfg: DataConfig, split: str, max_samples: int | None) -> PairTa
     """A streamed source's split read into memory (evaluation): its first ``max_samples``
     rows with a caption, as :func:`load_pairs` keeps them."""
     stream = open_stream(cfg, split)
-    rows, dropped = [], 0
-    for row in stream.dataset:
-        if not stream.row_captions(row):
-            dropped += 1
+    rows: list[dict[str, Any]] = []
+    dropped = Skips()
+    for number, row in enumerate(stream.dataset):
+        problem = stream.row_caption_problem(row)
+        if problem is not None:
+            name = stream.row_name(row, f"row {number} of {stream.source}")
+            dropped.add(problem, name, f"{stream.source} row {number}")
             continue
         rows.append(row)
         if max_samples is not None and len(rows) >= max_samples:
@@ -131,14 +167,13 @@ def _materialise(cfg: DataConfig, split: str, max_samples: int | None) -> PairTa
     if not rows:
         raise ValueError(f"split {split!r} of {stream.source} has no row with a caption")
     table = PairTable(
-        datasets.Dataset.from_list(rows),
+        datasets.Dataset.from_list(rows, features=stream.dataset.features),  # mixed types: Json
         stream.image_column,
         stream.caption_column,
         base_dir=stream.base_dir,
         source=stream.source,
+        skipped=dropped,
     )
-    if dropped:
-        table.skipped["empty caption"] += dropped
     return table
 
 
@@ -204,10 +239,7 @@ def _find_split_metadata(folder: Path, split: str) -> Path:
 
 def _load_imagefolder(folder: Path, split: str, cfg: DataConfig, streaming: bool) -> PairTable:
     metadata = _find_split_metadata(folder, split)
-    builder = "json" if metadata.suffix == ".jsonl" else "csv"
-    dataset = datasets.load_dataset(
-        builder, data_files=str(metadata), split="train", streaming=streaming
-    )
+    dataset = load_metadata(metadata, streaming)
     return _table(dataset, cfg, str(metadata), base_dir=metadata.parent, file_column=True)
 
 
@@ -242,19 +274,22 @@ def _check_columns(names: list[str], columns: list[str], source: str) -> None:
             )
 
 
-def _drop_empty_captions(table: PairTable, max_samples: int | None) -> PairTable:
+def _drop_rows_without_captions(table: PairTable, max_samples: int | None) -> PairTable:
     column = table.caption_column
     if column in table.dataset.column_names:
         captions = table.dataset[column]
     else:  # a field inside a column (json.text)
         head = column.split(".")[0]
         captions = [column_value({head: v}, column) for v in table.dataset[head]]
-    keep = [i for i, value in enumerate(captions) if clean_captions(value)]
-    dropped = len(captions) - len(keep)
+    problems = [caption_problem(value) for value in captions]
+    keep = [i for i, problem in enumerate(problems) if problem is None]
+    dropped = [i for i, problem in enumerate(problems) if problem is not None]
+    if dropped:
+        for i, row in zip(dropped, table.dataset.select(dropped), strict=True):
+            name = table.row_name(row, f"row {i} of {table.source}")
+            table.skipped.add(str(problems[i]), name, f"{table.source} row {i}")
     if max_samples is not None:
         keep = keep[:max_samples]
     if dropped or len(keep) < len(captions):
         table.dataset = table.dataset.select(keep)
-    if dropped:
-        table.skipped["empty caption"] += dropped
     return table

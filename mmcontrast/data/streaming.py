@@ -20,6 +20,7 @@ rotated so that batches arrive in the order the uninterrupted run saw them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmcontrast.data.image_text import pair_sample, sample_seed, seeded
 from mmcontrast.data.pairs import PairTable
+from mmcontrast.data.skips import skip_sample
 
 logger = logging.getLogger("mmcontrast")
 
@@ -56,7 +58,9 @@ class StreamPosition:
 
 
 class StreamedPairs(IterableDataset):
-    """Endless ``{"pixel_values", "caption"}`` samples (or ``{"skip": reason}``) from a stream.
+    """Endless ``{"pixel_values", "caption"}`` samples from a stream, or a skipped sample
+    naming a bad row (``skips.py``) by its image file, its key in a tar shard, or else a
+    digest of its content, so that a row met again in a later pass counts once.
 
     Every sample also has ``"stream"`` (its stream's number) and ``"position"`` (the
     stream's :class:`StreamPosition` after it, as a dict); :class:`StreamCollator` turns
@@ -174,10 +178,24 @@ class StreamedPairs(IterableDataset):
             yield position, block[order[offset]]
 
     def _decode(self, row: dict[str, Any], epoch: int, index: int) -> dict[str, Any]:
-        with seeded(self.seed, epoch, index):
-            return pair_sample(
-                self.table.row_image(row), self.table.row_captions(row), self.transform
-            )
+        problem = self.table.row_caption_problem(row)
+        if problem is None:
+            with seeded(self.seed, epoch, index):
+                sample = pair_sample(
+                    self.table.row_image(row), self.table.row_captions(row), self.transform, ""
+                )
+            if "skip" not in sample:
+                return sample
+            problem = sample["skip"]
+        return skip_sample(problem, self._name(row))
+
+    def _name(self, row: dict[str, Any]) -> str:
+        """A bad row's name: its file or shard key, else a digest of its content (the same
+        in every pass, so the row counts once)."""
+        name = self.table.row_name(row, "")
+        if not name:
+            name = f"row {hashlib.sha1(repr(sorted(row.items())).encode()).hexdigest()[:12]}"
+        return name
 
 
 class StreamCollator:

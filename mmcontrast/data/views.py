@@ -15,22 +15,25 @@ References:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import Tensor
 from torchvision.transforms import v2
-from torchvision.utils import save_image
+from torchvision.transforms.v2.functional import to_pil_image
 
 from mmcontrast.config import AugmentConfig
 from mmcontrast.data.image_text import SeededSamples
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.labelled import LabelledImages
+from mmcontrast.data.skips import Skips, indexed_skip
 from mmcontrast.data.transforms import INTERPOLATIONS, ImagePreprocess
+
+_TITLE_PX = 14  # column titles of views.png
 
 
 def view_transforms(pre: ImagePreprocess, aug: AugmentConfig) -> list[Callable[[Any], Tensor]]:
@@ -113,7 +116,8 @@ def check_augment(aug: AugmentConfig) -> None:
 
 
 class MultiViewDataset(SeededSamples):
-    """Yields ``{"views": [Tensor, ...], "label": int}`` or ``{"skip": reason}``."""
+    """Yields ``{"views": [Tensor, ...], "label": int}``, or a skipped sample naming a bad
+    row (``skips.py``)."""
 
     def __init__(
         self, table: LabelledImages, transforms: Sequence[Callable[[Any], Tensor]], seed: int = 0
@@ -123,26 +127,25 @@ class MultiViewDataset(SeededSamples):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         with self.seeded(index):
+            value = self.table.image(index)
             try:
-                image = load_image(self.table.image(index))
+                image = load_image(value)
             except BadSample as bad:
-                return {"skip": bad.reason}
+                return indexed_skip(bad.reason, value, index)
             views = [transform(image) for transform in self.transforms]
             return {"views": views, "label": self.table.label(index)}
 
 
 class MultiViewCollator:
-    """Stacks each view over the batch and counts skipped samples (``batch["skipped"]``).
+    """Stacks each view over the batch and gathers skipped samples (``batch["skipped"]``).
 
-    Returns ``{"views": [[B, C, H, W], ...], "labels": [B], "skipped": {reason: count}}``,
-    or only ``{"skipped": ...}`` when no sample of the batch was readable.
+    Returns ``{"views": [[B, C, H, W], ...], "labels": [B], "skipped": Skips}`` (reason ->
+    count, naming the rows), or only ``{"skipped": ...}`` when no sample was readable.
     """
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         good = [s for s in samples if "skip" not in s]
-        batch: dict[str, Any] = {
-            "skipped": dict(Counter(s["skip"] for s in samples if "skip" in s))
-        }
+        batch: dict[str, Any] = {"skipped": Skips.of_samples(samples)}
         if good:
             batch["views"] = [
                 torch.stack([s["views"][v] for s in good]) for v in range(len(good[0]["views"]))
@@ -157,10 +160,16 @@ def save_views_png(
     mean: Sequence[float],
     std: Sequence[float],
     max_images: int = 8,
+    originals: Sequence[Image.Image] | None = None,
+    min_cell: int = 96,
 ) -> Path:
-    """Write a grid of de-normalised views: one row per image, one column per view.
+    """Write a titled grid: one row per image, its original then each of its views.
 
-    Local views are upsampled (nearest) to the global size, so their low resolution shows.
+    Views are de-normalised and enlarged (nearest, by a whole factor) to a cell of at least
+    ``min_cell`` pixels, so small images (Fashion-MNIST's 28 px) stay readable; local views
+    fill the same cell, so their low resolution shows. The original, when given, is fitted
+    into the cell keeping its aspect ratio (enlarged as the views are, shrunk smoothly). Columns are titled "original", "view 1", ...,
+    with "(local)" on views smaller than the first.
 
     Args:
         views: ``[B, C, H, W]`` tensors, one per view, normalised with ``mean`` / ``std``.
@@ -168,18 +177,54 @@ def save_views_png(
         mean: Per-channel normalisation mean.
         std: Per-channel normalisation standard deviation.
         max_images: Rows to draw at most.
+        originals: The images the views were drawn from, one per row of ``views``.
+        min_cell: Smallest side of one cell, in pixels.
+
+    Raises:
+        ValueError: ``originals`` holds fewer images than the rows drawn.
     """
     size = tuple(views[0].shape[-2:])
+    rows = min(max_images, views[0].shape[0])
+    if originals is not None and len(originals) < rows:
+        raise ValueError(f"{len(originals)} originals for {rows} rows of views")
+    scale = -(-min_cell // max(size))  # whole factor: pixels stay square and sharp
+    cell = (size[1] * scale, size[0] * scale)  # (width, height), as PIL counts
     m = torch.tensor(list(mean)).view(1, -1, 1, 1)
     s = torch.tensor(list(std)).view(1, -1, 1, 1)
-    columns = []
-    for view in views:
-        x = view[:max_images].detach().float().cpu() * s + m
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="nearest")
-        columns.append(x.clamp(0, 1))
-    grid = torch.stack(columns, dim=1).flatten(0, 1)  # image-major: [n * V, C, H, W]
+    columns: list[list[Image.Image]] = []
+    titles: list[str] = []
+    if originals is not None:
+        columns.append([_fit(im, cell) for im in originals[:rows]])
+        titles.append("original")
+    for number, view in enumerate(views, start=1):
+        x = view[:rows].detach().float().cpu() * s + m
+        local = tuple(x.shape[-2:]) != size
+        x = F.interpolate(x.clamp(0, 1), size=(cell[1], cell[0]), mode="nearest")
+        columns.append([to_pil_image(image) for image in x])
+        titles.append(f"view {number} (local)" if local else f"view {number}")
+    font = ImageFont.load_default(size=_TITLE_PX)
+    gap, band = 4, _TITLE_PX + 8
+    grid = Image.new(
+        "RGB",
+        (gap + len(columns) * (cell[0] + gap), band + rows * (cell[1] + gap)),
+        "white",
+    )
+    draw = ImageDraw.Draw(grid)
+    for c, (title, column) in enumerate(zip(titles, columns, strict=True)):
+        left = gap + c * (cell[0] + gap)
+        draw.text((left + cell[0] / 2, band / 2), title, fill="black", font=font, anchor="mm")
+        for r, image in enumerate(column[:rows]):
+            grid.paste(image.convert("RGB"), (left, band + r * (cell[1] + gap)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path, nrow=len(views))
+    grid.save(path)
     return path
+
+
+def _fit(image: Image.Image, cell: tuple[int, int]) -> Image.Image:
+    """``image`` in a white ``cell`` (width, height), aspect ratio kept: enlarged by nearest
+    neighbour like the views, shrunk with Lanczos."""
+    image = image.convert("RGB")
+    grow = image.width <= cell[0] and image.height <= cell[1]
+    method = Image.Resampling.NEAREST if grow else Image.Resampling.LANCZOS
+    return ImageOps.pad(image, cell, method=method, color="white")

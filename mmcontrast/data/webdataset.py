@@ -130,6 +130,8 @@ def _encoded_image(value: Any, base_dir: Path | None) -> tuple[bytes, str]:
         try:
             with Image.open(io.BytesIO(value)) as image:
                 ext = (image.format or "").lower().replace("jpeg", "jpg")
+        except Image.DecompressionBombError as err:
+            raise BadSample("image too large", str(err)) from None
         except (OSError, ValueError, SyntaxError) as err:
             raise BadSample("unreadable image", str(err)) from None
         if ext in IMAGE_EXTENSIONS:

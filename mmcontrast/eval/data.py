@@ -15,7 +15,6 @@ and otherwise built once into ``~/.cache/mmcontrast/emoji`` (needs the ``demo`` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from mmcontrast.config import DataConfig
 from mmcontrast.data.fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from mmcontrast.data.labelled import readable_name
+from mmcontrast.data.metadata import MetadataError, read_metadata_rows
 
 EMOJI_TEMPLATES = ["{c}", "an emoji of {c}.", "an icon of {c}."]
 FASHION_MNIST_TEMPLATES = [
@@ -87,11 +87,21 @@ def emoji_folder() -> Path:
 
 
 def emoji_class_names(folder: Path, column: str) -> list[str]:
-    """Sorted label values of every split, so held-out classes are in the classifier."""
+    """Sorted label values of every split, so held-out classes are in the classifier.
+
+    Raises:
+        MetadataError: A metadata line that is not a JSON object, or has no ``column``
+            (the message names the file and line).
+    """
     names: set[str] = set()
     for metadata in folder.glob("*/metadata.jsonl"):
-        with open(metadata) as lines:
-            names.update(json.loads(line)[column] for line in lines if line.strip())
+        for number, row in read_metadata_rows(metadata):
+            if column not in row:
+                raise MetadataError(
+                    f"{metadata}:{number}: no {column!r} field; rebuild the emoji set "
+                    "(`make demo`, or delete the folder to build it again)"
+                )
+            names.add(row[column])
     return sorted(names)
 
 

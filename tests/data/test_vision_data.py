@@ -192,8 +192,8 @@ def test_save_views_png(tmp_path: Path) -> None:
     )
     batch = MultiViewCollator()([dataset[i] for i in range(3)])
     path = save_views_png(batch["views"], tmp_path / "views" / "grid.png", pre.mean, pre.std)
-    with Image.open(path) as image:  # 5 columns and 3 rows of 32 px, 2 px padding
-        assert image.size == (5 * 34 + 2, 3 * 34 + 2)
+    with Image.open(path) as image:  # 5 columns, 3 rows of 96 px cells (32 px x 3), titles
+        assert image.size == (4 + 5 * 100, 22 + 3 * 100)
 
 
 def test_bad_augment_config() -> None:
