@@ -5,6 +5,11 @@ errors that name the key and the closest valid one, e.g.::
 
     ConfigError: unknown key 'train.lr_rate'; did you mean 'train.lr'?
 
+Values a run would crash on or quietly misuse are errors too, naming the key and what it
+allows (:data:`RANGES`, checked by :func:`check_values`)::
+
+    ConfigError: train.log_every=0: must be an integer >= 1 (optimiser steps between log lines)
+
 Example:
     >>> cfg = load_recipe("recipes/quickstart.yaml", overrides=["train.lr=3e-4"])
     >>> cfg.train.lr
@@ -114,6 +119,7 @@ class DataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     num_workers: int = 0
+    max_image_pixels: int | None = 89_478_485  # larger images are skipped; None: no limit
     # read the training split as a stream (tar shards, datasets streaming), never all held;
     # needs train.max_steps; see data/streaming.py
     streaming: bool = False
@@ -272,7 +278,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             )
     for override in overrides or []:
         apply_override(raw, override)
-    return from_dict(Config, raw)
+    cfg: Config = from_dict(Config, raw)
+    check_values(cfg)
+    return cfg
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -428,6 +436,224 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value
+
+
+# --------------------------------------------------------------------------- value ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key allows: finite, within ``low`` / ``high`` (None: unbounded;
+    a bound is included unless ``*_open``). On a list or pair the rule holds for each item,
+    and ``ordered`` pairs are ``[low, high]`` with low <= high. ``meaning`` says what the
+    key is, for the message."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    meaning: str = ""
+    ordered: bool = False
+
+    def allows(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, integer: bool) -> str:
+        kind = "an integer" if integer else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {left}{_bound(self.low)}, {_bound(self.high)}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {_bound(self.low)}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {_bound(self.high)}"
+        return f"a finite {'integer' if integer else 'number'}"
+
+    def check(self, key: str, value: Any) -> None:
+        """Raise :class:`ConfigError` naming ``key`` unless ``value`` (or each item) fits."""
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        numbers = [v for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
+        integer = all(isinstance(v, int) for v in numbers)
+        shown = f"{key}={format_value(value)}"
+        if not all(self.allows(v) for v in numbers):
+            each = "every item must be " if isinstance(value, list | tuple) else "must be "
+            why = f" ({self.meaning})" if self.meaning else ""
+            raise ConfigError(f"{shown}: {each}{self.describe(integer)}{why}")
+        if self.ordered and len(numbers) == 2 and numbers[0] > numbers[1]:
+            raise ConfigError(f"{shown}: must be [low, high] with low <= high ({self.meaning})")
+
+
+PROBABILITY = Range(0, 1, meaning="a probability")
+CROP_SCALE = Range(0, 1, low_open=True, ordered=True, meaning="fractions of the image area kept")
+
+# (dataclass, key) -> allowed values; None is always allowed where the key's type admits it
+RANGES: dict[tuple[str, str], Range] = {
+    ("TowerConfig", "lr"): Range(
+        0,
+        low_open=True,
+        meaning="this tower's learning rate; null = train.lr; to freeze the tower set lock: true",
+    ),
+    ("TowerConfig", "unlocked_layers"): Range(0, meaning="top layers a locked tower trains"),
+    ("TowerConfig", "lr_decay"): Range(
+        0, 1, low_open=True, meaning="layer-wise learning-rate decay, e.g. 0.65; 1 = none"
+    ),
+    ("TowerConfig", "image_size"): Range(1, meaning="pixels per side"),
+    ("TowerConfig", "image_std"): Range(0, low_open=True, meaning="per-channel pixel divisor"),
+    ("TowerConfig", "image_mean"): Range(meaning="per-channel pixel offset"),
+    ("TowerConfig", "max_length"): Range(1, meaning="tokens per text"),
+    ("ModelConfig", "embed_dim"): Range(1, meaning="dimensions of the shared embedding"),
+    ("ModelConfig", "projection_hidden_dim"): Range(1, meaning="width of the mlp projection"),
+    ("ModelConfig", "init_logit_scale"): Range(meaning="log of the logit multiplier"),
+    ("ModelConfig", "init_logit_bias"): Range(meaning="the sigmoid loss's logit bias"),
+    ("DataConfig", "max_train_samples"): Range(1, meaning="training rows used; null = all"),
+    ("DataConfig", "max_eval_samples"): Range(1, meaning="evaluation rows used; null = all"),
+    ("DataConfig", "num_workers"): Range(0, meaning="loader processes; 0 = the main process"),
+    ("DataConfig", "max_image_pixels"): Range(
+        1, meaning="width x height above which an image is skipped; null = no limit"
+    ),
+    ("DataConfig", "shuffle_buffer"): Range(1, meaning="streamed examples shuffled together"),
+    ("DataConfig", "random_resized_crop"): CROP_SCALE,
+    ("DataConfig", "horizontal_flip"): PROBABILITY,
+    ("DataConfig", "color_jitter"): Range(0, meaning="colour jitter strength; 0 = off"),
+    ("AugmentConfig", "crop_scale"): CROP_SCALE,
+    ("AugmentConfig", "local_crop_scale"): CROP_SCALE,
+    ("AugmentConfig", "horizontal_flip"): PROBABILITY,
+    ("AugmentConfig", "color_jitter_prob"): PROBABILITY,
+    ("AugmentConfig", "grayscale_prob"): PROBABILITY,
+    ("AugmentConfig", "blur_prob"): PROBABILITY,
+    ("AugmentConfig", "solarize_prob"): PROBABILITY,
+    ("AugmentConfig", "local_blur_prob"): PROBABILITY,
+    ("AugmentConfig", "brightness"): Range(0, meaning="jitter strength; 0 = off"),
+    ("AugmentConfig", "contrast"): Range(0, meaning="jitter strength; 0 = off"),
+    ("AugmentConfig", "saturation"): Range(0, meaning="jitter strength; 0 = off"),
+    ("AugmentConfig", "hue"): Range(0, 0.5, meaning="hue jitter; 0 = off"),
+    ("AugmentConfig", "blur_sigma"): Range(
+        0, low_open=True, ordered=True, meaning="Gaussian blur sigma range"
+    ),
+    ("AugmentConfig", "local_views"): Range(0, meaning="extra low-resolution crops"),
+    ("AugmentConfig", "local_size"): Range(1, meaning="pixels per side of the local crops"),
+    ("TrainConfig", "seed"): Range(0, 2**32 - 1, meaning="the random seed"),
+    ("TrainConfig", "batch_size"): Range(1, meaning="samples per process per batch"),
+    ("TrainConfig", "epochs"): Range(1, meaning="passes over the training data"),
+    ("TrainConfig", "max_steps"): Range(
+        1, meaning="optimiser steps of the whole run; null = train.epochs"
+    ),
+    ("TrainConfig", "stop_at_step"): Range(
+        1, meaning="the optimiser step this invocation stops at; null = the end"
+    ),
+    ("TrainConfig", "lr"): Range(0, low_open=True, meaning="the base learning rate"),
+    ("TrainConfig", "momentum"): Range(0, 1, high_open=True, meaning="sgd / lars momentum"),
+    ("TrainConfig", "weight_decay"): Range(0, meaning="decoupled weight decay; 0 = none"),
+    ("TrainConfig", "betas"): Range(0, 1, high_open=True, meaning="AdamW's moment decay rates"),
+    ("TrainConfig", "eps"): Range(0, low_open=True, meaning="AdamW's denominator term"),
+    ("TrainConfig", "warmup_steps"): Range(0, meaning="optimiser steps of linear warm-up"),
+    ("TrainConfig", "min_lr_ratio"): Range(
+        0, 1, meaning="the cosine schedule's floor as a fraction of lr"
+    ),
+    ("TrainConfig", "gradient_accumulation_steps"): Range(1, meaning="batches per optimiser step"),
+    ("TrainConfig", "grad_cache_micro_batch"): Range(
+        1, meaning="samples per micro-batch; null = off"
+    ),
+    ("TrainConfig", "max_grad_norm"): Range(
+        0, meaning="gradient-norm clip; null or 0 = no clipping"
+    ),
+    ("TrainConfig", "nonfinite_limit"): Range(
+        0, meaning="non-finite steps in a row skipped before the run halts"
+    ),
+    ("TrainConfig", "log_every"): Range(1, meaning="optimiser steps between log lines"),
+    ("TrainConfig", "checkpoint_every"): Range(
+        0, meaning="optimiser steps between checkpoints; null or 0 = only at the end"
+    ),
+    ("TrainConfig", "keep_checkpoints"): Range(0, meaning="checkpoints kept; 0 = all"),
+    ("TrainConfig", "ema_decay"): Range(
+        0, 1, low_open=True, high_open=True, meaning="weight average decay, e.g. 0.999; null = off"
+    ),
+    ("EvalConfig", "every"): Range(
+        0, meaning="optimiser steps between evaluations; null or 0 = none during training"
+    ),
+    ("EvalConfig", "batch_size"): Range(1, meaning="samples per evaluation batch"),
+    ("EvalConfig", "ks"): Range(1, meaning="the k of retrieval recall@k"),
+    ("EvalConfig", "grid_queries"): Range(0, meaning="queries in the retrieval picture"),
+    ("EvalConfig", "knn_k"): Range(1, meaning="neighbours of the kNN classifier"),
+    ("EvalConfig", "knn_temperature"): Range(
+        0, low_open=True, meaning="the kNN classifier's temperature"
+    ),
+}
+
+
+def check_values(cfg: Any, prefix: str = "") -> None:
+    """Refuse any value outside its :data:`RANGES` entry, naming the key, e.g.::
+
+        ConfigError: train.log_every=0: must be an integer >= 1 (optimiser steps between log lines)
+
+    Run by :func:`load_recipe`; call it on a config built in code before training it.
+
+    Raises:
+        ConfigError: the first value out of range.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_values(value, f"{prefix}{f.name}.")
+            continue
+        allowed = RANGES.get((type(cfg).__name__, f.name))
+        if allowed is not None and value is not None:
+            allowed.check(prefix + f.name, value)
+
+
+def check_schedule(cfg: Config, total_steps: int) -> str | None:
+    """Check the warm-up against the run's length, once the loop knows it.
+
+    Args:
+        cfg: The run's config.
+        total_steps: The optimiser steps of the whole run (``train.max_steps``, or
+            ``train.epochs`` times the steps of an epoch).
+
+    Returns:
+        A warning to show when ``train.warmup_steps`` covers the whole run (the learning rate
+        only rises and the cosine decay never starts), else None. Not an error: a short
+        smoke run of a recipe with a long warm-up is a common, harmless use.
+
+    Raises:
+        ConfigError: ``total_steps`` is below 1 (nothing would be trained).
+    """
+    warmup = cfg.train.warmup_steps
+    if total_steps < 1:
+        raise ConfigError(
+            f"the run has {total_steps} optimiser steps (train.max_steps={cfg.train.max_steps}, "
+            f"train.epochs={cfg.train.epochs}): an epoch holds fewer batches than one "
+            "optimiser step needs. Set train.max_steps, or lower train.batch_size or "
+            "train.gradient_accumulation_steps"
+        )
+    if warmup < total_steps:
+        return None
+    peak = min(1.0, total_steps / warmup)
+    suggestion = max(0, round(0.05 * total_steps))
+    return (
+        f"train.warmup_steps={warmup} covers the whole run of {total_steps} optimiser steps: "
+        f"the learning rate rises to {peak:.0%} of train.lr and never decays. Set "
+        f"train.warmup_steps below {total_steps} (e.g. {suggestion}, 5% of the run) for "
+        "warm-up then cosine decay"
+    )
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def format_value(value: Any) -> str:
+    """``value`` as an override writes it (``true``, ``null``, ``[0.5, 1.0]``), for messages."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from mmcontrast.config import load_recipe
 from mmcontrast.pipeline import train
 from mmcontrast.train.checkpoint import SCHEDULE_FILE
+from mmcontrast.train.resume_checks import CheckpointError
 
 QUICKSTART = RECIPES / "quickstart.yaml"
 
@@ -60,8 +61,9 @@ def test_a_planted_pickle_is_never_run(tiny_run: list[str], tmp_path: Path) -> N
     assert not marker.exists()
     # in a file accelerate does read, the pickle is refused (weights_only), not run
     (folder / "optimizer.bin").write_bytes(pickle.dumps(Planted(marker)))
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match="optimizer.bin") as refused:
         train(load_recipe(QUICKSTART, resumed), resume=str(folder))
+    assert isinstance(refused.value.__cause__, pickle.UnpicklingError)
     assert not marker.exists()
 
 
