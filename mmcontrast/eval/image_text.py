@@ -1,7 +1,13 @@
-"""Held-out image-text retrieval: embed a pair table, score it, write JSON and a picture."""
+"""Held-out image-text retrieval: embed a pair table, score it, write JSON and a picture.
+
+A split whose caption texts repeat across images caps the recall the tie rule allows
+(:func:`~mmcontrast.eval.retrieval.repeated_captions`): the evaluation warns once, and the
+result JSON records ``duplicate_captions`` and the ``max_recall`` bounds.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +23,14 @@ from mmcontrast.eval.adapters.base import EvalModel
 from mmcontrast.eval.embed import embed_images, embed_texts
 from mmcontrast.eval.plots import save_retrieval_grid, topk_texts_to_images
 from mmcontrast.eval.report import write_result
-from mmcontrast.eval.retrieval import format_table, retrieval_metrics
+from mmcontrast.eval.retrieval import (
+    CaptionRepeats,
+    format_table,
+    repeated_captions,
+    retrieval_metrics,
+)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,9 +83,13 @@ def evaluate_retrieval(
     """Retrieval metrics (CLIP_benchmark keys); with ``output_dir``, also JSON, table and PNG.
 
     With a multi-process ``accelerator`` the images are embedded in shards (every process
-    gets the metrics); pass ``output_dir`` on the main process only.
+    gets the metrics); pass ``output_dir`` on the main process only. Captions repeated
+    across images are announced (main process) with the recall they leave reachable.
     """
     embedded = embed_pairs(model, table, batch_size, num_workers, accelerator)
+    repeats = repeated_captions(embedded.captions, embedded.text_to_image, ks)
+    if repeats.captions and getattr(accelerator, "is_main_process", True):
+        logger.warning(_repeats_message(repeats, len(embedded.captions), table.source))
     metrics = retrieval_metrics(
         embedded.image_features,
         embedded.text_features,
@@ -87,12 +104,34 @@ def evaluate_retrieval(
             "num_images": len(embedded.rows),
             "num_texts": len(embedded.captions),
             "skipped": dict(embedded.skipped),
+            "duplicate_captions": repeats.captions,
         }
+        if repeats.captions:
+            details["max_recall"] = repeats.max_recall
         write_result(output_dir, "retrieval", metrics, {**details, **(extra or {})})
-        (output_dir / "retrieval.txt").write_text(format_table(metrics) + "\n")
+        note = f"\n{_repeats_message(repeats, len(embedded.captions))}" if repeats.captions else ""
+        (output_dir / "retrieval.txt").write_text(format_table(metrics) + note + "\n")
         if grid_queries > 0:
             _write_grid(embedded, table, output_dir / "retrieval_grid.png", grid_queries)
     return metrics
+
+
+def _repeats_message(repeats: CaptionRepeats, total: int, source: str = "") -> str:
+    """What repeated captions mean for the recall, in one sentence."""
+    of = f" of {source}" if source else ""
+    caps = repeats.max_recall
+    bound = "so recall cannot reach 1"
+    if caps:
+        k = min(int(key.rpartition("@")[2]) for key in caps)
+        bound = (
+            f"so recall@{k} can reach at most {caps[f'image_retrieval_recall@{k}']:.3f} "
+            f"text->image and {caps[f'text_retrieval_recall@{k}']:.3f} image->text"
+        )
+    return (
+        f"{repeats.captions} of {total} captions{of} repeat across images "
+        f"({repeats.texts} distinct texts held by several images): identical captions tie, "
+        f"and under the pessimistic tie rule a tie counts against the query, {bound}"
+    )
 
 
 def _write_grid(

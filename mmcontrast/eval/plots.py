@@ -7,21 +7,27 @@ so no display is needed and the global pyplot backend is left untouched.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = [
+    "eval_panels",
     "save_confusion_matrix",
     "save_retrieval_grid",
     "save_training_curves",
     "topk_texts_to_images",
+    "training_curves_figure",
 ]
 
 _CELL_INCHES = 2.0  # side of one image cell
@@ -411,6 +417,42 @@ def _check_records(records: Any, name: str) -> list[dict[str, Any]]:
     return list(records)
 
 
+# Evaluation metrics by name (the part after any ``TASK/`` prefix): fractions in [0, 1]
+# (recall@k, accuracies, top-k, mean per-class recall), ranks, and chosen hyper-parameters
+# (the linear probe's ``lp_weight_decay``), which are no score and are not drawn.
+_FRACTION = re.compile(r"(recall@\d+|(^|_)acc\d+|accuracy|mean_per_class_recall|top-?\d+)$")
+_RANK = re.compile(r"_rank$")
+_HYPERPARAMETER = re.compile(r"^lp_|weight_decay$")
+
+
+_EVAL_LABELS = {"fraction": "eval (fraction)", "rank": "eval rank (lower: better)", "other": "eval"}
+
+
+def eval_panels(names: Sequence[str]) -> dict[str, list[str]]:
+    """Sorts evaluation metric names into the panels of the training curves.
+
+    Returns ``{"fraction": [...], "rank": [...], "other": [...]}`` in the order given:
+    recall@k, accuracies (``acc1``, ``knn20_acc5``, ``lp_acc1``, ``accuracy``), top-k and
+    mean per-class recall are fractions; names ending in ``_rank`` are ranks; chosen
+    hyper-parameters (``lp_*`` that are not scores, ``*weight_decay``) are left out; the
+    rest (losses, custom scores) go to "other". A ``TASK/`` prefix is ignored.
+
+    Example:
+        >>> eval_panels(["acc1", "image_retrieval_median_rank", "lp_weight_decay", "loss"])
+        {'fraction': ['acc1'], 'rank': ['image_retrieval_median_rank'], 'other': ['loss']}
+    """
+    panels: dict[str, list[str]] = {"fraction": [], "rank": [], "other": []}
+    for name in names:
+        base = name.rpartition("/")[2]
+        if _FRACTION.search(base):
+            panels["fraction"].append(name)
+        elif _RANK.search(base):
+            panels["rank"].append(name)
+        elif not _HYPERPARAMETER.search(base):
+            panels["other"].append(name)
+    return panels
+
+
 def save_training_curves(
     path: str | Path,
     history: list[dict[str, Any]],
@@ -425,9 +467,10 @@ def save_training_curves(
       axis is logarithmic when the loss is positive and spans over 20x.
     * ``lr``, when the records have it.
     * Evaluation metrics from ``eval_history`` (one line with markers per key,
-      ``step`` and ``epoch`` excluded): metrics whose values all lie in [0, 1]
-      (accuracies, recalls) share one panel, the others (ranks, losses) get a
-      second one, so the scales do not crush each other.
+      ``step`` and ``epoch`` excluded), sorted by name (:func:`eval_panels`):
+      fractions (recall@k, accuracies) on a [0, 1] panel, ranks on their own
+      panel (logarithmic when they span over 20x), any other metric on a last
+      one; chosen hyper-parameters such as ``lp_weight_decay`` are not drawn.
 
     Non-numeric and non-finite values are skipped (NaN leaves a gap); records
     may carry other keys (``pairs_per_s``, temperatures), which are ignored.
@@ -446,6 +489,18 @@ def save_training_curves(
         ValueError: If a record is not a dict with a numeric ``step``, or no
             record has a numeric ``loss``.
     """
+    fig = training_curves_figure(history, eval_history)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=DPI, facecolor="white", bbox_inches="tight")
+    return out
+
+
+def training_curves_figure(
+    history: list[dict[str, Any]], eval_history: list[dict[str, Any]] | None = None
+) -> Figure:
+    """The matplotlib ``Figure`` that :func:`save_training_curves` writes (same arguments
+    and errors); each drawn series is a line labelled with its metric name."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -461,21 +516,14 @@ def save_training_curves(
             k for r in evals for k, v in r.items() if k not in ("step", "epoch") and _numeric(v)
         )
     )
-    fraction_metrics: list[str] = []
-    other_metrics: list[str] = []
-    for name in metric_names:
-        values = [v for v in _series(evals, name)[1] if math.isfinite(v)]
-        if values:
-            bounded = all(0.0 <= v <= 1.0 for v in values)
-            (fraction_metrics if bounded else other_metrics).append(name)
+    drawn = [n for n in metric_names if any(math.isfinite(v) for v in _series(evals, n)[1])]
+    by_panel = eval_panels(drawn)
 
     panels: list[tuple[str, float]] = [("loss", 2.0)]
     if lrs:
         panels.append(("lr", 1.0))
-    if fraction_metrics:
-        panels.append(("eval", 2.0))
-    if other_metrics:
-        panels.append(("eval_other", 1.6))
+    heights = {"fraction": 2.0, "rank": 1.6, "other": 1.6}
+    panels += [(kind, heights[kind]) for kind, names in by_panel.items() if names]
     fig = Figure(figsize=(9.0, 1.0 + 1.6 * sum(h for _, h in panels)), dpi=DPI)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(len(panels), 1, height_ratios=[h for _, h in panels], hspace=0.12)
@@ -508,10 +556,14 @@ def save_training_curves(
             ax.set_ylabel("learning rate")
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         else:
-            names = fraction_metrics if kind == "eval" else other_metrics
+            names = by_panel[kind]
             for name in names:
                 ax.plot(*_series(evals, name), marker="o", markersize=3, linewidth=1.2, label=name)
-            ax.set_ylabel("eval (fraction)" if kind == "eval" else "eval")
+            if kind == "rank":
+                ranks = [v for n in names for v in _series(evals, n)[1] if math.isfinite(v)]
+                if min(ranks) > 0 and max(ranks) / min(ranks) > 20:
+                    ax.set_yscale("log")
+            ax.set_ylabel(_EVAL_LABELS[kind])
             ax.legend(
                 fontsize=8,
                 loc="upper left",
@@ -522,8 +574,4 @@ def save_training_curves(
     for ax in axes[:-1]:
         ax.tick_params(labelbottom=False)
     axes[-1].set_xlabel("step")
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=DPI, facecolor="white", bbox_inches="tight")
-    return out
+    return fig

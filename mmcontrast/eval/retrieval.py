@@ -6,20 +6,32 @@ image -> text retrieval (an image queries the caption gallery).
 
 Ranks are computed by counting, chunk by chunk, so the full similarity matrix is
 never materialised and nothing is sorted except the final rank vectors.
+
+Under the default (pessimistic) tie rule, a caption whose text is also a caption of another
+image ties with that copy, so recall cannot reach 1; :func:`repeated_captions` counts such
+captions and the highest recall@k the split allows.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["format_table", "retrieval_metrics", "retrieval_ranks"]
+__all__ = [
+    "CaptionRepeats",
+    "format_table",
+    "repeated_captions",
+    "retrieval_metrics",
+    "retrieval_ranks",
+]
 
 TieRule = Literal["pessimistic", "optimistic"]
 
@@ -245,6 +257,79 @@ def retrieval_metrics(
     metrics["text_retrieval_mean_rank"] = int(i2t_ranks.sum()) / i2t_ranks.numel()
     metrics["text_retrieval_median_rank"] = _median(i2t_ranks)
     return metrics
+
+
+@dataclass(frozen=True)
+class CaptionRepeats:
+    """Captions whose text belongs to several images, and the recall they leave reachable.
+
+    ``max_recall`` maps ``image_retrieval_recall@k`` / ``text_retrieval_recall@k`` to the
+    highest value the split allows under the pessimistic tie rule (1.0 without repeats).
+    """
+
+    captions: int  # captions whose exact text is also a caption of another image
+    texts: int  # distinct texts shared by several images
+    max_recall: dict[str, float]
+
+
+def repeated_captions(
+    captions: Sequence[str], text_to_image: Sequence[int] | Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> CaptionRepeats:
+    """Counts captions repeated across images and the recall@k they cap (pessimistic ties).
+
+    Identical texts get identical embeddings, so:
+
+    * text -> image: the copies of a text rank the images in one order, and at most ``k``
+      images can be within its top k. Of a text held by several images, only the copies
+      of the ``k`` images holding most of them can count; the bound is that count over
+      all texts.
+    * image -> text: an image's best caption ties with every copy of its text held by
+      other images, all counted ahead of it; an image reaches rank ``1 + c`` at best,
+      ``c`` the fewest such copies over its captions. The bound is the fraction of
+      captioned images whose best rank is ``<= k``.
+
+    These are upper bounds (each reachable on its own, not necessarily all at once); the
+    optimistic tie rule has no such cap. Texts are compared exactly as given.
+
+    Args:
+        captions: The caption texts, aligned with ``text_to_image``.
+        text_to_image: The image index of each caption.
+        ks: Cutoffs of the recall bounds.
+
+    Returns:
+        The counts and the bounds; ``captions == 0`` means no caption is repeated across
+        images and every bound is 1.0.
+
+    Example:
+        >>> caps = repeated_captions(["a cat", "a cat", "a dog"], [0, 1, 2], ks=(1,))
+        >>> caps.captions, caps.max_recall["text_retrieval_recall@1"]
+        (2, 0.3333333333333333)
+    """
+    indices = text_to_image.tolist() if isinstance(text_to_image, Tensor) else text_to_image
+    owners = [int(i) for i in indices]
+    if len(owners) != len(captions):
+        raise ValueError(f"got {len(captions)} captions for {len(owners)} image indices")
+    holders: dict[str, Counter[int]] = defaultdict(Counter)  # text -> image -> copies
+    for text, image in zip(captions, owners, strict=True):
+        holders[text][image] += 1
+    shared = {text: held for text, held in holders.items() if len(held) > 1}
+    # image -> text: per image, the fewest copies of one of its texts held elsewhere
+    ahead: dict[int, int] = {}
+    for held in holders.values():
+        total = sum(held.values())
+        for image, copies in held.items():
+            ahead[image] = min(ahead.get(image, total), total - copies)
+    max_recall: dict[str, float] = {}
+    for k in ks:
+        kept = sum(sum(sorted(held.values(), reverse=True)[:k]) for held in holders.values())
+        max_recall[f"image_retrieval_recall@{k}"] = kept / len(owners) if owners else 1.0
+        reachable = sum(1 for others in ahead.values() if others + 1 <= k)
+        max_recall[f"text_retrieval_recall@{k}"] = reachable / len(ahead) if ahead else 1.0
+    return CaptionRepeats(
+        captions=sum(sum(held.values()) for held in shared.values()),
+        texts=len(shared),
+        max_recall=max_recall,
+    )
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -25,6 +25,7 @@ from torch import nn
 from mmcontrast.config import ModelConfig, TowerConfig, load_recipe
 from mmcontrast.methods.trained import WEIGHTS_FILE, load_trained, merge_lora
 from mmcontrast.models.dual_encoder import DualEncoder
+from mmcontrast.models.locations import check_local_name
 from mmcontrast.models.pretrained import (
     ACCEPTED,
     TOWER_KEYS,
@@ -42,6 +43,9 @@ from mmcontrast.registry import LOSSES
 def open_init_source(name: str) -> InitSource:
     """The source ``model.init_from`` names (reading only its config, not its weights).
 
+    A name that can only be a local path (:mod:`mmcontrast.models.locations`) and does not
+    exist is refused at once, without trying the Hub.
+
     Raises:
         ValueError: The source cannot be read or is not an image-text model; the message
             names what ``init_from`` accepts.
@@ -50,6 +54,10 @@ def open_init_source(name: str) -> InitSource:
         return OpenClipSource(name)
     if (Path(name) / "config.yaml").is_file():
         return RunSource(name)
+    try:
+        check_local_name(name)
+    except ValueError as err:
+        raise ValueError(f"model.init_from: cannot read {err}. {ACCEPTED}") from None
     return PretrainedSource(name)
 
 

@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 
 from mmcontrast.config import Config, from_dict, to_dict
 from mmcontrast.data.batch_views import BatchedViewCollator, BatchedViews, RawSamples
+from mmcontrast.data.image_text import SeededSamples
+from mmcontrast.data.images import load_image
 from mmcontrast.data.labelled import load_labelled
 from mmcontrast.data.views import (
     MultiViewCollator,
@@ -105,14 +107,20 @@ class VisionMethod(Method):
         return dataset, collate
 
     def _save_views(self, dataset: Dataset, collate: Callable[[list[Any]], dict[str, Any]]) -> None:
-        batch = collate([dataset[i] for i in range(min(8, len(dataset)))])  # type: ignore[arg-type]
+        """``views.png``: the first readable images of the split beside their views."""
+        samples = [dataset[i] for i in range(min(8, len(dataset)))]  # type: ignore[arg-type]
+        batch = collate(samples)
         if "views" not in batch:
             return
-        views = batch["views"]
+        originals = None
+        if isinstance(dataset, SeededSamples):  # both kinds of view dataset
+            table = dataset.table
+            originals = [
+                load_image(table.image(i)) for i, s in enumerate(samples) if "skip" not in s
+            ]
         pre = resolved_preprocess(self.backbone)
         path = Path(self.cfg.train.output_dir) / "views.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_views_png(views, path, pre.mean, pre.std)
+        save_views_png(batch["views"], path, pre.mean, pre.std, originals=originals)
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         self.steps_done.fill_(step)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from mmcontrast.models.locations import check_local_name
 from mmcontrast.registry import Registry
 
 MODEL_FAMILIES = Registry("model family", packages=["mmcontrast.eval.adapters"])
@@ -100,8 +101,11 @@ def load_eval_model(spec: str, device: torch.device | str | None = None) -> Eval
     or ``open_clip:NAME:PRETRAINED`` (a pretrained tag or a checkpoint file) or
     ``hf-hub:ORG/REPO``; any of these prefixed with its family (``siglip:DIR``).
 
+    A spec that can only be a local path (:mod:`mmcontrast.models.locations`) and does not
+    exist is refused at once, without trying the Hub.
+
     Raises:
-        ValueError: No family recognises the spec.
+        ValueError: No family recognises the spec, or it is a missing local path.
     """
     device = torch.device(device) if device is not None else default_device()
     family, rest = split_family(spec)
@@ -111,6 +115,7 @@ def load_eval_model(spec: str, device: torch.device | str | None = None) -> Eval
                 family, rest = name, spec
                 break
     if family is None:
+        check_local_name(spec)
         raise ValueError(
             f"cannot tell which kind of model {spec!r} is: give an mmcontrast run folder, a "
             "transformers CLIPModel/SiglipModel/VisionTextDualEncoderModel folder or Hub id, "

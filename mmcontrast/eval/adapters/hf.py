@@ -26,13 +26,20 @@ from mmcontrast.config import TowerConfig
 from mmcontrast.data.images import load_image
 from mmcontrast.eval.adapters.base import EvalModel, PerImage, features_of
 from mmcontrast.models.hf_tower import load_image_processor
+from mmcontrast.models.locations import check_local_name
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @functools.lru_cache(maxsize=64)
 def model_type_of(spec: str) -> str | None:
-    """The ``model_type`` of a local transformers folder or Hub id (None: not transformers)."""
+    """The ``model_type`` of a local transformers folder or Hub id (None: not transformers).
+
+    Raises:
+        ValueError: ``spec`` looks like a Hub id but is a missing local path
+            (:func:`~mmcontrast.models.locations.check_local_name`, refused without going to
+            the network), or the Hub cannot give its config.
+    """
     folder = Path(spec)
     if folder.is_dir():
         config = folder / "config.json"
@@ -41,6 +48,7 @@ def model_type_of(spec: str) -> str | None:
         return json.loads(config.read_text()).get("model_type")
     if not HUB_ID.match(spec):
         return None
+    check_local_name(spec)
     from transformers import AutoConfig
 
     try:
@@ -48,8 +56,8 @@ def model_type_of(spec: str) -> str | None:
     except (OSError, ValueError) as err:
         raise ValueError(
             f"could not read the config of Hub model {spec!r} (no network, a typo, or a gated "
-            f"repo?): {err}. Download it first and pass the local folder, or prefix the spec "
-            "with its family (see `mmcontrast list models`)"
+            f"repo?): {str(err).strip().rstrip('.')}. Download it first and pass the local "
+            "folder, or prefix the spec with its family (see `mmcontrast list models`)"
         ) from err
 
 
@@ -86,6 +94,7 @@ class TransformersDualEncoder(EvalModel):
     def load(cls, spec: str, device: torch.device) -> EvalModel:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        check_local_name(spec)
         kind = model_type_of(spec)
         if kind not in cls.model_types:
             raise ValueError(
