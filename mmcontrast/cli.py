@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from importlib.resources import as_file
 from pathlib import Path
 from typing import Any
 
-from mmcontrast.config import ConfigError, load_recipe
+from mmcontrast.config import ConfigError, DataConfig, load_recipe
 from mmcontrast.cpu_allocator import reuse_freed_memory
+from mmcontrast.logs import configure_logging
 from mmcontrast.registry import unknown_name_message
 from mmcontrast.resources import ACCELERATE, list_recipes, recipes_root, resolve_recipe
-from mmcontrast.train.errors import NonFiniteTraining
+from mmcontrast.train.errors import TrainingStopped
 
+MAX_IMAGE_PIXELS = DataConfig.max_image_pixels  # the training default, for `eval`
 RECIPES_DIR = recipes_root()  # shipped recipes (package data): `mmcontrast train NAME`
 
 
@@ -71,9 +72,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from mmcontrast.data.images import set_max_image_pixels
     from mmcontrast.eval.suite import evaluate_models
     from mmcontrast.eval.tasks import EvalOptions
 
+    set_max_image_pixels(args.max_image_pixels)
     options = EvalOptions(
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -304,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         nargs="?",
         const="latest",
-        help="continue from a checkpoint folder, or the latest one of the run",
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint folder, or (alone) the newest of the run; "
+        "`auto`: the newest if there is one, else start afresh (for jobs that are requeued)",
     )
     p.add_argument(
         "--overwrite",
@@ -360,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images or texts per batch")
     p.add_argument("--num-workers", type=int, default=0, help="image decoding processes")
     p.add_argument("--max-samples", type=int, help="score only the first N rows of each split")
+    p.add_argument(
+        "--max-image-pixels",
+        type=lambda v: None if v.lower() in ("none", "null") else int(v),
+        default=MAX_IMAGE_PIXELS,
+        help="skip images with more pixels (default %(default)s, as data.max_image_pixels; "
+        "none: no limit)",
+    )
     p.add_argument(
         "--max-matrix-elements",
         type=int,
@@ -565,17 +577,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     reuse_freed_memory()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except NonFiniteTraining as err:
+    except TrainingStopped as err:
         if args.verbose:
             raise
         print(f"mmcontrast {args.command}: stopped: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C while training, or one outside training
+        if args.verbose:
+            raise
+        print(f"mmcontrast {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ConfigError, ValueError, KeyError, OSError, ImportError) as err:
         if args.verbose:
             raise

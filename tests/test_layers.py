@@ -21,6 +21,7 @@ LAYERS = {
     "distributed": 0,
     "cpu_allocator": 0,
     "resources": 0,
+    "logs": 0,
     "data": 1,
     "losses": 1,
     "models": 2,

@@ -15,10 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from mmcontrast.hub.transformers_export import NotExpressible, image_processor, timm_data_config
 from mmcontrast.models.tower import resolved_preprocess
+from mmcontrast.models.weights import save_state_file
 
 
 def save_backbone(tower: Any, output: str | Path) -> str:
@@ -45,7 +44,7 @@ def save_backbone(tower: Any, output: str | Path) -> str:
         return "timm"
     if source == "torchvision":
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(output / "model.safetensors"), metadata={"format": "pt"})
+        save_state_file(state, str(output / "model.safetensors"), metadata={"format": "pt"})
         pre = resolved_preprocess(tower)
         info = {
             "library": "torchvision",

@@ -26,7 +26,6 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-from safetensors.torch import save_file
 from torch import Tensor
 
 from mmcontrast.hub.clip_mapping import (
@@ -54,6 +53,7 @@ from mmcontrast.models.open_clip_tower import (
     open_clip_model_config,
     open_clip_model_name,
 )
+from mmcontrast.models.weights import save_state_file
 
 ATOL = 1e-5
 CONFIG_NAME = "open_clip_config.json"  # open_clip's Hub layout (local-dir: / hf-hub:)
@@ -188,7 +188,7 @@ def transformers_to_open_clip(
     written = [output / CONFIG_NAME, output / WEIGHTS_NAME]
     payload = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     written[0].write_text(json.dumps(payload, indent=2) + "\n")
-    save_file(state, str(written[1]), metadata={"format": "pt"})
+    save_state_file(state, str(written[1]), metadata={"format": "pt"})
     try:
         name = f"local-dir:{output}"
         converted: Any = open_clip.create_model(name).eval()

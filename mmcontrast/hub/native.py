@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel, TimmWrapperImageProcessor
 
@@ -39,6 +38,7 @@ from mmcontrast.hub.transformers_export import TOLERANCE, image_processor, timm_
 from mmcontrast.methods import Method, load_trained
 from mmcontrast.models.dual_encoder import DualEncoder
 from mmcontrast.models.tower import build_tower, resolved_preprocess
+from mmcontrast.models.weights import save_state_file
 
 TOWER_FOLDERS = {"vision": "vision_tower", "text": "text_tower"}
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
@@ -85,7 +85,7 @@ def _write(method: Method, towers: dict[str, Any], output: Path, written: list[P
         _renamed(k, renames): v.detach().contiguous().cpu() for k, v in method.state_dict().items()
     }
     written.append(output / "model.safetensors")
-    save_file(state, str(written[-1]), metadata={"format": "pt"})
+    save_state_file(state, str(written[-1]), metadata={"format": "pt"})
     written.append(save_config(cfg, output / "config.yaml"))
     if rewritten or renames:
         _check_reload(method, output)

@@ -35,7 +35,6 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
@@ -48,6 +47,7 @@ from mmcontrast.models.open_clip_tower import (
     open_clip_preprocess,
 )
 from mmcontrast.models.tower import resolved_preprocess
+from mmcontrast.models.weights import save_state_file
 
 # open_clip.create_model's own arguments that change the model config, as config keys
 FORCED = {
@@ -100,7 +100,7 @@ def save_open_clip(dual: Any, output: str | Path) -> list[str]:
     payload = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     written[0].write_text(json.dumps(payload, indent=2) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(written[1]), metadata={"format": "pt"})
+    save_state_file(state, str(written[1]), metadata={"format": "pt"})
     try:
         verify(dual, f"local-dir:{output}")
     except BaseException:

@@ -29,6 +29,7 @@ from mmcontrast.data.image_text import (
 from mmcontrast.data.pairs import load_pairs, open_stream
 from mmcontrast.data.streaming import StreamedPairs
 from mmcontrast.data.transforms import image_transform
+from mmcontrast.logs import interactive
 from mmcontrast.methods.base import Method
 from mmcontrast.methods.init_source import open_init_source
 from mmcontrast.models.dual_encoder import DualEncoder, build_dual_encoder
@@ -132,6 +133,7 @@ class ImageTextContrastive(Method):
             self.image_transform(train=False),
             self.cfg.eval.batch_size,
             self.cfg.data.num_workers,
+            progress=self.cfg.train.progress_bar and interactive(),  # no bar in a log file
         )
 
     def _streamed_data(self) -> StreamedPairs:

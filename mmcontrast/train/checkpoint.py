@@ -12,6 +12,7 @@ step recorded inside, not by parsing folder names.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from accelerate import Accelerator
-from safetensors.torch import save_file
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
@@ -32,6 +33,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from mmcontrast.config import Config, save_config
 from mmcontrast.methods.trained import WEIGHTS_FILE
+from mmcontrast.models.weights import save_state_file
 
 if TYPE_CHECKING:
     from mmcontrast.data.streaming import StreamLoader
@@ -67,7 +69,9 @@ def save_checkpoint(
     ``trainer_state.json``, which marks the checkpoint complete, is written last. Everything
     goes into ``.partial-step-N`` first, is flushed to disk, then renamed to ``step-N``: a
     kill or a full disk mid-write leaves no folder that looks complete, and the previous
-    checkpoints untouched.
+    checkpoints untouched. The oldest checkpoints beyond ``keep`` go before the write (never
+    the newest complete one), so a run at its ``keep`` needs room for no extra checkpoint; a
+    write that fails (a full disk) is removed and raised as :class:`CheckpointWriteError`.
     """
     root = Path(cfg.train.output_dir) / "checkpoints"
     folder = root / f"step-{state.step:08d}"
@@ -75,27 +79,58 @@ def save_checkpoint(
     if accelerator.is_main_process:
         for leftover in root.glob(f"{PARTIAL_PREFIX}*"):  # a write cut off earlier
             shutil.rmtree(leftover, ignore_errors=True)
+        # room for the new one first, keeping at least the newest complete checkpoint
+        _prune(root, max(keep - 1, 1) if keep > 0 else 0, but=folder)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    if data_state is not None:
-        data_state.save(partial, accelerator.process_index)
-        accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+        if data_state is not None:
+            data_state.save(partial, accelerator.process_index)
+            accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if ema is not None:
+                ema.save(partial)
+            if scheduler is not None:
+                save_schedule(scheduler, partial)
+            save_config(cfg, partial / "config.yaml")
+            (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+            _sync_files(partial)
+    except (OSError, RuntimeError, SafetensorError) as err:  # a full disk, as each reports it
+        shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointWriteError(folder, err) from err
     if accelerator.is_main_process:
-        if ema is not None:
-            ema.save(partial)
-        if scheduler is not None:
-            save_schedule(scheduler, partial)
-        save_config(cfg, partial / "config.yaml")
-        (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-        _sync_files(partial)
         if folder.exists():  # the same step saved again (a resumed run): the new one wins
             shutil.rmtree(folder)
         os.replace(partial, folder)
         _sync_files(root, recursive=False)
-        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        _prune(root, keep)
     accelerator.wait_for_everyone()
     return folder
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, usually); its partial folder is gone
+    and the earlier checkpoints are as they were."""
+
+    def __init__(self, folder: Path, err: BaseException) -> None:
+        kept = list_checkpoints(folder.parent)
+        newest = f"the newest complete one, {kept[-1]}, is intact" if kept else "none is complete"
+        full = isinstance(err, OSError) and err.errno == errno.ENOSPC or "write" in str(err)
+        hint = "free space on the disk" if full else "check the folder can be written"
+        super().__init__(
+            f"could not write checkpoint {folder.name} ({err}); nothing of it was kept and "
+            f"{newest}. {hint.capitalize()} (a lower train.keep_checkpoints keeps fewer), "
+            "then continue with --resume"
+        )
+
+
+def _prune(root: Path, keep: int, but: Path | None = None) -> None:
+    """Remove the oldest complete checkpoints beyond the newest ``keep`` (0: keep all)."""
+    if keep <= 0:
+        return
+    for old in list_checkpoints(root)[:-keep]:
+        if old != but:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def save_schedule(scheduler: LRScheduler, folder: Path) -> None:
@@ -230,6 +265,6 @@ def save_weights(
     folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if state is None else state
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
+    save_state_file(state, str(folder / WEIGHTS_FILE))
     save_config(cfg, folder / "config.yaml")
     return folder / WEIGHTS_FILE

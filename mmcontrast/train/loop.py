@@ -36,8 +36,8 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
-from collections import Counter
 from collections.abc import Sized
 from pathlib import Path
 from typing import Any, cast
@@ -53,11 +53,13 @@ from accelerate.utils import (
 )
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from mmcontrast.config import Config, save_config, to_dict
+from mmcontrast.config import Config, check_schedule, save_config, to_dict
+from mmcontrast.data.images import set_max_image_pixels
+from mmcontrast.data.skips import SkippedRows
 from mmcontrast.data.streaming import StreamedPairs, StreamLoader
 from mmcontrast.methods.base import Method, build_method
+from mmcontrast.methods.trained import WEIGHTS_FILE
 from mmcontrast.train.checkpoint import (
     TrainerState,
     find_resume_folder,
@@ -70,7 +72,7 @@ from mmcontrast.train.checkpoint import (
     without_pickled_objects,
 )
 from mmcontrast.train.ema import WeightsEma
-from mmcontrast.train.errors import NonFiniteTraining
+from mmcontrast.train.errors import NonFiniteTraining, TrainingInterrupted
 from mmcontrast.train.grad_cache import (
     check_grad_cache_support,
     grad_cache_backward,
@@ -78,6 +80,9 @@ from mmcontrast.train.grad_cache import (
 )
 from mmcontrast.train.hooks import Evaluate, TrainHooks
 from mmcontrast.train.optim import build_optimizer, cosine_schedule
+from mmcontrast.train.preemption import StopSignals
+from mmcontrast.train.progress import Progress
+from mmcontrast.train.resume_checks import check_resume, explained_load_errors
 from mmcontrast.train.sampler import EpochShuffleSampler
 
 logger = logging.getLogger("mmcontrast")
@@ -113,10 +118,13 @@ def train(
             "hub.push_to_hub is set but nothing here pushes: train through "
             "mmcontrast.pipeline.train (as `mmcontrast train` does), which wires the Hub sync"
         )
+    if resume == "auto":  # the newest checkpoint, or a fresh run when there is none yet
+        resume = _resume_auto(output_dir, accelerator.is_main_process)
     if not resume:
         _claim_output_dir(output_dir, cfg.train.overwrite_output_dir, accelerator.is_main_process)
         accelerator.wait_for_everyone()  # every process looked before the main one writes
     set_seed(cfg.train.seed)
+    set_max_image_pixels(cfg.data.max_image_pixels)  # before train_data(), which may decode
     method = sync_batchnorm(build_method(cfg), cfg, accelerator.num_processes, accelerator.device)
     cfg = method.cfg  # with the method's defaults, as saved beside checkpoints and weights
     if cfg.train.allow_tf32 and accelerator.device.type == "cuda":
@@ -143,6 +151,9 @@ def train(
         method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
         steps_per_epoch = math.ceil(len(loader) / cfg.train.gradient_accumulation_steps)
         total_steps = cfg.train.max_steps or steps_per_epoch * cfg.train.epochs
+    warning = check_schedule(cfg, total_steps)
+    if warning and accelerator.is_main_process:
+        logger.warning(warning)
     scheduler = cosine_schedule(
         optimizer, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio
     )
@@ -156,7 +167,8 @@ def train(
     state = TrainerState()
     if resume:
         folder = find_resume_folder(output_dir, resume)
-        with without_pickled_objects(folder) as readable:
+        check_resume(folder, cfg, accelerator.num_processes)  # exact, or refused by key
+        with without_pickled_objects(folder) as readable, explained_load_errors(folder):
             accelerator.load_state(str(readable))
         state = read_state(folder)
         load_schedule(scheduler, folder, state.step)
@@ -171,6 +183,9 @@ def train(
         accelerator.print(
             f"resumed from {folder} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})"
         )
+        if accelerator.is_main_process:  # lines logged after the checkpoint are logged again
+            for name in ("history.jsonl", "eval_history.jsonl"):
+                truncate_history(output_dir / name, state.step)
     if accelerator.is_main_process:
         save_config(cfg, output_dir / "config.yaml")  # a fresh run's histories: _claim_output_dir
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
@@ -178,139 +193,155 @@ def train(
     loss_factor = _loss_factor(accelerator.num_processes, unwrapped)
     stop_at = min(total_steps, cfg.train.stop_at_step or total_steps)
     history: list[dict[str, float]] = []
-    skipped: Counter = Counter(
-        getattr(dataset, "skipped_at_load", {}) if accelerator.is_main_process else {}
-    )
+    skipped = SkippedRows()  # distinct bad rows, named; those dropped at load counted once
+    if accelerator.is_main_process:
+        skipped.add_at_load(getattr(dataset, "skipped_at_load", {}))
     samples_per_step = (
         cfg.train.batch_size * accelerator.num_processes * cfg.train.gradient_accumulation_steps
     )
-    bar = tqdm(
-        total=stop_at,
-        initial=state.step,
-        disable=not (cfg.train.progress_bar and accelerator.is_main_process),
-        desc="train",
-    )
+    progress = Progress(
+        stop_at, state.step, cfg.train.progress_bar, accelerator.is_main_process
+    )  # a bar on a terminal, else a plain line per log_every steps
     step_losses: list[torch.Tensor] = []
     tic, tic_step = time.perf_counter(), state.step
     last_scalars: dict[str, torch.Tensor] = {}
 
     if hooks.evaluate is not None and not resume and _evaluate_at_start(cfg):
         # before/after: the starting model scored with the tasks of the end (eval/step-00000000)
-        _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, 0, False)
+        with progress.paused():
+            _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, 0, False)
     nonfinite = NonFiniteSteps(accelerator)
     window_nonfinite = False  # a non-finite loss or gradient in this optimiser step's batches
-    method.train()
-    data_state = loader if streamed else None  # checkpoints keep the streams' positions
-    while state.step < stop_at:
-        epoch_loader = loader
-        if not streamed:  # a streamed loader never ends and resumes from its own state
-            loader.set_epoch(state.epoch)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(state.epoch)
-            if state.batches_in_epoch:
-                epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
-        for batch in epoch_loader:
-            skipped.update(batch.pop("skipped", {}))
-            with accelerator.accumulate(method):
-                if batch:  # empty when every sample of the batch was unreadable
-                    if chunks:  # gradient caching: the batch's loss, micro-batch by micro-batch
-                        out = grad_cache_backward(accelerator, method, batch, chunks, loss_factor)
-                    else:
-                        out = method(batch)
-                        accelerator.backward(out["loss"] * loss_factor)
-                    batch_loss = out["loss"].detach()
-                    if torch.isfinite(batch_loss).all():
-                        step_losses.append(batch_loss)
-                    else:
-                        window_nonfinite = True
-                    last_scalars = {k: v for k, v in out.items() if k != "loss"}
-                    if accelerator.sync_gradients and cfg.train.max_grad_norm:
-                        norm = accelerator.clip_grad_norm_(
-                            method.parameters(), cfg.train.max_grad_norm
-                        )
-                        # fp16's loss scaler skips overflowing steps itself
-                        if norm is not None and cfg.train.mixed_precision != "fp16":
-                            window_nonfinite |= not bool(torch.isfinite(norm).all())
-                skip_update = accelerator.sync_gradients and _on_any_process(
-                    accelerator, window_nonfinite
-                )
-                if not skip_update:  # a non-finite loss or gradient: no update from it
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.batches_in_epoch += 1
-            if not accelerator.sync_gradients:
-                continue
-            window_nonfinite = False
-            if skip_update:
-                nonfinite.skip(state, cfg)
-                continue
-            nonfinite.in_a_row = 0
-            scheduler.step()
-            state.step += 1
-            unwrapped.after_optimizer_step(state.step, total_steps)
-            if ema is not None:
-                ema.update(state.step)
-            bar.update(1)
-            if state.step % cfg.train.log_every == 0 or state.step == stop_at:
-                toc = time.perf_counter()
-                loss = _global_mean(accelerator, step_losses)
-                record = {
-                    "step": state.step,
-                    "loss": loss,
-                    "lr": max(scheduler.get_last_lr()),  # the fastest group's (heads, usually)
-                    "pairs_per_s": samples_per_step
-                    * (state.step - tic_step)
-                    / max(toc - tic, 1e-9),
-                    **{k: float(v) for k, v in last_scalars.items()},
-                }
-                if nonfinite.total:
-                    record["nonfinite_skipped"] = nonfinite.total
-                history.append(record)
-                accelerator.log(
-                    {f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step
-                )
-                bar.set_postfix(
-                    loss=f"{loss:.4f}",
-                    lr=f"{record['lr']:.2e}",
-                    pairs_s=f"{record['pairs_per_s']:.1f}",
-                )
-                if accelerator.is_main_process:
-                    with open(output_dir / "history.jsonl", "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                tic, tic_step = time.perf_counter(), state.step
-            step_losses = []
-            evaluate_now = cfg.eval.every and state.step % cfg.eval.every == 0
-            if hooks.evaluate is not None and evaluate_now and state.step < stop_at:
-                with ema.swapped_in() if ema is not None else contextlib.nullcontext():
-                    _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, state.step, False)
-            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-                require_finite_weights(accelerator, unwrapped, state.step)
-                folder = save_checkpoint(
-                    accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema, scheduler
-                )
-                saved = hooks.checkpoint_saved
-                if saved is not None and accelerator.is_main_process and state.step < total_steps:
-                    with torch.random.fork_rng(devices=[]):  # e.g. an export builds a model
-                        saved(cfg, folder, state.step)
-            if state.step >= stop_at:
-                break
-        else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-    bar.close()
+    # SIGTERM / SIGINT: a checkpoint after the step, then TrainingInterrupted
+    with StopSignals() as stops, progress:
+        method.train()
+        data_state = loader if streamed else None  # checkpoints keep the streams' positions
+        while state.step < stop_at:
+            epoch_loader = loader
+            if not streamed:  # a streamed loader never ends and resumes from its own state
+                loader.set_epoch(state.epoch)
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(state.epoch)
+                if state.batches_in_epoch:
+                    epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+            for batch in epoch_loader:
+                skipped.add(batch.pop("skipped", {}))
+                with accelerator.accumulate(method):
+                    if batch:  # empty when every sample of the batch was unreadable
+                        if chunks:  # gradient caching: the batch's loss, micro-batch by micro-batch
+                            out = grad_cache_backward(
+                                accelerator, method, batch, chunks, loss_factor
+                            )
+                        else:
+                            out = method(batch)
+                            accelerator.backward(out["loss"] * loss_factor)
+                        batch_loss = out["loss"].detach()
+                        if torch.isfinite(batch_loss).all():
+                            step_losses.append(batch_loss)
+                        else:
+                            window_nonfinite = True
+                        last_scalars = {k: v for k, v in out.items() if k != "loss"}
+                        if accelerator.sync_gradients and cfg.train.max_grad_norm:
+                            norm = accelerator.clip_grad_norm_(
+                                method.parameters(), cfg.train.max_grad_norm
+                            )
+                            # fp16's loss scaler skips overflowing steps itself
+                            if norm is not None and cfg.train.mixed_precision != "fp16":
+                                window_nonfinite |= not bool(torch.isfinite(norm).all())
+                    skip_update = accelerator.sync_gradients and _on_any_process(
+                        accelerator, window_nonfinite
+                    )
+                    if not skip_update:  # a non-finite loss or gradient: no update from it
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batches_in_epoch += 1
+                if not accelerator.sync_gradients:
+                    continue
+                window_nonfinite = False
+                if skip_update:
+                    nonfinite.skip(state, cfg)
+                    continue
+                nonfinite.in_a_row = 0
+                scheduler.step()
+                state.step += 1
+                unwrapped.after_optimizer_step(state.step, total_steps)
+                if ema is not None:
+                    ema.update(state.step)
+                progress.update(state.step)
+                if state.step % cfg.train.log_every == 0 or state.step == stop_at:
+                    toc = time.perf_counter()
+                    loss = _global_mean(accelerator, step_losses)
+                    record = {
+                        "step": state.step,
+                        "loss": loss,
+                        "lr": max(scheduler.get_last_lr()),  # the fastest group's (heads, usually)
+                        "pairs_per_s": samples_per_step
+                        * (state.step - tic_step)
+                        / max(toc - tic, 1e-9),
+                        **{k: float(v) for k, v in last_scalars.items()},
+                    }
+                    if nonfinite.total:
+                        record["nonfinite_skipped"] = nonfinite.total
+                    history.append(record)
+                    accelerator.log(
+                        {f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step
+                    )
+                    progress.log(record)
+                    if accelerator.is_main_process:
+                        with open(output_dir / "history.jsonl", "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                    tic, tic_step = time.perf_counter(), state.step
+                step_losses = []
+                evaluate_now = cfg.eval.every and state.step % cfg.eval.every == 0
+                if hooks.evaluate is not None and evaluate_now and state.step < stop_at:
+                    with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+                        with progress.paused():
+                            _evaluate(
+                                accelerator,
+                                hooks.evaluate,
+                                unwrapped,
+                                output_dir,
+                                state.step,
+                                False,
+                            )
+                checkpointed = None
+                if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                    require_finite_weights(accelerator, unwrapped, state.step)
+                    checkpointed = save_checkpoint(
+                        accelerator,
+                        cfg,
+                        state,
+                        cfg.train.keep_checkpoints,
+                        data_state,
+                        ema,
+                        scheduler,
+                    )
+                    saved = hooks.checkpoint_saved
+                    if (
+                        saved is not None
+                        and accelerator.is_main_process
+                        and state.step < total_steps
+                    ):
+                        with torch.random.fork_rng(devices=[]):  # e.g. an export builds a model
+                            saved(cfg, checkpointed, state.step)
+                if state.step >= stop_at:
+                    break
+                signum = stops.requested(accelerator)
+                if signum is not None:
+                    _stop_for_signal(
+                        accelerator, cfg, state, signum, checkpointed, unwrapped,
+                        data_state, ema, scheduler,
+                    )  # fmt: skip
+            else:
+                state.epoch += 1
+                state.batches_in_epoch = 0
 
     summary: dict[str, Any] = {"step": state.step, "history": history}
-    all_skipped: Counter = Counter()
-    for counts in gather_object([dict(skipped)]):
-        all_skipped.update(counts)
+    all_skipped = SkippedRows.merge(gather_object([skipped.to_state()]))
     if all_skipped:
-        logger.warning(
-            "skipped %d bad training samples: %s", sum(all_skipped.values()), dict(all_skipped)
-        )
-        accelerator.print(
-            f"WARNING: skipped {sum(all_skipped.values())} bad training samples: {dict(all_skipped)}"
-        )
-    summary["skipped"] = dict(all_skipped)
+        logger.warning(all_skipped.message())
+        accelerator.print(f"WARNING: {all_skipped.message()}")
+    summary["skipped"] = all_skipped.by_reason()
     summary["nonfinite_skipped"] = nonfinite.total
     if state.step >= total_steps or cfg.train.stop_at_step:
         require_finite_weights(accelerator, unwrapped, state.step)  # nothing non-finite saved
@@ -373,6 +404,75 @@ def build_loader(
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(cfg.train.seed),  # worker seeds off the global RNG
     )
+
+
+def _stop_for_signal(
+    accelerator: Accelerator,
+    cfg: Config,
+    state: TrainerState,
+    signum: int,
+    checkpointed: Path | None,
+    method: Method,
+    data_state: StreamLoader | None,
+    ema: WeightsEma | None,
+    scheduler: Any,
+) -> None:
+    """Write a checkpoint at this step (unless one was just written) and raise
+    :class:`TrainingInterrupted` on every process."""
+    if checkpointed is None:
+        require_finite_weights(accelerator, method, state.step)
+        checkpointed = save_checkpoint(
+            accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema, scheduler
+        )
+    accelerator.end_training()
+    name = signal.Signals(signum).name
+    raise TrainingInterrupted(
+        f"{name} received: stopped after step {state.step} and wrote {checkpointed}; "
+        "continue with the same command and --resume (or --resume auto in a job that is "
+        "requeued)",
+        signum,
+    )
+
+
+def _resume_auto(output_dir: Path, is_main: bool) -> str | None:
+    """``--resume auto``: ``latest`` when a complete checkpoint exists, else a fresh run.
+
+    A requeued job runs the same command every time. Files of an attempt stopped before its
+    first checkpoint (no final weights) are removed so the fresh run may start; a finished
+    run without checkpoints is left for :func:`_claim_output_dir` to refuse.
+    """
+    if list_checkpoints(output_dir / "checkpoints"):
+        return "latest"
+    if (output_dir / WEIGHTS_FILE).exists():
+        return None
+    leftovers = [name for name in RUN_ARTEFACTS if (output_dir / name).exists()]
+    if leftovers and is_main:
+        logger.warning(
+            "--resume auto: %s holds no checkpoint; removing the files of an attempt stopped "
+            "before its first one (%s) and starting afresh", output_dir, ", ".join(leftovers),
+        )  # fmt: skip
+        for name in leftovers:
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return None
+
+
+def truncate_history(path: Path, step: int) -> None:
+    """Drop the records of a JSON-lines history logged after ``step`` (and a line cut off by
+    a kill), so that a resumed run's history reads as if it had never stopped."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(partial, path)
 
 
 # what a run writes into its output_dir: a fresh run there replaces them only when asked

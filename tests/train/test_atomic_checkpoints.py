@@ -5,6 +5,8 @@ skipping (and naming) one whose state file is unreadable."""
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 from unittest import mock
 
@@ -32,7 +34,9 @@ def overrides(tiny_run: list[str], output: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_a_write_cut_off_leaves_the_previous_checkpoint(tiny_run: list[str], tmp_path: Path) -> None:
+def test_a_write_cut_off_leaves_the_previous_checkpoint(
+    tiny_run: list[str], tmp_path: Path
+) -> None:
     original = checkpoint.save_config
     calls = {"n": 0}
 
@@ -42,16 +46,52 @@ def test_a_write_cut_off_leaves_the_previous_checkpoint(tiny_run: list[str], tmp
             raise OSError(28, "No space left on device")
         return original(cfg, path)
 
-    with mock.patch.object(checkpoint, "save_config", dies_on_the_second), pytest.raises(OSError):
+    with (
+        mock.patch.object(checkpoint, "save_config", dies_on_the_second),
+        pytest.raises(checkpoint.CheckpointWriteError) as failed,
+    ):
         train(load_recipe(QUICKSTART, overrides(tiny_run, tmp_path)))
+    message = str(failed.value)
+    assert "step-00000004" in message and "step-00000002" in message and "is intact" in message
+    assert "free space" in message.lower() and "--resume" in message
     root = tmp_path / "checkpoints"
     assert [p.name for p in list_checkpoints(root)] == ["step-00000002"]
-    assert (root / ".partial-step-00000004").is_dir()  # left as it was cut off, ignored
+    assert not list(root.glob(".partial-*"))  # the failed write removed what it had written
+    (root / ".partial-step-00000004").mkdir()  # as a kill -9 mid-write leaves it: ignored
     assert find_resume_folder(tmp_path, "latest").name == "step-00000002"
     summary = train(load_recipe(QUICKSTART, overrides(tiny_run, tmp_path)), resume="latest")
     assert summary["step"] == 4
     assert not list(root.glob(".partial-*"))  # the next write cleaned it up
     assert [p.name for p in list_checkpoints(root)] == ["step-00000002", "step-00000004"]
+
+
+def test_room_is_made_before_a_write(tiny_run: list[str], tmp_path: Path) -> None:
+    """With keep_checkpoints=2 the oldest goes before the third is written: never more than
+    2 on disk, never fewer than 1 complete."""
+    original = checkpoint.save_config
+    present: list[list[str]] = []
+
+    def records(cfg, path):  # noqa: ANN001, ANN202
+        if path.parent.name.startswith(".partial-"):
+            present.append([p.name for p in list_checkpoints(path.parent.parent)])
+        return original(cfg, path)
+
+    extra = ("train.checkpoint_every=1", "train.keep_checkpoints=2", "train.max_steps=4")
+    with mock.patch.object(checkpoint, "save_config", records):
+        train(load_recipe(QUICKSTART, overrides(tiny_run, tmp_path, *extra)))
+    assert present == [[], ["step-00000001"], ["step-00000002"], ["step-00000003"]]
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step-00000003",
+        "step-00000004",
+    ]
+
+
+def test_final_weights_are_readable_like_the_rest(tiny_run: list[str], tmp_path: Path) -> None:
+    train(load_recipe(QUICKSTART, overrides(tiny_run, tmp_path)))
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.yaml"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_an_unreadable_state_file_is_skipped_and_named(

@@ -131,12 +131,11 @@ def test_bad_training_data_is_skipped_with_a_warning(
     ]
     assert cli(["train", QUICKSTART], overrides) == 0
     out = capsys.readouterr().out
-    assert "skipped 4 bad training samples" in out
     assert (
-        "'unreadable image': 2" in out
-        and "'missing image file': 1" in out
-        and "'empty caption': 1" in out
+        "skipped 4 bad training rows (unreadable image: 2, empty caption: 1, "
+        "missing image file: 1); first: " in out
     )
+    assert "does_not_exist.png (missing image file)" in out
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,62 @@
+"""Logging for the command line: warnings by default, mmcontrast's debug lines with ``-v``;
+whether a person watches the output (progress bars) or it goes to a file (plain lines).
+
+``-v`` turns on mmcontrast's own debug logs and INFO from the libraries, never the HTTP
+clients' debug logs (``httpx``, ``httpcore``, ``urllib3``, ``huggingface_hub``'s request
+lines), which carry request headers and so could carry a Hub token. Every record also
+passes through :class:`RedactTokens`, which masks anything shaped like a Hugging Face token
+(``hf_`` and 30 or more letters or digits) or an ``Authorization`` header's value.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+# loggers whose debug output holds request headers or URLs with credentials
+HTTP_LOGGERS = ("httpx", "httpcore", "urllib3", "requests", "huggingface_hub", "hf_xet", "fsspec")
+
+TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
+AUTHORIZATION = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(bearer\s+)?[^\s'\",}]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with Hub tokens and Authorization header values masked."""
+    text = TOKEN.sub("hf_***", text)
+    return AUTHORIZATION.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}***", text)
+
+
+class RedactTokens(logging.Filter):
+    """Masks tokens in a record's formatted message (the record is rewritten in place)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr: WARNING and above, or with ``verbose`` mmcontrast's DEBUG and the
+    libraries' INFO; the HTTP clients stay at WARNING either way."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactTokens())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("mmcontrast").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for name in HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def interactive() -> bool:
+    """Whether a person watches the output live: a terminal on stderr, or a notebook."""
+    if "ipykernel" in sys.modules:
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
