@@ -1,5 +1,6 @@
 """Logging for the command line: warnings by default, mmcontrast's debug lines with ``-v``;
-whether a person watches the output (progress bars) or it goes to a file (plain lines).
+whether a person watches the output (progress bars) or it goes to a file (plain lines, and
+no progress bars from the Hugging Face libraries either).
 
 ``-v`` turns on mmcontrast's own debug logs and INFO from the libraries, never the HTTP
 clients' debug logs (``httpx``, ``httpcore``, ``urllib3``, ``huggingface_hub``'s request
@@ -11,6 +12,7 @@ passes through :class:`RedactTokens`, which masks anything shaped like a Hugging
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -52,6 +54,29 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("mmcontrast").setLevel(logging.DEBUG if verbose else logging.WARNING)
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not interactive():
+        quiet_library_bars()
+
+
+def quiet_library_bars() -> None:
+    """No progress bars from huggingface_hub, transformers (loading weights) and datasets:
+    without a terminal their carriage-return updates make unreadable log lines. Set before
+    those libraries are imported (they read it then), and switched off in any already
+    imported."""
+    for variable in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(variable, "1")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def interactive() -> bool:

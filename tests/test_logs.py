@@ -4,6 +4,9 @@ request logs, and anything shaped like a Hub token is masked."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -47,3 +50,24 @@ def test_redact_leaves_ordinary_text() -> None:
     text = "hf_hub downloaded openai/clip-vit-base-patch32 (hf_transfer off)"
     assert redact(text) == text
     assert redact(f"token={TOKEN}.") == "token=hf_***."
+
+
+def test_no_library_progress_bars_without_a_terminal() -> None:
+    """In a fresh process whose stderr is a pipe: the Hub's, transformers' and datasets' bars
+    are off, whether the library was imported before or after."""
+    code = (
+        "import huggingface_hub.utils as hub\n"
+        "from mmcontrast.logs import configure_logging\n"
+        "assert not hub.are_progress_bars_disabled()\n"
+        "configure_logging(False)\n"
+        "import datasets\n"
+        "from transformers.utils import logging as tl\n"
+        "print(hub.are_progress_bars_disabled(), tl.is_progress_bar_enabled(),"
+        " datasets.is_progress_bar_enabled())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if "PROGRESS_BARS" not in k}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False", "False"]
