@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mmcontrast.data.image_text import pair_sample, sample_seed, seeded
 from mmcontrast.data.pairs import PairTable
 from mmcontrast.data.skips import skip_sample
+from mmcontrast.data.workers import ignore_stop_signals
 
 logger = logging.getLogger("mmcontrast")
 
@@ -262,6 +263,7 @@ class StreamLoader:
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             generator=torch.Generator(),  # worker seeds (unused) drawn off the global RNG
+            worker_init_fn=ignore_stop_signals,  # the loop stops the run, after a step
         )
         for batch in loader:
             stream, position = batch.pop("stream_position")

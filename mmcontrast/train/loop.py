@@ -58,6 +58,7 @@ from mmcontrast.config import Config, check_schedule, save_config, to_dict
 from mmcontrast.data.images import set_max_image_pixels
 from mmcontrast.data.skips import SkippedRows
 from mmcontrast.data.streaming import StreamedPairs, StreamLoader
+from mmcontrast.data.workers import ignore_stop_signals
 from mmcontrast.methods.base import Method, build_method
 from mmcontrast.methods.trained import WEIGHTS_FILE
 from mmcontrast.train.checkpoint import (
@@ -403,6 +404,7 @@ def build_loader(
         drop_last=True,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(cfg.train.seed),  # worker seeds off the global RNG
+        worker_init_fn=ignore_stop_signals,  # the loop stops the run, after a step
     )
 
 

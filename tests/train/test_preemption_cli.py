@@ -82,6 +82,26 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tiny_run: list[str], tmp_path
     assert any(line.startswith("step 2/100000  loss ") and " eta " in line for line in lines)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_process_group_with_loader_workers(
+    tiny_run: list[str], tmp_path: Path, signum: int
+) -> None:
+    """Ctrl-C, or a scheduler signalling every process of the job, reaches the DataLoader
+    workers too: they go on, the step (2 batches here) finishes, a checkpoint is written."""
+    run = tmp_path / "run"
+    argv = command(tiny_run, run)
+    argv += ["--set", "data.num_workers=2", "--set", "train.gradient_accumulation_steps=2"]
+    argv += ["--set", "train.batch_size=2"]  # 16 batches an epoch: workers busy mid-epoch
+    process, lines = run_until(argv, "step 2/100000")
+    os.killpg(process.pid, signum)  # every process of the group, as a terminal's Ctrl-C
+    output = finish(process, lines)
+    assert process.returncode == 128 + signum, output
+    name = signal.Signals(signum).name
+    assert f"stopped: {name} received" in output and "Traceback" not in output
+    (folder,) = list_checkpoints(run / "checkpoints")
+    assert read_state(folder).step >= 2
+
+
 @pytest.mark.slow
 def test_sigterm_to_accelerate_launch_stops_every_process(
     tiny_run: list[str], tmp_path: Path
