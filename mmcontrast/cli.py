@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from importlib.resources import as_file
 from pathlib import Path
 from typing import Any
@@ -309,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         const="latest",
         metavar="CHECKPOINT",
         help="continue from a checkpoint folder, or (alone) the newest of the run; "
-        "`auto`: the newest if there is one, else start afresh (for jobs that are requeued)",
+        "`auto`: the newest if there is one, nothing if the run finished, else start afresh "
+        "(for jobs that are requeued)",
     )
     p.add_argument(
         "--overwrite",
@@ -580,14 +582,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except TrainingStopped as err:
+    except TrainingStopped as err:  # the exit status tells a job script what happened
         if args.verbose:
-            raise
+            traceback.print_exc()
         print(f"mmcontrast {args.command}: stopped: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C while training, or one outside training
+    except KeyboardInterrupt:  # Ctrl-C pressed again while training, or outside training
         if args.verbose:
-            raise
+            traceback.print_exc()
         print(f"mmcontrast {args.command}: interrupted", file=sys.stderr)
         return 130
     except (ConfigError, ValueError, KeyError, OSError, ImportError) as err:

@@ -4,9 +4,10 @@ no progress bars from the Hugging Face libraries either).
 
 ``-v`` turns on mmcontrast's own debug logs and INFO from the libraries, never the HTTP
 clients' debug logs (``httpx``, ``httpcore``, ``urllib3``, ``huggingface_hub``'s request
-lines), which carry request headers and so could carry a Hub token. Every record also
-passes through :class:`RedactTokens`, which masks anything shaped like a Hugging Face token
-(``hf_`` and 30 or more letters or digits) or an ``Authorization`` header's value.
+lines), which carry request headers and so could carry a Hub token. Every record, whichever
+logger and handler it goes to, is made with anything shaped like a Hugging Face token
+(``hf_`` and 30 or more letters or digits) or an ``Authorization`` header's value masked
+(:func:`redacting_factory`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
+from typing import Any
 
 # loggers whose debug output holds request headers or URLs with credentials
 HTTP_LOGGERS = ("httpx", "httpcore", "urllib3", "requests", "huggingface_hub", "hf_xet", "fsspec")
@@ -29,15 +32,25 @@ def redact(text: str) -> str:
     return AUTHORIZATION.sub(lambda m: f"{m.group(1)}{m.group(2) or ''}***", text)
 
 
-class RedactTokens(logging.Filter):
-    """Masks tokens in a record's formatted message (the record is rewritten in place)."""
+def redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """A log-record factory that masks tokens as each record is made, so that every handler
+    sees the masked message: the root's, and those the libraries add to their own loggers."""
+    if getattr(make, "redacts", False):
+        return make
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record: left for logging to report
+            return record
         masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, None
-        return True
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    return factory
 
 
 def configure_logging(verbose: bool) -> None:
@@ -45,7 +58,7 @@ def configure_logging(verbose: bool) -> None:
     libraries' INFO; the HTTP clients stay at WARNING either way."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactTokens())
+    logging.setLogRecordFactory(redacting_factory(logging.getLogRecordFactory()))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

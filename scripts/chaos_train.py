@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             f"uninterrupted run: start-up {startup:.1f} s, {args.steps} steps in "
             f"{training:.1f} s; full disk: {how}"
         )
-        run = [*base, f"train.output_dir={disk.path / 'run'}"]
+        # --resume auto --overwrite: an attempt killed before its first checkpoint is replaced
+        run = [*base, f"train.output_dir={disk.path / 'run'}", "train.overwrite_output_dir=true"]
         chaos = Chaos(disk, run, reference, args.steps)
         chaos.run(args.faults, rng, startup, training / args.steps)
     finally:

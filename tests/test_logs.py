@@ -3,6 +3,7 @@ request logs, and anything shaped like a Hub token is masked."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import subprocess
@@ -19,9 +20,11 @@ TOKEN = "hf_" + "aBcD1234" * 5
 def restore_logging() -> None:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    factory = logging.getLogRecordFactory()
     levels = {name: logging.getLogger(name).level for name in ("mmcontrast", *HTTP_LOGGERS)}
     yield
     root.handlers[:] = handlers
+    logging.setLogRecordFactory(factory)
     root.setLevel(level)
     for name, old in levels.items():
         logging.getLogger(name).setLevel(old)
@@ -44,6 +47,21 @@ def test_tokens_are_masked_in_every_record(capsys: pytest.CaptureFixture[str]) -
     logging.getLogger("other").error("{'Authorization': 'Bearer %s'}", TOKEN)
     err = capsys.readouterr().err
     assert TOKEN not in err and "hf_***" in err and "Bearer ***" in err
+
+
+def test_tokens_are_masked_for_a_librarys_own_handler() -> None:
+    """transformers and huggingface_hub log through handlers of their own, not the root's."""
+    configure_logging(verbose=True)
+    configure_logging(verbose=True)  # twice: one masking layer, not two
+    stream = io.StringIO()
+    library = logging.getLogger("some_library.hub")
+    library.addHandler(logging.StreamHandler(stream))
+    library.propagate = False
+    try:
+        library.warning("token %s", TOKEN)
+    finally:
+        library.handlers.clear()
+    assert stream.getvalue() == "token hf_***\n"
 
 
 def test_redact_leaves_ordinary_text() -> None:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.pairs import PairTable
 from mmcontrast.data.skips import SkippedRows, Skips, image_name, indexed_skip, skip_sample
+from mmcontrast.data.workers import ignore_stop_signals
 
 logger = logging.getLogger("mmcontrast")
 _reported: set[str] = set()  # image_batches' warnings already logged by this process
@@ -212,6 +213,7 @@ def image_batches(
         num_workers=num_workers,
         collate_fn=_as_list,
         generator=torch.Generator(),
+        worker_init_fn=ignore_stop_signals,  # an evaluation during training goes on
     )
     skipped = SkippedRows()
     for samples in loader:

@@ -15,7 +15,8 @@ import signal
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """``worker_init_fn`` of the training loaders: SIGINT and SIGTERM are ignored."""
+    """``worker_init_fn`` of the loaders a training run uses (its batches, evaluations and
+    feature caching): SIGINT and SIGTERM are ignored."""
     del worker_id
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mmcontrast.data.image_text import ImageOnlyDataset, ImageTable, _as_list, image_batches
+from mmcontrast.data.workers import ignore_stop_signals
 from mmcontrast.eval.adapters.base import EvalModel
 
 
@@ -70,6 +71,7 @@ def _embed_images_sharded(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_as_list,
+        worker_init_fn=ignore_stop_signals,  # an evaluation during training goes on
     )
     loader = accelerator.prepare_data_loader(loader, device_placement=False)
     indices: list[Tensor] = []

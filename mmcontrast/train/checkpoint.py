@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError
 from torch import Tensor, nn
@@ -32,6 +33,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LRScheduler
 
 from mmcontrast.config import Config, save_config
+from mmcontrast.distributed import all_reduce_max
 from mmcontrast.methods.trained import WEIGHTS_FILE
 from mmcontrast.models.weights import save_state_file
 
@@ -70,23 +72,24 @@ def save_checkpoint(
     goes into ``.partial-step-N`` first, is flushed to disk, then renamed to ``step-N``: a
     kill or a full disk mid-write leaves no folder that looks complete, and the previous
     checkpoints untouched. The oldest checkpoints beyond ``keep`` go before the write (never
-    the newest complete one), so a run at its ``keep`` needs room for no extra checkpoint; a
-    write that fails (a full disk) is removed and raised as :class:`CheckpointWriteError`.
+    the newest complete one), so the disk holds at most ``keep`` checkpoints while one is
+    written (2 with ``keep=1``). A write that fails on any process (a full disk) is removed
+    and raised on every process as :class:`CheckpointWriteError`.
     """
     root = Path(cfg.train.output_dir) / "checkpoints"
     folder = root / f"step-{state.step:08d}"
     partial = root / f"{PARTIAL_PREFIX}{folder.name}"  # renamed to ``folder`` once complete
     if accelerator.is_main_process:
-        for leftover in root.glob(f"{PARTIAL_PREFIX}*"):  # a write cut off earlier
+        for leftover in root.glob(f"{PARTIAL_PREFIX}*"):  # a write or a removal cut off
             shutil.rmtree(leftover, ignore_errors=True)
         # room for the new one first, keeping at least the newest complete checkpoint
         _prune(root, max(keep - 1, 1) if keep > 0 else 0, but=folder)
     accelerator.wait_for_everyone()
+    error: BaseException | None = None
     try:
         accelerator.save_state(str(partial))
         if data_state is not None:
             data_state.save(partial, accelerator.process_index)
-            accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if ema is not None:
                 ema.save(partial)
@@ -94,13 +97,19 @@ def save_checkpoint(
                 save_schedule(scheduler, partial)
             save_config(cfg, partial / "config.yaml")
             (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-            _sync_files(partial)
     except (OSError, RuntimeError, SafetensorError) as err:  # a full disk, as each reports it
-        shutil.rmtree(partial, ignore_errors=True)
-        raise CheckpointWriteError(folder, err) from err
+        error = err
+    # every process learns whether any part failed (and waits for the others' parts)
+    flag = torch.tensor(float(error is not None), device=accelerator.device)
+    if all_reduce_max(flag).item():
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        raise CheckpointWriteError(folder, error) from error
     if accelerator.is_main_process:
+        _sync_files(partial)
         if folder.exists():  # the same step saved again (a resumed run): the new one wins
-            shutil.rmtree(folder)
+            remove_checkpoint(folder)
         os.replace(partial, folder)
         _sync_files(root, recursive=False)
         _prune(root, keep)
@@ -110,15 +119,16 @@ def save_checkpoint(
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (a full disk, usually); its partial folder is gone
-    and the earlier checkpoints are as they were."""
+    and the newest complete checkpoint is intact."""
 
-    def __init__(self, folder: Path, err: BaseException) -> None:
+    def __init__(self, folder: Path, err: BaseException | None) -> None:
         kept = list_checkpoints(folder.parent)
         newest = f"the newest complete one, {kept[-1]}, is intact" if kept else "none is complete"
-        full = isinstance(err, OSError) and err.errno == errno.ENOSPC or "write" in str(err)
+        why = str(err) if err is not None else "another process could not write its part"
+        full = isinstance(err, OSError) and err.errno == errno.ENOSPC or "write" in why
         hint = "free space on the disk" if full else "check the folder can be written"
         super().__init__(
-            f"could not write checkpoint {folder.name} ({err}); nothing of it was kept and "
+            f"could not write checkpoint {folder.name} ({why}); nothing of it was kept and "
             f"{newest}. {hint.capitalize()} (a lower train.keep_checkpoints keeps fewer), "
             "then continue with --resume"
         )
@@ -130,7 +140,16 @@ def _prune(root: Path, keep: int, but: Path | None = None) -> None:
         return
     for old in list_checkpoints(root)[:-keep]:
         if old != but:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_checkpoint(old)
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint so that a kill midway leaves nothing that looks complete: renamed
+    to a ``.partial-`` name first (skipped by :func:`list_checkpoints`, removed by the next
+    write)."""
+    doomed = folder.with_name(f"{PARTIAL_PREFIX}old-{folder.name}")
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def save_schedule(scheduler: LRScheduler, folder: Path) -> None:

@@ -68,6 +68,7 @@ from mmcontrast.train.checkpoint import (
     list_checkpoints,
     load_schedule,
     read_state,
+    remove_checkpoint,
     save_checkpoint,
     save_weights,
     without_pickled_objects,
@@ -120,7 +121,10 @@ def train(
             "mmcontrast.pipeline.train (as `mmcontrast train` does), which wires the Hub sync"
         )
     if resume == "auto":  # the newest checkpoint, or a fresh run when there is none yet
-        resume = _resume_auto(output_dir, accelerator.is_main_process)
+        resume = _resume_auto(output_dir)
+        if resume == "finished":  # a requeued job whose run ended: nothing left to do
+            accelerator.print(f"{output_dir} holds a finished run ({WEIGHTS_FILE})")
+            return {"step": None, "history": [], "already_finished": True}
     if not resume:
         _claim_output_dir(output_dir, cfg.train.overwrite_output_dir, accelerator.is_main_process)
         accelerator.wait_for_everyone()  # every process looked before the main one writes
@@ -184,9 +188,10 @@ def train(
         accelerator.print(
             f"resumed from {folder} at step {state.step} (epoch {state.epoch}, batch {state.batches_in_epoch})"
         )
-        if accelerator.is_main_process:  # lines logged after the checkpoint are logged again
+        if accelerator.is_main_process:  # what came after the checkpoint is done again
             for name in ("history.jsonl", "eval_history.jsonl"):
                 truncate_history(output_dir / name, state.step)
+            drop_later_checkpoints(output_dir / "checkpoints", state.step)
     if accelerator.is_main_process:
         save_config(cfg, output_dir / "config.yaml")  # a fresh run's histories: _claim_output_dir
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
@@ -436,27 +441,26 @@ def _stop_for_signal(
     )
 
 
-def _resume_auto(output_dir: Path, is_main: bool) -> str | None:
-    """``--resume auto``: ``latest`` when a complete checkpoint exists, else a fresh run.
-
-    A requeued job runs the same command every time. Files of an attempt stopped before its
-    first checkpoint (no final weights) are removed so the fresh run may start; a finished
-    run without checkpoints is left for :func:`_claim_output_dir` to refuse.
-    """
-    if list_checkpoints(output_dir / "checkpoints"):
-        return "latest"
+def _resume_auto(output_dir: Path) -> str | None:
+    """``--resume auto``, for a job that is requeued with the same command: ``latest`` when
+    a complete checkpoint exists, ``finished`` when the final weights do, else None (a fresh
+    run, which refuses an earlier attempt's files unless ``--overwrite``)."""
     if (output_dir / WEIGHTS_FILE).exists():
-        return None
-    leftovers = [name for name in RUN_ARTEFACTS if (output_dir / name).exists()]
-    if leftovers and is_main:
+        return "finished"
+    return "latest" if list_checkpoints(output_dir / "checkpoints") else None
+
+
+def drop_later_checkpoints(root: Path, step: int) -> None:
+    """Remove checkpoints past ``step`` when resuming from an older one: the run goes on from
+    ``step``, and a later ``--resume`` must not pick the abandoned ones."""
+    later = [folder for folder in list_checkpoints(root) if read_state(folder).step > step]
+    if later:
         logger.warning(
-            "--resume auto: %s holds no checkpoint; removing the files of an attempt stopped "
-            "before its first one (%s) and starting afresh", output_dir, ", ".join(leftovers),
+            "resuming from step %d: removing the later checkpoints %s",
+            step, ", ".join(folder.name for folder in later),
         )  # fmt: skip
-        for name in leftovers:
-            path = output_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return None
+    for folder in later:
+        remove_checkpoint(folder)
 
 
 def truncate_history(path: Path, step: int) -> None:
@@ -540,6 +544,14 @@ def _build_ema(cfg: Config, accelerator: Accelerator, method: Method) -> Weights
     return WeightsEma(method.trained_model(), cfg.train.ema_decay)
 
 
+# after a divergence; a resume keeps the optimiser's settings, so lr and warm-up need a new run
+WHAT_TO_CHANGE = (
+    "Clip gradients (train.max_grad_norm) and --resume, or start a new run with a lower "
+    "train.lr or a longer train.warmup_steps (model.init_from=CHECKPOINT starts it from a "
+    "checkpoint's weights)"
+)
+
+
 class NonFiniteSteps:
     """``train.nonfinite``: optimiser steps skipped for a non-finite loss or gradient norm.
 
@@ -567,9 +579,7 @@ class NonFiniteSteps:
             raise NonFiniteTraining(
                 f"the loss or its gradient was not finite for {self.in_a_row} optimiser step(s) "
                 f"in a row ({where}; train.nonfinite={cfg.train.nonfinite}, "
-                f"nonfinite_limit={cfg.train.nonfinite_limit}); {kept}. Lower train.lr, "
-                "raise train.warmup_steps or clip gradients (train.max_grad_norm), then "
-                "--resume or start again"
+                f"nonfinite_limit={cfg.train.nonfinite_limit}); {kept}. {WHAT_TO_CHANGE}"
             )  # fmt: skip
         message = f"skipped an optimiser step: non-finite loss or gradient ({where})"
         logger.warning(message)
@@ -586,7 +596,7 @@ def require_finite_weights(accelerator: Accelerator, method: nn.Module, step: in
     if _on_any_process(accelerator, bad):
         raise NonFiniteTraining(
             f"the weights are not finite after step {step}: nothing is saved, earlier "
-            "checkpoints are intact. Lower train.lr or raise train.warmup_steps"
+            f"checkpoints are intact. {WHAT_TO_CHANGE}"
         )
 
 

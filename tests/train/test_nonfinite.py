@@ -88,7 +88,7 @@ def test_a_diverging_run_stops_and_keeps_its_finite_checkpoints(
     code = main([*args, *[x for o in sets for x in ("--set", o)]])
     assert code == 3
     err = capsys.readouterr().err
-    assert "not finite" in err and "Lower train.lr" in err and "Traceback" not in err
+    assert "not finite" in err and "a lower train.lr" in err and "Traceback" not in err
     assert not (tmp_path / "model.safetensors").exists()
     checkpoints = sorted((tmp_path / "checkpoints").glob("step-*"))
     assert checkpoints  # the steps before it diverged

@@ -3,6 +3,7 @@ with the signal's exit status, and ``--resume`` continues exactly; ``--resume au
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 from pathlib import Path
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 from mmcontrast.config import load_recipe
 from mmcontrast.pipeline import read_history, train
+from mmcontrast.train import preemption
 from mmcontrast.train.checkpoint import list_checkpoints, read_state
 from mmcontrast.train.errors import TrainingInterrupted
 from mmcontrast.train.progress import Progress
@@ -84,31 +86,81 @@ def test_a_signal_checkpoints_and_resume_equals_the_uninterrupted_run(
     assert steps == sorted(set(steps)) == list(range(1, 7))
 
 
-def test_a_second_signal_stops_at_once(tiny_run: list[str], tmp_path: Path) -> None:
+def test_ctrl_c_pressed_again_stops_at_once(tiny_run: list[str], tmp_path: Path) -> None:
     cfg = load_recipe(QUICKSTART, overrides(tiny_run, tmp_path / "run"))
-    with signal_at(2, signal.SIGINT, signal.SIGINT), pytest.raises(KeyboardInterrupt):
+    seconds = itertools.count(0.0, 2.0)  # the second press two seconds after the first
+    with (
+        mock.patch.object(preemption, "_clock", lambda: next(seconds)),
+        signal_at(2, signal.SIGINT, signal.SIGINT),
+        pytest.raises(KeyboardInterrupt),
+    ):
         train(cfg)
     assert not list_checkpoints(tmp_path / "run" / "checkpoints")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_resume_auto_starts_fresh_then_resumes(tiny_run: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_passed_on_twice_is_one_request(
+    tiny_run: list[str], tmp_path: Path, signum: int
+) -> None:
+    """A launcher forwards what the scheduler also sent: the same signal twice at once."""
+    cfg = load_recipe(QUICKSTART, overrides(tiny_run, tmp_path / "run"))
+    with signal_at(2, signum, signum), pytest.raises(TrainingInterrupted):
+        train(cfg)
+    (folder,) = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert read_state(folder).step == 2
+
+
+def test_a_signal_ignored_at_start_stays_ignored() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `nohup cmd &` starts it
+    try:
+        with preemption.StopSignals() as stops:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stops._handle
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_resume_auto_starts_fresh_then_resumes_then_is_done(
+    tiny_run: list[str], tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     cfg = load_recipe(QUICKSTART, overrides(tiny_run, run))
-    run.mkdir()
-    (run / "history.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # an attempt killed early
     with signal_at(2, signal.SIGTERM), pytest.raises(TrainingInterrupted):
-        train(cfg, resume="auto")  # no checkpoint: starts afresh over the leftovers
+        train(cfg, resume="auto")  # no checkpoint: a fresh run
     assert read_state(list_checkpoints(run / "checkpoints")[-1]).step == 2
     summary = train(cfg, resume="auto")  # the checkpoint: resumes from it
     assert summary["step"] == 6
     assert [r["step"] for r in summary["history"]] == [3, 4, 5, 6]
+    before = (run / "history.jsonl").read_text()
+    assert train(cfg, resume="auto")["already_finished"]  # a requeue after the end
+    assert (run / "history.jsonl").read_text() == before
 
 
-def test_resume_auto_refuses_a_finished_run_without_checkpoints(
+def test_resume_auto_keeps_an_early_attempts_files_unless_overwrite(
     tiny_run: list[str], tmp_path: Path
 ) -> None:
-    cfg = load_recipe(QUICKSTART, overrides(tiny_run, tmp_path / "run", "train.max_steps=2"))
-    train(cfg)
-    with pytest.raises(FileExistsError, match="earlier run"):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # killed before step 2
+    cfg = load_recipe(QUICKSTART, overrides(tiny_run, run, "train.max_steps=2"))
+    with pytest.raises(FileExistsError, match="history.jsonl.*--overwrite"):
         train(cfg, resume="auto")
+    cfg.train.overwrite_output_dir = True
+    assert train(cfg, resume="auto")["step"] == 2
+
+
+def test_resuming_an_older_checkpoint_drops_the_later_ones(
+    tiny_run: list[str], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    extra = ("train.checkpoint_every=2", "train.keep_checkpoints=0")
+    cfg = load_recipe(QUICKSTART, overrides(tiny_run, run, *extra))
+    train(cfg)
+    root = run / "checkpoints"
+    assert [read_state(f).step for f in list_checkpoints(root)] == [2, 4, 6]
+    cfg.train.stop_at_step = 3
+    train(cfg, resume=str(root / "step-00000002"))
+    assert [read_state(f).step for f in list_checkpoints(root)] == [2, 3]
+    assert not list(root.glob(".partial-*"))

@@ -11,8 +11,11 @@ from mmcontrast.train.progress import Progress
 RECORD = {"step": 20, "loss": 2.31744, "lr": 2.5e-4, "pairs_per_s": 412.34}
 
 
-def test_plain_lines_without_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
-    with Progress(200, 10, bar=True, main_process=True) as progress:  # pytest: no terminal
+def test_plain_lines_without_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(progress_module, "interactive", lambda: False)
+    with Progress(200, 10, bar=True, main_process=True) as progress:
         assert progress.bar is None
         progress.update(11)
         progress.log(RECORD)
