@@ -185,6 +185,8 @@ class SkippedRows:
             first = ", ".join(f"{name} ({reason})" for name, reason in named[:shown])
             more = f", and {len(named) - shown} more" if len(named) > shown else ""
             text += f"; first: {first}{more}"
+        if "image too large" in self.by_reason():
+            text += " (images over data.max_image_pixels are skipped; raise it to keep them)"
         return text
 
     def to_state(self) -> dict[str, Any]:

@@ -217,6 +217,7 @@ def train(
         with progress.paused():
             _evaluate(accelerator, hooks.evaluate, unwrapped, output_dir, 0, False)
     nonfinite = NonFiniteSteps(accelerator)
+    first_batches = first_empty = 0  # of this invocation, for _require_usable_data
     window_nonfinite = False  # a non-finite loss or gradient in this optimiser step's batches
     # SIGTERM / SIGINT: a checkpoint after the step, then TrainingInterrupted
     with StopSignals() as stops, progress:
@@ -232,6 +233,11 @@ def train(
                     epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
             for batch in epoch_loader:
                 skipped.add(batch.pop("skipped", {}))
+                if first_batches < FIRST_BATCHES:  # all unusable: stop, rather than train on none
+                    first_batches += 1
+                    first_empty += not batch
+                    if first_batches == FIRST_BATCHES:
+                        _require_usable_data(accelerator, first_empty == first_batches, skipped)
                 with accelerator.accumulate(method):
                     if batch:  # empty when every sample of the batch was unreadable
                         if chunks:  # gradient caching: the batch's loss, micro-batch by micro-batch
@@ -584,6 +590,22 @@ class NonFiniteSteps:
         message = f"skipped an optimiser step: non-finite loss or gradient ({where})"
         logger.warning(message)
         self.accelerator.print(f"WARNING: {message}")
+
+
+FIRST_BATCHES = 8  # batches read before a run whose every sample is unusable is stopped
+
+
+def _require_usable_data(accelerator: Accelerator, all_empty: bool, skipped: SkippedRows) -> None:
+    """Stop a run whose first batches held no usable sample on any process (every image
+    unreadable or over ``data.max_image_pixels``, every caption empty): it would take
+    optimiser steps on nothing and save the starting weights (a collective)."""
+    if _on_any_process(accelerator, not all_empty):
+        return
+    raise ValueError(
+        f"the first {FIRST_BATCHES} batches held no usable sample: {skipped.message()}. "
+        "Check data.path and the files it names (images larger than "
+        "data.max_image_pixels are skipped)"
+    )
 
 
 def require_finite_weights(accelerator: Accelerator, method: nn.Module, step: int) -> None:

@@ -138,6 +138,24 @@ def test_bad_training_data_is_skipped_with_a_warning(
     assert "does_not_exist.png (missing image file)" in out
 
 
+def test_a_run_with_no_usable_sample_stops(
+    tiny_run: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every image over data.max_image_pixels: refused after the first batches, nothing saved."""
+    overrides = [
+        *tiny_run,
+        "model.vision.weights=null",
+        "model.vision.lock=false",
+        "train.cache_locked_features=false",
+        "train.max_steps=12",
+        "data.max_image_pixels=100",  # the 32 x 32 shapes have 1024
+    ]
+    assert cli(["train", QUICKSTART], overrides) == 2
+    err = capsys.readouterr().err
+    assert "the first 8 batches held no usable sample" in err and "image too large" in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
