@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcontrast.config import ConfigError, DataConfig, load_recipe
+from mmcontrast.cli_search import add_search_commands
 from mmcontrast.cpu_allocator import reuse_freed_memory
 from mmcontrast.logs import configure_logging
 from mmcontrast.registry import unknown_name_message
@@ -573,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", default="image", help="image column (default image)")
     p.add_argument("--caption-column", default="text", help="caption column (default text)")
     p.set_defaults(func=cmd_shards)
+    add_search_commands(sub)  # embed, index, search
     return parser
 
 

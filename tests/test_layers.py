@@ -30,9 +30,11 @@ LAYERS = {
     "train": 4,
     "eval": 5,
     "hub": 5,
+    "search": 5,
     "pipeline": 6,
-    "cli": 7,
-    "__main__": 8,
+    "cli_search": 7,
+    "cli": 8,
+    "__main__": 9,
 }
 
 

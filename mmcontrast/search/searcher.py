@@ -1,0 +1,159 @@
+"""Text and image queries against an embedded, indexed collection.
+
+A collection folder is what ``mmcontrast embed`` and ``mmcontrast index`` write::
+
+    COLLECTION/
+        embeddings.json, img_emb/, text_emb/, metadata/   # mmcontrast.search.embed
+        index/index.faiss, index/index.json               # mmcontrast.search.index
+
+:class:`Searcher` loads the index, the rows' metadata and the model that embedded the
+collection (any model the evaluation suite loads), embeds a query with that model and returns
+the nearest images by cosine similarity.
+
+Example:
+    >>> searcher = Searcher.from_pretrained("collections/emoji")  # doctest: +SKIP
+    >>> [hit.image_path for hit in searcher.search_text("a red heart", k=3)]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmcontrast.data.images import BadSample, load_image
+from mmcontrast.eval.adapters import EvalModel, load_eval_model
+from mmcontrast.search.embed_store import MANIFEST, read_embeddings
+from mmcontrast.search.index import load_index, search
+
+INDEX_DIR = "index"
+
+
+@dataclass
+class Hit:
+    """One result: its rank (1 first), cosine similarity, row of the collection and metadata."""
+
+    rank: int
+    score: float
+    row: int
+    image_path: str
+    caption: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Searcher:
+    """Nearest images of a collection for a text or an image.
+
+    Args:
+        model: The model that embedded the collection (its text and image towers).
+        index: The collection's index (:func:`mmcontrast.search.index.load_index`).
+        rows: Metadata of every indexed row, in index order (``image_path``, ``caption``,
+            ``row``).
+        folder: The collection folder.
+    """
+
+    def __init__(
+        self, model: EvalModel, index: Any, rows: list[dict[str, Any]], folder: Path
+    ) -> None:
+        self.model = model
+        self.index = index
+        self.rows = rows
+        self.folder = folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        model: str | EvalModel | None = None,
+        device: torch.device | str | None = None,
+    ) -> Searcher:
+        """Load a collection folder (``mmcontrast embed`` then ``mmcontrast index``).
+
+        Args:
+            folder: The collection folder.
+            model: The model to embed queries with; by default the one recorded in the
+                collection. Another model is refused: its embeddings are not comparable.
+            device: Where the model runs (default: CUDA if available).
+
+        Raises:
+            ValueError: The folder holds no embeddings or no index, the index and the
+                embeddings disagree, or ``model`` is not the collection's.
+        """
+        folder = Path(folder)
+        if not (folder / MANIFEST).is_file():
+            raise ValueError(
+                f"{folder} holds no {MANIFEST}: embed a collection into it first "
+                "(mmcontrast embed MODEL DATA --output FOLDER)"
+            )
+        index, info = load_index(folder / INDEX_DIR)
+        embedded = read_embeddings(folder)
+        rows = embedded.metadata.to_pylist()
+        if int(info["count"]) != len(rows):
+            raise ValueError(
+                f"{folder / INDEX_DIR} indexes {info['count']} rows but {folder} holds "
+                f"{len(rows)}: the embeddings changed since; rebuild it (mmcontrast index "
+                f"{folder})"
+            )
+        recorded = str(embedded.manifest["model"]["spec"])
+        if model is None:
+            model = load_eval_model(recorded, device)
+        name = model if isinstance(model, str) else model.spec
+        if not _same_model(name, recorded):
+            raise ValueError(
+                f"{folder} was embedded with {recorded}, not {name}: embeddings of another "
+                "model are not comparable; query it with its own model (leave out --model) "
+                "or embed the collection again with this one"
+            )
+        if isinstance(model, str):
+            model = load_eval_model(model, device)
+        return cls(model, index, rows, folder)
+
+    @torch.no_grad()
+    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        """The ``k`` images nearest to ``text``."""
+        return self.search_embedding(self.model.encode_texts([text]), k)
+
+    @torch.no_grad()
+    def search_image(self, image: str | Path | Image.Image | bytes, k: int = 10) -> list[Hit]:
+        """The ``k`` images nearest to ``image`` (a path, bytes or a PIL image).
+
+        Raises:
+            ValueError: The image cannot be read.
+        """
+        try:
+            decoded = load_image(str(image) if isinstance(image, Path) else image)
+        except BadSample as bad:
+            raise ValueError(f"cannot search with this image: {bad}") from None
+        pixels = self.model.image_transform()(decoded)[None]
+        return self.search_embedding(self.model.encode_images(pixels), k)
+
+    def search_embedding(self, embedding: torch.Tensor | np.ndarray, k: int = 10) -> list[Hit]:
+        """The ``k`` rows nearest to one embedding (normalised here)."""
+        query = torch.as_tensor(embedding, dtype=torch.float32).reshape(1, -1)
+        query = torch.nn.functional.normalize(query, dim=-1).cpu().numpy()
+        scores, ids = search(self.index, query, min(k, len(self.rows)))
+        return [
+            Hit(
+                rank=rank,
+                score=float(score),
+                row=int(self.rows[i].get("row", i)),
+                image_path=str(self.rows[i]["image_path"]),
+                caption=self.rows[i].get("caption"),
+            )
+            for rank, (score, i) in enumerate(zip(scores[0], ids[0], strict=True), start=1)
+            if i >= 0
+        ]
+
+
+def _same_model(spec: str, recorded: str) -> bool:
+    """Whether two model specs name the same model (local paths compared resolved)."""
+    if spec == recorded:
+        return True
+    a, b = Path(spec).expanduser(), Path(recorded).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()

@@ -1,0 +1,93 @@
+"""embed -> index -> search through the command line and :class:`Searcher`: the nearest
+images of a text or an image agree with exact cosine search, and bad queries are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import save_clip, save_siglip
+
+from mmcontrast.cli import main
+from mmcontrast.eval.adapters import load_eval_model
+from mmcontrast.search import read_embeddings
+from mmcontrast.search.searcher import Searcher
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, shapes_dir: Path) -> Path:
+    """The shapes' train split embedded with a tiny CLIP and indexed, through the CLI."""
+    root = tmp_path_factory.mktemp("collection")
+    clip = save_clip(root / "clip", tokenizer_dir)
+    folder = root / "shapes"
+    argv = ["embed", str(clip), str(shapes_dir), "--output", str(folder), "--split", "train"]
+    assert main([*argv, "--batch-size", "8", "--device", "cpu"]) == 0
+    assert main(["index", str(folder)]) == 0
+    return folder
+
+
+def exact_top(folder: Path, query: np.ndarray, k: int) -> list[str]:
+    images, _, metadata, _ = read_embeddings(folder)
+    scores = np.asarray(images) @ (query / np.linalg.norm(query))
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [metadata["image_path"].to_pylist()[i] for i in order]
+
+
+def test_text_search_finds_the_exact_nearest(
+    collection: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["search", str(collection), "a red circle", "-k", "5", "--json", "--device", "cpu"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [hit["rank"] for hit in hits] == [1, 2, 3, 4, 5]
+    scores = [hit["score"] for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    model = load_eval_model(read_embeddings(collection).manifest["model"]["spec"], "cpu")
+    query = model.encode_texts(["a red circle"]).float().numpy()[0]
+    assert {hit["image_path"] for hit in hits} == set(exact_top(collection, query, 5))
+    assert all(hit["caption"].startswith("a ") for hit in hits)
+
+
+def test_image_search_finds_the_image_itself(collection: Path, shapes_dir: Path) -> None:
+    searcher = Searcher.from_pretrained(collection, device="cpu")
+    name = read_embeddings(collection).metadata["image_path"].to_pylist()[3]
+    hits = searcher.search_image(shapes_dir / "train" / name, k=3)
+    assert hits[0].score == pytest.approx(1.0, rel=1e-4)
+    same = {h.image_path for h in hits if h.score > 1 - 1e-4}  # identical drawings tie
+    assert name in same
+
+
+def test_table_output(collection: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["search", str(collection), "a blue star", "-k", "2", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "score", "image", "caption"] and len(lines) == 3
+
+
+def test_bad_queries_are_refused(
+    collection: Path, tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    searcher = Searcher.from_pretrained(collection, device="cpu")
+    with pytest.raises(ValueError, match="cannot search with this image"):
+        searcher.search_image(broken)
+    other = load_eval_model(str(save_siglip(tmp_path / "siglip", tokenizer_dir)), "cpu")
+    with pytest.raises(ValueError, match="not comparable"):
+        Searcher.from_pretrained(collection, model=other)
+    capsys.readouterr()
+    assert main(["search", str(collection)]) == 2  # neither a text nor an image
+    assert "give a text query or --image" in capsys.readouterr().err
+
+
+def test_a_stale_or_missing_index_is_refused(collection: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(collection, copy)
+    shutil.rmtree(copy / "index")
+    with pytest.raises((ValueError, FileNotFoundError), match="index"):
+        Searcher.from_pretrained(copy, device="cpu")
+    with pytest.raises(ValueError, match="embed a collection"):
+        Searcher.from_pretrained(tmp_path / "nothing", device="cpu")
