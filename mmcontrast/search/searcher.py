@@ -94,9 +94,9 @@ class Searcher:
         index, info = load_index(folder / INDEX_DIR)
         embedded = read_embeddings(folder)
         rows = embedded.metadata.to_pylist()
-        if int(info["count"]) != len(rows):
+        if int(info.count) != len(rows):
             raise ValueError(
-                f"{folder / INDEX_DIR} indexes {info['count']} rows but {folder} holds "
+                f"{folder / INDEX_DIR} indexes {info.count} rows but {folder} holds "
                 f"{len(rows)}: the embeddings changed since; rebuild it (mmcontrast index "
                 f"{folder})"
             )
@@ -135,8 +135,8 @@ class Searcher:
 
     def search_embedding(self, embedding: torch.Tensor | np.ndarray, k: int = 10) -> list[Hit]:
         """The ``k`` rows nearest to one embedding (normalised here)."""
-        query = torch.as_tensor(embedding, dtype=torch.float32).reshape(1, -1)
-        query = torch.nn.functional.normalize(query, dim=-1).cpu().numpy()
+        vector = torch.as_tensor(embedding, dtype=torch.float32).reshape(1, -1)
+        query = torch.nn.functional.normalize(vector, dim=-1).cpu().numpy()
         scores, ids = search(self.index, query, min(k, len(self.rows)))
         return [
             Hit(
