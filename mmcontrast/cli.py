@@ -26,8 +26,8 @@ from importlib.resources import as_file
 from pathlib import Path
 from typing import Any
 
-from mmcontrast.config import ConfigError, DataConfig, load_recipe
 from mmcontrast.cli_search import add_search_commands
+from mmcontrast.config import ConfigError, DataConfig, load_recipe
 from mmcontrast.cpu_allocator import reuse_freed_memory
 from mmcontrast.logs import configure_logging
 from mmcontrast.registry import unknown_name_message
