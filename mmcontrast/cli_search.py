@@ -1,4 +1,4 @@
-"""The search commands of ``mmcontrast``: ``embed``, ``index`` and ``search``.
+"""The search commands of ``mmcontrast``: ``embed``, ``index``, ``search``, ``serve``, ``share-index``.
 
 A collection goes from images to answers in three commands::
 
@@ -8,7 +8,13 @@ A collection goes from images to answers in three commands::
 
 ``embed`` writes embeddings and metadata in clip-retrieval's layout (resumable),
 ``index`` builds the nearest-neighbour index beside them, ``search`` answers a text or an
-image query (:class:`mmcontrast.search.Searcher` in Python).
+image query (:class:`mmcontrast.search.Searcher` in Python) and ``serve`` answers them on a
+local web page (``cli_serve.py``). To share the index with its
+model, ``share-index`` copies it into the model folder, which ``mmcontrast push`` uploads::
+
+    mmcontrast share-index collections/emoji exports/quickstart
+    mmcontrast push exports/quickstart --repo-id me/emoji-clip
+    mmcontrast search me/emoji-clip "a red heart"
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from mmcontrast.cli_serve import add_serve_command
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -34,6 +42,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         image_column=args.image_column,
         caption_column=args.caption_column,
     )
+    if not summary.main_process:
+        return 0  # several processes: the first one reports
     skipped = sum(summary.skipped.values())
     print(
         f"embedded {summary.count} images ({summary.dim}-d, {summary.shards} shards"
@@ -71,7 +81,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if (args.query is None) == (args.image is None):
         raise ValueError("give a text query or --image PATH (one of them)")
-    searcher = Searcher.from_pretrained(args.folder, device=args.device)
+    searcher = Searcher.from_pretrained(
+        args.folder, device=args.device, collection=args.collection, revision=args.revision
+    )
     if args.image is not None:
         hits = searcher.search_image(args.image, k=args.k)
     else:
@@ -86,8 +98,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_share_index(args: argparse.Namespace) -> int:
+    from mmcontrast.search.share import add_collection
+
+    shared = add_collection(
+        args.model, args.collection, args.name, overwrite=args.overwrite, repo_id=args.repo_id
+    )
+    print(shared.summary())
+    return 0
+
+
 def add_search_commands(sub: Any) -> None:
-    """Register ``embed``, ``index`` and ``search`` on the ``mmcontrast`` subparsers."""
+    """Register ``embed``, ``index``, ``search``, ``share-index`` and ``serve``."""
     p = sub.add_parser(
         "embed",
         help="embed a collection of images (and captions) for search",
@@ -134,13 +156,41 @@ def add_search_commands(sub: Any) -> None:
         help="search an indexed collection with a text or an image",
         description="The images of FOLDER nearest to a text query or to --image PATH.",
     )
-    p.add_argument("folder", help="a folder written by `mmcontrast embed` and `index`")
+    p.add_argument(
+        "folder",
+        help="a collection folder (`mmcontrast embed` and `index`), a model folder with a "
+        "shared collection, or the Hub id of a model repository holding one",
+    )
     p.add_argument("query", nargs="?", help="the text to search for")
     p.add_argument("--image", help="search with this image instead of a text")
     p.add_argument("-k", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--collection", help="which collection of a model with several (its search/NAME)"
+    )
+    p.add_argument("--revision", help="branch, tag or commit of a Hub repository")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "share-index",
+        help="copy an indexed collection into its model's folder, to push them together",
+        description="Copy COLLECTION's embeddings, metadata and index into MODEL/search/NAME "
+        "and describe them in MODEL's model card. COLLECTION must be complete, indexed and "
+        "embedded with MODEL. `mmcontrast push MODEL` then uploads the model and its index, "
+        "and `mmcontrast search REPO_ID QUERY` (Searcher.from_pretrained) loads both back.",
+    )
+    p.add_argument("collection", help="a folder written by `mmcontrast embed` and `index`")
+    p.add_argument("model", help="the model folder (an export) that embedded it")
+    p.add_argument("--name", help="its name in MODEL/search/ (default: the folder's name)")
+    p.add_argument(
+        "--repo-id",
+        help="Hub id the card's usage loads (default: the one the card already names)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace MODEL/search/NAME")
+    p.set_defaults(func=cmd_share_index)
+
+    add_serve_command(sub)
 
 
 def np_array(images: Any) -> Any:

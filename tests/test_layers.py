@@ -33,6 +33,7 @@ LAYERS = {
     "search": 5,
     "pipeline": 6,
     "cli_search": 7,
+    "cli_serve": 7,
     "cli": 8,
     "__main__": 9,
 }

@@ -226,19 +226,25 @@ def _table(
     return PairTable(dataset, image_column, caption_column, base_dir=base_dir, source=source)
 
 
-def _find_split_metadata(folder: Path, split: str) -> Path:
+def find_split_metadata(
+    folder: Path, split: str, fix: str = "set data.train_split / data.eval_split"
+) -> Path:
+    """A split's metadata file in an imagefolder, or an error listing the splits found.
+
+    ``fix`` says how the caller picks another split (a config key or a flag).
+    """
     metadata = find_metadata(folder, split)
     if metadata is None:
         splits = sorted(p.parent.name for p in folder.glob("*/metadata.*"))
         raise ValueError(
             f"no metadata.jsonl or metadata.csv for split {split!r} in {str(folder)!r} "
-            f"(splits found: {', '.join(splits) or 'none'}); set data.train_split / data.eval_split"
+            f"(splits found: {', '.join(splits) or 'none'}); {fix}"
         )
     return metadata
 
 
 def _load_imagefolder(folder: Path, split: str, cfg: DataConfig, streaming: bool) -> PairTable:
-    metadata = _find_split_metadata(folder, split)
+    metadata = find_split_metadata(folder, split)
     dataset = load_metadata(metadata, streaming)
     return _table(dataset, cfg, str(metadata), base_dir=metadata.parent, file_column=True)
 

@@ -153,8 +153,15 @@ def load_trained(folder: str | Path) -> Method:
     """
     folder = Path(folder)
     if not (folder / "config.yaml").is_file():
+        other = (
+            " (it is a transformers or open_clip folder: load it with its own library, or with "
+            "mmcontrast.load_model to embed images and texts)"
+            if (folder / "config.json").is_file() or (folder / "open_clip_config.json").is_file()
+            else ""
+        )
         raise FileNotFoundError(
-            f"{folder} holds no config.yaml: pass an mmcontrast run, checkpoint or export folder"
+            f"{folder} holds no config.yaml{other}: pass an mmcontrast run, checkpoint or "
+            "export folder in mmcontrast's format"
         )
     fixed = [  # towers are built from config only; the folder's weights replace them
         "model.vision.pretrained=false",

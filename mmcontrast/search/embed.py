@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from mmcontrast.eval.adapters.base import EvalModel, load_eval_model
 from mmcontrast.eval.embed import embed_texts
 from mmcontrast.logs import interactive
 from mmcontrast.search.embed_batches import CollectionRows, Sample, ShardBatches, shard_range
+from mmcontrast.search.embed_processes import Processes
 from mmcontrast.search.embed_sources import Collection, open_collection
 from mmcontrast.search.embed_store import Embeddings, EmbeddingStore, read_embeddings
 
@@ -64,6 +66,8 @@ class EmbedSummary:
         images_per_s: Images embedded by this call per second of it.
         output: The output folder.
         computed_shards: Shards this call embedded (the others were done before).
+        main_process: False in every process but the first of a launcher's (``torchrun``,
+            ``accelerate launch``): all return the same summary, one should report it.
     """
 
     count: int
@@ -74,6 +78,7 @@ class EmbedSummary:
     images_per_s: float
     output: Path
     computed_shards: int = 0
+    main_process: bool = True
 
 
 def embed_collection(
@@ -104,8 +109,9 @@ def embed_collection(
             model stays where it is.
         image_column: The image column of metadata or a dataset.
         caption_column: The caption column (default ``text`` when present); ``""``: none.
-        progress: Show a progress bar on a terminal; without one (or with False), one log
-            line per shard.
+        progress: Show a progress bar on a terminal, or without one a line per finished
+            shard on stderr (a job's log); False: neither. With several processes only the
+            first shows it.
 
     Returns:
         The :class:`EmbedSummary` of the whole output folder.
@@ -125,16 +131,20 @@ def embed_collection(
             f"no images in {collection.source}{f' ({dropped.message()})' if dropped else ''}: "
             "give a folder of images, an imagefolder or a dataset with rows"
         )
+    processes = Processes.start()
     if not isinstance(model, EvalModel):
-        model = load_eval_model(_local_spec(model), device)
+        model = load_eval_model(_local_spec(model), device or processes.device)
     manifest = _open_manifest(store, collection, model, shard_size)
     done = store.done_shards(manifest)
-    store.clean(set(done))
+    processes.barrier()  # every process has read the manifest before the first one rewrites it
     manifest["shards"] = [done[i] for i in sorted(done)]
-    store.write_manifest(_totals(manifest))
+    if processes.main:
+        store.clean(set(done))
+        store.write_manifest(_totals(manifest))
+    processes.barrier()
     todo = [i for i in range(manifest["num_shards"]) if i not in done]
     computed = _embed_shards(
-        model, collection, store, manifest, todo, batch_size, num_workers, progress
+        model, collection, store, manifest, todo, batch_size, num_workers, progress, processes
     )
     seconds = time.perf_counter() - started
     skipped = _skipped_rows(manifest)
@@ -151,6 +161,7 @@ def embed_collection(
         images_per_s=computed / seconds if seconds > 0 else 0.0,
         output=store.root,
         computed_shards=len(todo),
+        main_process=processes.main,
     )
 
 
@@ -239,12 +250,20 @@ def _embed_shards(
     batch_size: int,
     num_workers: int,
     progress: bool,
+    processes: Processes,
 ) -> int:
-    """Embed and write the shards ``todo``; returns how many images were embedded."""
+    """Embed and write the shards ``todo``; returns how many images were embedded.
+
+    With several processes, process ``r`` embeds ``todo[r::world]`` and the shards finish in
+    rounds, one per process: each round's manifest entries are gathered and the first
+    process writes the manifest, so it only ever lists shards whose files are complete.
+    """
     shard_size, rows = manifest["shard_size"], manifest["rows"]
+    mine = todo[processes.rank :: processes.world]
+    rounds = -(-len(todo) // processes.world)
     loader = DataLoader(
         CollectionRows(collection, model.image_transform()),
-        batch_sampler=ShardBatches(todo, shard_size, rows, batch_size),
+        batch_sampler=ShardBatches(mine, shard_size, rows, batch_size),
         num_workers=num_workers,
         collate_fn=list,
         generator=torch.Generator(),  # no draw from the global generator
@@ -255,40 +274,65 @@ def _embed_shards(
         initial=done_rows,
         unit="img",
         desc="embedding",
-        disable=not (progress and interactive()),
+        disable=not (progress and interactive() and processes.main),
     )
     shard: _Shard | None = None
-    embedded = 0
+    embedded = finished = 0
+
+    def finish(entry: dict[str, Any] | None) -> None:
+        if entry is not None:
+            entry["process"] = processes.rank
+        nonlocal embedded, finished
+        for done in processes.gather(entry):
+            manifest["dim"] = manifest["dim"] or done["dim"]
+            if done["dim"] != manifest["dim"]:
+                raise RuntimeError(
+                    f"shard {done['index']} has width {done['dim']}, earlier shards "
+                    f"{manifest['dim']}"
+                )
+            manifest["shards"].append(
+                {k: v for k, v in done.items() if k not in ("dim", "seconds", "process")}
+            )
+            embedded += done["count"]
+            if done["process"] != processes.rank:  # another process's rows
+                bar.update(done["rows"][1] - done["rows"][0])
+            if processes.main and progress and bar.disable:
+                _print_shard(done, manifest, processes.world)
+        manifest["shards"].sort(key=lambda e: e["index"])
+        _totals(manifest)  # on every process: each returns the summary
+        if processes.main:
+            store.write_manifest(manifest)
+        finished += entry is not None
+
     with bar:
         for samples in loader:
             index = samples[0][0] // shard_size
             if shard is not None and shard.index != index:
-                embedded += _finish(shard, model, store, manifest, batch_size, bar)
+                finish(_write(shard, model, store, manifest, batch_size))
             if shard is None or shard.index != index:
                 shard = _Shard(index)
             shard.add(model, samples)
             bar.update(len(samples))
         if shard is not None:
-            embedded += _finish(shard, model, store, manifest, batch_size, bar)
+            finish(_write(shard, model, store, manifest, batch_size))
+        for _ in range(rounds - finished):  # a process with fewer shards joins the last rounds
+            finish(None)
     return embedded
 
 
-def _finish(
+def _write(
     shard: _Shard,
     model: EvalModel,
     store: EmbeddingStore,
     manifest: dict[str, Any],
     batch_size: int,
-    bar: Any,
-) -> int:
-    """Write a shard's files and its manifest entry; returns its image count."""
+) -> dict[str, Any]:
+    """Write a shard's files; returns its manifest entry (with its width, ``dim``)."""
     if shard.features:
         images = F.normalize(torch.cat(shard.features), dim=-1)
     else:
         images = torch.zeros(0, manifest["dim"] or _probe_dim(model))  # no readable image
     dim = images.shape[1]
-    if manifest["dim"] not in (None, dim):
-        raise RuntimeError(f"shard {shard.index} has width {dim}, earlier shards {manifest['dim']}")
     texts = None
     if manifest["text_emb"]:
         captions = [str(caption) for caption in shard.captions]
@@ -306,26 +350,28 @@ def _finish(
         pa.table(columns),
     )
     start, end = shard_range(shard.index, manifest["shard_size"], manifest["rows"])
-    manifest["dim"] = dim
-    manifest["shards"].append(
-        {
-            "index": shard.index,
-            "rows": [start, end],
-            "count": len(shard.rows),
-            "skipped": dict(shard.skipped),
-            "skipped_rows": [list(record) for record in shard.skipped.rows[:NAMED_SKIPS]],
-        }
+    return {
+        "index": shard.index,
+        "rows": [start, end],
+        "count": len(shard.rows),
+        "skipped": dict(shard.skipped),
+        "skipped_rows": [list(record) for record in shard.skipped.rows[:NAMED_SKIPS]],
+        "dim": dim,
+        "seconds": time.perf_counter() - shard.started,
+    }
+
+
+def _print_shard(entry: dict[str, Any], manifest: dict[str, Any], world: int) -> None:
+    """One line per finished shard where no progress bar shows (a job's log file)."""
+    seconds, (start, end) = entry["seconds"], entry["rows"]
+    by = f" (process {entry['process']})" if world > 1 else ""
+    print(
+        f"shard {entry['index'] + 1}/{manifest['num_shards']}{by}: {entry['count']} images "
+        f"({sum(entry['skipped'].values())} skipped) in {seconds:.1f} s, "
+        f"{(end - start) / max(seconds, 1e-9):.1f} images/s",
+        file=sys.stderr,
+        flush=True,
     )
-    manifest["shards"].sort(key=lambda entry: entry["index"])
-    store.write_manifest(_totals(manifest))
-    if bar.disable:
-        seconds = time.perf_counter() - shard.started
-        logger.info(
-            "shard %d/%d: %d images (%d skipped) in %.1f s, %.1f images/s",
-            shard.index + 1, manifest["num_shards"], len(shard.rows),
-            sum(shard.skipped.values()), seconds, (end - start) / max(seconds, 1e-9),
-        )  # fmt: skip
-    return len(shard.rows)
 
 
 def _probe_dim(model: EvalModel) -> int:

@@ -31,7 +31,7 @@ from mmcontrast.data.metadata import load_metadata
 from mmcontrast.data.pairs import (
     METADATA_FILES,
     PairTable,
-    find_metadata,
+    find_split_metadata,
     load_dataset_split,
     load_pairs,
 )
@@ -191,13 +191,7 @@ def _columns(config: DataConfig, split: str) -> tuple[list[str], Path | None, st
     """The column names, image base folder, source name and dataset of a split."""
     folder = Path(config.path).expanduser()
     if folder.is_dir():
-        metadata = find_metadata(folder, split)
-        if metadata is None:
-            splits = sorted(p.parent.name for p in folder.glob("*/metadata.*"))
-            raise ValueError(
-                f"no metadata.jsonl or metadata.csv for split {split!r} in {str(folder)!r} "
-                f"(splits found: {', '.join(splits) or 'none'}); pass split (--split)"
-            )
+        metadata = find_split_metadata(folder, split, "pass split (--split)")
         dataset = load_metadata(metadata)
         return list(dataset.column_names), metadata.parent, str(metadata), dataset
     dataset = load_dataset_split(

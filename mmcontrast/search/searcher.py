@@ -8,10 +8,13 @@ A collection folder is what ``mmcontrast embed`` and ``mmcontrast index`` write:
 
 :class:`Searcher` loads the index, the rows' metadata and the model that embedded the
 collection (any model the evaluation suite loads), embeds a query with that model and returns
-the nearest images by cosine similarity.
+the nearest images by cosine similarity. It also finds a collection shared inside a model
+folder (``MODEL/search/NAME``, ``mmcontrast share-index``) or a Hub repository holding one
+(:mod:`mmcontrast.search.locate`), and then searches with that model.
 
 Example:
     >>> searcher = Searcher.from_pretrained("collections/emoji")  # doctest: +SKIP
+    >>> searcher = Searcher.from_pretrained("me/emoji-clip")  # doctest: +SKIP
     >>> [hit.image_path for hit in searcher.search_text("a red heart", k=3)]  # doctest: +SKIP
 """
 
@@ -27,8 +30,9 @@ from PIL import Image
 
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.eval.adapters import EvalModel, load_eval_model
-from mmcontrast.search.embed_store import MANIFEST, read_embeddings
+from mmcontrast.search.embed_store import read_embeddings
 from mmcontrast.search.index import load_index, search
+from mmcontrast.search.locate import locate_collection, recorded_model, same_model
 
 INDEX_DIR = "index"
 
@@ -72,25 +76,29 @@ class Searcher:
         folder: str | Path,
         model: str | EvalModel | None = None,
         device: torch.device | str | None = None,
+        *,
+        collection: str | None = None,
+        revision: str | None = None,
     ) -> Searcher:
-        """Load a collection folder (``mmcontrast embed`` then ``mmcontrast index``).
+        """Load a collection and the model that embedded it.
 
         Args:
-            folder: The collection folder.
+            folder: A collection folder (``mmcontrast embed`` then ``mmcontrast index``); a
+                model folder with a collection in ``search/`` (``mmcontrast share-index``);
+                or the Hub id of a model repository holding one (downloaded with its model).
             model: The model to embed queries with; by default the one recorded in the
-                collection. Another model is refused: its embeddings are not comparable.
+                collection (for a shared collection, the model folder holding it). Another
+                model is refused: its embeddings are not comparable.
             device: Where the model runs (default: CUDA if available).
+            collection: Which collection of a model folder's ``search/`` (when it has several).
+            revision: Branch, tag or commit of a Hub repository.
 
         Raises:
-            ValueError: The folder holds no embeddings or no index, the index and the
+            ValueError: No collection is found there, it holds no index, the index and the
                 embeddings disagree, or ``model`` is not the collection's.
         """
-        folder = Path(folder)
-        if not (folder / MANIFEST).is_file():
-            raise ValueError(
-                f"{folder} holds no {MANIFEST}: embed a collection into it first "
-                "(mmcontrast embed MODEL DATA --output FOLDER)"
-            )
+        located = locate_collection(folder, collection, revision)
+        folder = located.folder
         index, info = load_index(folder / INDEX_DIR)
         embedded = read_embeddings(folder)
         rows = embedded.metadata.to_pylist()
@@ -100,11 +108,11 @@ class Searcher:
                 f"{len(rows)}: the embeddings changed since; rebuild it (mmcontrast index "
                 f"{folder})"
             )
-        recorded = str(embedded.manifest["model"]["spec"])
-        if model is None:
+        recorded = recorded_model(folder, embedded.manifest)
+        if model is None or (isinstance(model, str) and model in located.aliases):
             model = load_eval_model(recorded, device)
         name = model if isinstance(model, str) else model.spec
-        if not _same_model(name, recorded):
+        if name not in located.aliases and not same_model(name, recorded):
             raise ValueError(
                 f"{folder} was embedded with {recorded}, not {name}: embeddings of another "
                 "model are not comparable; query it with its own model (leave out --model) "
@@ -149,11 +157,3 @@ class Searcher:
             for rank, (score, i) in enumerate(zip(scores[0], ids[0], strict=True), start=1)
             if i >= 0
         ]
-
-
-def _same_model(spec: str, recorded: str) -> bool:
-    """Whether two model specs name the same model (local paths compared resolved)."""
-    if spec == recorded:
-        return True
-    a, b = Path(spec).expanduser(), Path(recorded).expanduser()
-    return a.exists() and b.exists() and a.resolve() == b.resolve()

@@ -10,12 +10,15 @@ model is scored with the same code. Families register in ``MODEL_FAMILIES``; a s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.models.locations import check_local_name
 from mmcontrast.registry import Registry
 
@@ -76,9 +79,52 @@ class EvalModel(ABC):
             "or a model with a text tower for retrieval and zero-shot"
         )
 
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Any], batch_size: int = 64) -> Tensor:
+        """L2-normalised embeddings of images, ``[len(images), D]`` float32 on the CPU.
+
+        Each image is a PIL image, a file path or the bytes of an image file, preprocessed
+        as the model's own library preprocesses it.
+
+        Raises:
+            ValueError: An image cannot be read (the message names which and why).
+        """
+        transform = self.image_transform()
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            pixels = [
+                transform(_readable(image, start + i))
+                for i, image in enumerate(images[start : start + batch_size])
+            ]
+            chunks.append(self.encode_images(torch.stack(pixels)).float().cpu())
+        if not chunks:
+            raise ValueError("no images to embed")
+        return F.normalize(torch.cat(chunks), dim=-1)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
+        """L2-normalised embeddings of texts, ``[len(texts), D]`` float32 on the CPU."""
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a list of texts; wrap a single text in a list")
+        chunks = [
+            self.encode_texts(list(texts[start : start + batch_size])).float().cpu()
+            for start in range(0, len(texts), batch_size)
+        ]
+        if not chunks:
+            raise ValueError("no texts to embed")
+        return F.normalize(torch.cat(chunks), dim=-1)
+
     def describe(self) -> dict[str, Any]:
         """What was evaluated, for the result JSON."""
         return {"spec": self.spec, "family": self.family}
+
+
+def _readable(image: Any, position: int) -> Any:
+    """A PIL image from a PIL image, a path or file bytes, or a ValueError naming it."""
+    try:
+        return load_image(str(image) if isinstance(image, Path) else image)
+    except BadSample as bad:
+        raise ValueError(f"image {position} cannot be read: {bad}") from None
 
 
 def split_family(spec: str) -> tuple[str | None, str]:

@@ -1,0 +1,137 @@
+"""The "Search index" section of a model card: the collections shared in the model's folder.
+
+:func:`update_card` renders ``mmcontrast/model_cards/search_index.md`` (a
+:class:`string.Template`) from every collection in ``MODEL/search/`` (images, captions,
+index kind, recall@10, size) and puts it in ``MODEL/README.md`` between two HTML comments,
+so sharing another collection, or the same one again, rewrites the section in place
+instead of adding a second one. A folder without a card gets one holding only the section.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from mmcontrast.resources import card_template
+from mmcontrast.search.embed_store import MANIFEST, EmbeddingStore
+from mmcontrast.search.index_files import INDEX_FILE, MANIFEST_FILE, IndexInfo
+from mmcontrast.search.locate import SEARCH_DIR, shared_collections
+from mmcontrast.search.searcher import INDEX_DIR
+
+__all__ = ["CARD_FILE", "card_section", "update_card"]
+
+CARD_FILE = "README.md"
+TEMPLATE = "search_index.md"
+MMCONTRAST_URL = "https://github.com/mmcontrast/mmcontrast"
+BEGIN = "<!-- mmcontrast search index: begin (rewritten by mmcontrast share-index) -->"
+END = "<!-- mmcontrast search index: end -->"
+SECTION = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+# The id a usage snippet loads: `from_pretrained("ID")`, `hf_hub_download("ID"`, "hf-hub:ID".
+USAGE_ID = re.compile(
+    r"""(?:from_pretrained|hf_hub_download)\(\s*["']([^"']+)["']|["']hf-hub:([^"']+)["']"""
+)
+DEFAULT_QUERY = "a photo"
+
+
+def update_card(model_folder: str | Path, repo_id: str | None = None) -> Path:
+    """Write the section for the collections in ``model_folder/search/`` into its card.
+
+    Args:
+        model_folder: The model folder.
+        repo_id: The id the usage snippet loads; by default the one the card's own usage
+            snippet loads, else the folder.
+
+    Returns:
+        The card's path.
+    """
+    folder = Path(model_folder)
+    card = folder / CARD_FILE
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    if repo_id is None:  # the id this section loaded last time, else the export's usage
+        old = SECTION.search(text)
+        found = (old and USAGE_ID.search(old.group(0))) or USAGE_ID.search(text)
+        repo_id = (found.group(1) or found.group(2)) if found else str(folder)
+    section = f"{BEGIN}\n{card_section(folder, repo_id)}{END}"
+    if SECTION.search(text):
+        text = SECTION.sub(lambda _: section, text, count=1)
+    else:
+        text = f"{text.rstrip()}\n\n{section}\n" if text.strip() else f"{section}\n"
+    temporary = card.with_name(f".{CARD_FILE}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, card)
+    return card
+
+
+def card_section(model_folder: str | Path, repo_id: str) -> str:
+    """The Markdown section describing the collections in ``model_folder/search/``."""
+    names = shared_collections(model_folder)
+    if not names:
+        raise ValueError(f"{model_folder} has no collection in {SEARCH_DIR}/ to describe")
+    described = [_describe(Path(model_folder) / SEARCH_DIR / name) for name in names]
+    total = sum(row["count"] for row in described)
+    what = (
+        f"a collection of {total} images"
+        if len(described) == 1
+        else f"{len(described)} collections of images ({total} in all)"
+    )
+    example = next((row["caption"] for row in described if row["caption"]), DEFAULT_QUERY)
+    several = len(names) > 1
+    return Template(card_template(TEMPLATE)).substitute(
+        what=what,
+        mmcontrast_url=MMCONTRAST_URL,
+        rows="\n".join(_row(name, row) for name, row in zip(names, described, strict=True)),
+        repo_id=repo_id,
+        example=example.replace('"', "'").replace("\\", " "),
+        collection_argument=f', collection="{names[0]}"' if several else "",
+        collection_flag=f" --collection {names[0]}" if several else "",
+    )
+
+
+def _describe(folder: Path) -> dict[str, Any]:
+    """Images, captions, index and an example caption of one shared collection."""
+    store = EmbeddingStore(folder)
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    index_manifest = json.loads((folder / INDEX_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
+    info = IndexInfo.from_manifest(index_manifest, folder / INDEX_DIR / MANIFEST_FILE)
+    caption = None
+    if manifest.get("captions") and manifest.get("shards"):
+        first = store.metadata_path(min(int(s["index"]) for s in manifest["shards"]))
+        column = pq.read_table(first, columns=["caption"])["caption"].to_pylist()
+        caption = next((c.strip() for c in column if isinstance(c, str) and c.strip()), None)
+    return {
+        "count": int(info.count),
+        "captions": bool(manifest.get("captions")),
+        "info": info,
+        "bytes": (folder / INDEX_DIR / INDEX_FILE).stat().st_size,
+        "caption": caption[:80] if caption else None,
+    }
+
+
+def _row(name: str, row: dict[str, Any]) -> str:
+    info: IndexInfo = row["info"]
+    parameters = ", ".join(f"{key} {value}" for key, value in sorted(info.parameters.items()))
+    kind = f"{info.kind} ({parameters})" if parameters else info.kind
+    cells = [
+        f"`{name}`",
+        str(row["count"]),
+        "yes" if row["captions"] else "no",
+        kind,
+        f"{info.recall_at_10:.3f}",
+        _size(row["bytes"]),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _size(n: int) -> str:
+    """Bytes as the Hub shows them: ``512 B``, ``1.5 kB``, ``438.0 MB``."""
+    units = ("B", "kB", "MB", "GB", "TB")
+    size, unit = float(n), 0
+    while round(size, 1) >= 1000 and unit < len(units) - 1:
+        size, unit = size / 1000, unit + 1
+    return f"{n} B" if unit == 0 else f"{size:.1f} {units[unit]}"
