@@ -31,6 +31,8 @@ BENCH_SCRIPTS = [
     "bench_retrieval.py",
     "bench_train.py",
     "bench_finetune_demo.py",
+    "bench_search.py",
+    "bench_embed.py",
 ]
 
 
