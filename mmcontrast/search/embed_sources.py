@@ -148,7 +148,8 @@ def open_collection(
     folder = Path(text).expanduser()
     if folder.is_dir() and not is_webdataset(text) and not _has_metadata(folder):
         return _file_collection(folder, split)
-    check_local_name(text)
+    if not is_webdataset(text):  # a shard pattern is not a path that exists as written
+        check_local_name(text)
     resolved = resolve_data(text, split or DEFAULT_SPLIT, image_column=image_column)
     config, split = resolved.config, resolved.split
     if caption_column:
