@@ -41,6 +41,21 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def barrier() -> None:
+    """Wait for every process (a no-op in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def gather_objects(item: Any) -> list[Any]:
+    """Every process's picklable ``item``, in rank order (``[item]`` in one process)."""
+    if not is_distributed():
+        return [item]
+    items: list[Any] = [None] * world_size()
+    dist.all_gather_object(items, item)
+    return items
+
+
 def batch_sizes(local_size: int, device: torch.device) -> list[int]:
     """The first-dimension size of every process's tensor, in rank order."""
     if not is_distributed():

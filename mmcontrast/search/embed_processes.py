@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
+
+from mmcontrast.distributed import barrier, gather_objects
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,8 @@ class Processes:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
+        barrier()
 
     def gather(self, item: Any) -> list[Any]:
         """Every process's ``item`` in rank order, ``None`` left out (a collective call)."""
-        if self.world == 1:
-            return [] if item is None else [item]
-        items: list[Any] = [None] * self.world
-        dist.all_gather_object(items, item)
-        return [x for x in items if x is not None]
+        return [x for x in gather_objects(item) if x is not None]
