@@ -27,6 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         open_browser=args.open,
         collection=args.collection,
         revision=args.revision,
+        images=args.images,
         announce=lambda line: print(line, flush=True),  # a log file sees the URL at once
     )
     return 0
@@ -62,4 +63,11 @@ def add_serve_command(sub: Any) -> None:
         "--collection", help="which collection of a model with several (its search/NAME)"
     )
     p.add_argument("--revision", help="branch, tag or commit of a Hub repository")
+    p.add_argument(
+        "--images",
+        metavar="DIR",
+        help="the data the collection was embedded from, for its thumbnails: needed for a "
+        "collection shared in a model folder or downloaded from the Hub (its images are not "
+        "included), optional otherwise (the data moved since it was embedded)",
+    )
     p.set_defaults(func=cmd_serve)

@@ -11,9 +11,17 @@ images of its hits by reading them back from there:
   ``mmcontrast embed`` opened it (once, on the first image asked for) and its row ``row``
   read, whose key must still be ``image_path``, else the source changed since.
 
+A collection that came from elsewhere (shared inside a model folder by ``mmcontrast
+share-index``, its manifest's ``shared`` entry, or found in the Hugging Face cache) names its
+data as it was on another machine: its source is never opened from that name (a relative
+folder name would read whatever folder of that name the server runs in, a dataset name would
+start a download). Its images are read only from the folder the user names (``images``,
+``mmcontrast serve --images DIR``). Image files are read only inside their folder: a key
+that is absolute or leads out of it (``../``) is refused.
+
 An image that cannot be given back (a row the collection does not hold, a file moved or
-deleted, a source changed or gone) raises :class:`ImageUnavailable`, whose message says which
-and what to do.
+deleted, a source changed or gone, a shared collection without ``images``) raises
+:class:`ImageUnavailable`, whose message says which and what to do.
 
 Example:
     >>> images = CollectionImages(searcher.folder, searcher.rows)  # doctest: +SKIP
@@ -25,16 +33,19 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import constants
 from PIL import Image
 
 from mmcontrast.data.images import BadSample, load_image
-from mmcontrast.search.embed_sources import Collection, open_collection
+from mmcontrast.search.embed_sources import Collection, TableCollection, open_collection
 from mmcontrast.search.embed_store import MANIFEST, EmbeddingStore
+from mmcontrast.search.locate import SHARED
 
 __all__ = ["THUMBNAIL_SIZE", "CollectionImages", "ImageUnavailable"]
 
@@ -42,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 256  # the longest side of a thumbnail, in pixels
 JPEG_QUALITY = 90
+NOT_INCLUDED = (
+    "images of a shared collection are not included: pass --images DIR (the folder it was "
+    "embedded from)"
+)
 
 
 class ImageUnavailable(LookupError):
@@ -54,12 +69,20 @@ class CollectionImages:
     Args:
         folder: The collection folder (``mmcontrast embed --output``).
         rows: The metadata of its rows (``Searcher.rows``): ``image_path`` and ``row``.
+        images: The data the collection was embedded from (a folder of images, an
+            imagefolder or a tar shard file), read instead of the one its manifest records;
+            the only source of a shared collection's images.
 
     Raises:
-        ValueError: ``folder`` holds no embeddings manifest.
+        ValueError: ``folder`` holds no embeddings manifest, or ``images`` does not exist.
     """
 
-    def __init__(self, folder: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        rows: Sequence[dict[str, Any]],
+        images: str | Path | None = None,
+    ) -> None:
         self.folder = Path(folder)
         manifest = EmbeddingStore(self.folder).read_manifest()
         if manifest is None:
@@ -68,6 +91,20 @@ class CollectionImages:
                 "(mmcontrast embed MODEL DATA --output FOLDER)"
             )
         self.identity: dict[str, Any] = dict(manifest["data"])
+        self.foreign = SHARED in manifest or _in_hub_cache(self.folder)
+        if images is not None:
+            local = Path(images).expanduser()
+            if not local.exists():
+                raise ValueError(
+                    f"--images {images} does not exist: pass the folder of images (or the "
+                    f"data folder) that {self.folder} was embedded from"
+                )
+            self.identity["path"] = str(local.resolve())
+            if self.identity.get("kind") == "folder":  # the data folder, or its split in it
+                split = self.identity.get("split")
+                if split and (local / str(split)).is_dir():
+                    self.identity["path"] = str((local / str(split)).resolve())
+        self.readable = images is not None or not self.foreign
         self.keys = {
             int(meta.get("row", i)): str(meta["image_path"]) for i, meta in enumerate(rows)
         }
@@ -106,9 +143,11 @@ class CollectionImages:
 
     def _value(self, row: int, key: str) -> tuple[Any, str]:
         """Row ``row``'s raw image value for ``load_image``, and how messages name its source."""
+        if not self.readable:
+            raise ImageUnavailable(NOT_INCLUDED)
         if self.identity.get("kind") == "folder":
             root = Path(self.identity["path"])
-            return str(root / key), str(root)
+            return _inside(root, key, row), str(root)
         with self._lock:
             source = self._open()
             entry = source.entry(row) if row < len(source) else None
@@ -118,6 +157,9 @@ class CollectionImages:
                 f"{source.source} changed since {self.folder} was embedded: its row {row} "
                 f"{now}, the collection's is {key!r}; embed it again (mmcontrast embed)"
             )
+        base = source.table.base_dir if isinstance(source, TableCollection) else None
+        if base is not None and isinstance(entry.image, str):  # a file of an imagefolder
+            _within(base, Path(entry.image), key, row)
         return entry.image, source.source
 
     def _open(self) -> Collection:
@@ -145,3 +187,33 @@ class CollectionImages:
             f"the images of {self.folder} cannot be read back from {self.identity.get('path')}: "
             f"{self._source_error}; restore the data there, or embed the collection again"
         )
+
+
+def _inside(root: Path, key: str, row: int) -> str:
+    """The file ``key`` (relative) names under ``root``, refused unless it lies inside it."""
+    if Path(key).is_absolute():
+        raise ImageUnavailable(
+            f"the image of row {row} ({key}) is an absolute path: only files under the folder "
+            "the collection was embedded from are served"
+        )
+    return _within(root, root / key, key, row)
+
+
+def _within(root: Path, path: Path, key: str, row: int) -> str:
+    """``path``, refused unless it lies inside ``root`` once ``..`` is resolved.
+
+    Links inside ``root`` are followed as they are (a folder of links to photos is the
+    user's own): what is refused is a key that names a path outside it.
+    """
+    normal = Path(os.path.normpath(os.path.abspath(path)))
+    if not normal.is_relative_to(os.path.normpath(os.path.abspath(root))):
+        raise ImageUnavailable(
+            f"the image of row {row} ({key}) is not inside {root}: only files under the "
+            "folder the collection was embedded from are served"
+        )
+    return str(path)
+
+
+def _in_hub_cache(folder: Path) -> bool:
+    """Whether ``folder`` lies in the Hugging Face cache (a downloaded repository)."""
+    return folder.resolve().is_relative_to(Path(constants.HF_HUB_CACHE).expanduser().resolve())

@@ -13,10 +13,15 @@ fetched from elsewhere) talks to a JSON API that anything else may call too::
 A hit is :meth:`Hit.to_dict <mmcontrast.search.searcher.Hit.to_dict>` (``rank``,
 ``score``, ``row``, ``image_path``, ``caption``) plus ``image_url``. Every error answers
 ``{"error": MESSAGE}``: 400 for a bad query (an empty text, a bad ``k``, a file that is not
-an image), 404 for an image that is not there, 413 for an upload over 32 MiB.
+an image), 403 for a request addressed to another host name (below), 404 for an image that
+is not there (or of a shared collection served without ``images``), 413 for an upload over
+32 MiB.
 
 The server is the standard library's threading HTTP server: no framework to install, and no
 authentication, so it listens on 127.0.0.1 unless told otherwise (and warns when told).
+Listening on a loopback address it answers only requests addressed to this machine by name
+(``Host: localhost``, ``127.0.0.1`` or ``[::1]``, any port) and 403 to any other: a web
+page elsewhere cannot rename itself to this server (DNS rebinding) and read its answers.
 What it answers is :class:`~mmcontrast.search.serve_app.SearchApp`'s; this module carries
 it over HTTP. Request lines are logged at debug level (``mmcontrast -v``).
 
@@ -56,6 +61,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MAX_UPLOAD = 32 * 2**20  # bytes of a query image
 MAX_DISCARD = 256 * 2**20  # bytes of a refused upload read before answering
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # the Host names a loopback server answers
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -85,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, app.search_text(query, _k(params, app.k)))
         elif path.startswith("/image/"):
             number = path.removeprefix("/image/")
-            if not number.isdigit():
+            if not _whole(number):
                 raise Problem(
                     HTTPStatus.NOT_FOUND, f"no image {path}: use /image/ROW, ROW a hit's row"
                 )
@@ -101,7 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not _whole(length):
             raise Problem(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length")
         size = int(length)
         if size > MAX_UPLOAD:
@@ -124,6 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Run ``handle``; turn a refusal or a failure into a JSON error."""
         self.close_connection = True
         try:
+            self._check_host()
             app = self.server.app
             if app is None:
                 raise Problem(HTTPStatus.SERVICE_UNAVAILABLE, "the collection is still loading")
@@ -136,6 +143,21 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("%s failed", self.requestline)
             message = f"the server failed on this request ({type(err).__name__}: {err})"
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": message})
+
+    def _check_host(self) -> None:
+        """Refuse a request not addressed to a loopback server by a loopback name."""
+        host = self.headers.get("Host")
+        if host is None or not is_local(self.server.host):
+            return  # no Host: no browser sent it; a server open to the network is warned about
+        host = host.strip().lower()
+        name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host
+        name = name.rpartition(":")[0] if ":" in name and not name.startswith("[") else name
+        if name not in (*LOCAL_HOSTS, self.server.host, f"[{self.server.host}]"):
+            raise Problem(
+                HTTPStatus.FORBIDDEN,
+                f"this server answers requests for localhost only, not for {host!r}: open "
+                f"{self.server.url} (a page of another site cannot search it)",
+            )
 
     def _json(self, status: HTTPStatus, value: dict[str, Any]) -> None:
         self._send(status, "application/json", json.dumps(value).encode())
@@ -153,10 +175,15 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s " + format, self.client_address[0], *args)
 
 
+def _whole(text: str) -> bool:
+    """Whether ``text`` is ASCII digits only (``int`` refuses ``'²'``, which ``isdigit`` takes)."""
+    return text.isascii() and text.isdigit()
+
+
 def _k(params: dict[str, list[str]], default: int) -> int:
     """The ``k=`` of a request (default ``default``)."""
     text = params.get("k", [str(default)])[0].strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_K:
+    if not _whole(text) or not 1 <= int(text) <= MAX_K:
         raise Problem(
             HTTPStatus.BAD_REQUEST, f"k must be a whole number from 1 to {MAX_K}, got {text!r}"
         )
@@ -232,15 +259,21 @@ def is_local(host: str) -> bool:
 
 
 def make_server(
-    searcher: Searcher, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, k: int = DEFAULT_K
+    searcher: Searcher,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    k: int = DEFAULT_K,
+    images: str | Path | None = None,
 ) -> SearchServer:
     """A server for ``searcher`` bound to ``host:port`` (not yet serving: call
     ``serve_forever``, in a thread for tests; ``shutdown`` and ``server_close`` stop it).
+    ``images``: the data the collection was embedded from (:class:`SearchApp`).
 
     Raises:
-        ValueError: A bad ``k``, a port out of range or in use, a host not of this machine.
+        ValueError: A bad ``k`` or ``images``, a port out of range or in use, a host not of
+            this machine.
     """
-    app = SearchApp(searcher, k)
+    app = SearchApp(searcher, k, images)
     server = SearchServer(host, port)
     server.app = app
     return server
@@ -256,6 +289,7 @@ def serve(
     announce: Callable[[str], None] = print,
     collection: str | None = None,
     revision: str | None = None,
+    images: str | Path | None = None,
 ) -> None:
     """Serve the search page of ``folder`` until interrupted (Ctrl-C: ``KeyboardInterrupt``).
 
@@ -273,9 +307,12 @@ def serve(
         announce: Called with the line saying where the page is.
         collection: Which collection of a model that carries several.
         revision: Branch, tag or commit of a Hub repository.
+        images: The data the collection was embedded from, for its thumbnails: needed for a
+            shared collection (whose data is never read from the name its manifest records),
+            optional otherwise (data moved since it was embedded).
 
     Raises:
-        ValueError: A bad port, host, ``k`` or collection folder.
+        ValueError: A bad port, host, ``k``, ``images`` or collection folder.
     """
     server = SearchServer(host, port)
     try:
@@ -291,6 +328,7 @@ def serve(
                 folder, device=device, collection=collection, revision=revision
             ),
             k,
+            images,
         )
         announce(f"serving {folder} at {server.url} (Ctrl-C to stop)")
         if open_browser:

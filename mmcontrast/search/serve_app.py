@@ -40,17 +40,22 @@ class SearchApp:
     Args:
         searcher: The loaded collection.
         k: Results per query when a request does not say (``k=``).
+        images: The data the collection was embedded from, read for its thumbnails instead
+            of the one its manifest names; the only way to show a shared collection's images
+            (:class:`~mmcontrast.search.collection_images.CollectionImages`).
 
     Raises:
-        ValueError: ``k`` is not between 1 and 1000.
+        ValueError: ``k`` is not between 1 and 1000, or ``images`` does not exist.
     """
 
-    def __init__(self, searcher: Searcher, k: int = DEFAULT_K) -> None:
+    def __init__(
+        self, searcher: Searcher, k: int = DEFAULT_K, images: str | Path | None = None
+    ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ValueError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
         self.searcher = searcher
         self.k = k
-        self.images = CollectionImages(searcher.folder, searcher.rows)
+        self.images = CollectionImages(searcher.folder, searcher.rows, images)
         self.page = page_html()
         self._model = threading.Lock()  # one query at a time through the model
 

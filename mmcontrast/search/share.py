@@ -123,6 +123,7 @@ def add_collection(
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent))
     try:
         size = _copy(source, staging, manifest, shards, name)
+        _set_modes(staging)
         _move_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -215,6 +216,20 @@ def _portable_data(data: Any) -> Any:
 def _write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _set_modes(staging: Path) -> None:
+    """Give ``staging`` and all in it the modes a plain ``mkdir`` and file would get (the
+    umask's): ``mkdtemp`` made it 0700, which would hide the copy from a shared disk's other
+    users. The umask is read off a probe folder, not set (``os.umask`` is process-wide)."""
+    probe = staging / f".mode-{uuid.uuid4().hex[:8]}"
+    os.mkdir(probe, 0o777)
+    folders = probe.stat().st_mode & 0o777  # 0o777 & ~umask
+    probe.rmdir()
+    files = folders & 0o666
+    for path in staging.rglob("*"):
+        os.chmod(path, folders if path.is_dir() else files)
+    os.chmod(staging, folders)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:

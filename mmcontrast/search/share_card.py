@@ -5,6 +5,11 @@
 index kind, recall@10, size) and puts it in ``MODEL/README.md`` between two HTML comments,
 so sharing another collection, or the same one again, rewrites the section in place
 instead of adding a second one. A folder without a card gets one holding only the section.
+
+The section's usage snippet loads the repository by its Hub id. Where no id is known (no
+``repo_id``, and the card's own usage names none) it shows the placeholder
+``OWNER/FOLDER`` and a line asking to replace it: never the folder's local path, which
+would be pushed to the Hub with the card.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ USAGE_ID = re.compile(
     r"""(?:from_pretrained|hf_hub_download)\(\s*["']([^"']+)["']|["']hf-hub:([^"']+)["']"""
 )
 DEFAULT_QUERY = "a photo"
+PLACEHOLDER_OWNER = "OWNER"  # the usage's repo id is OWNER/FOLDER until one is given
+PLACEHOLDER_NOTE = (
+    "\n`${repo_id}` above stands for this repository's Hub id: replace it, or write it in with "
+    "`mmcontrast share-index COLLECTION MODEL --overwrite --repo-id OWNER/NAME`.\n"
+)
 
 
 def update_card(model_folder: str | Path, repo_id: str | None = None) -> Path:
@@ -45,7 +55,8 @@ def update_card(model_folder: str | Path, repo_id: str | None = None) -> Path:
     Args:
         model_folder: The model folder.
         repo_id: The id the usage snippet loads; by default the one the card's own usage
-            snippet loads, else the folder.
+            snippet loads, else the placeholder ``OWNER/FOLDER`` (FOLDER the folder's name)
+            with a line asking to replace it.
 
     Returns:
         The card's path.
@@ -53,11 +64,13 @@ def update_card(model_folder: str | Path, repo_id: str | None = None) -> Path:
     folder = Path(model_folder)
     card = folder / CARD_FILE
     text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    placeholder = f"{PLACEHOLDER_OWNER}/{folder.resolve().name}"
     if repo_id is None:  # the id this section loaded last time, else the export's usage
-        old = SECTION.search(text)
-        found = (old and USAGE_ID.search(old.group(0))) or USAGE_ID.search(text)
-        repo_id = (found.group(1) or found.group(2)) if found else str(folder)
-    section = f"{BEGIN}\n{card_section(folder, repo_id)}{END}"
+        repo_id = _usage_id(text, placeholder) or placeholder
+    body = card_section(folder, repo_id)
+    if repo_id == placeholder:
+        body += Template(PLACEHOLDER_NOTE).substitute(repo_id=placeholder)
+    section = f"{BEGIN}\n{body}{END}"
     if SECTION.search(text):
         text = SECTION.sub(lambda _: section, text, count=1)
     else:
@@ -66,6 +79,19 @@ def update_card(model_folder: str | Path, repo_id: str | None = None) -> Path:
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, card)
     return card
+
+
+def _usage_id(text: str, placeholder: str) -> str | None:
+    """The id the card's usage loads: its search section's (unless the placeholder), else
+    the rest of the card's."""
+    old = SECTION.search(text)
+    candidates = [old.group(0)] if old else []
+    candidates.append(SECTION.sub("", text))
+    for part in candidates:
+        found = USAGE_ID.search(part)
+        if found and (found.group(1) or found.group(2)) != placeholder:
+            return str(found.group(1) or found.group(2))
+    return None
 
 
 def card_section(model_folder: str | Path, repo_id: str) -> str:

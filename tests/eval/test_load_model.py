@@ -55,6 +55,9 @@ def test_bad_input_is_named(clip_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="image 1 cannot be read"):
         model.embed_images([draw("red", "circle"), tmp_path / "broken.png"])
+    for single in ("a.png", tmp_path / "broken.png", b"\x89PNG", draw("red", "circle")):
+        with pytest.raises(TypeError, match="list of images; wrap a single image in a list"):
+            model.embed_images(single)  # not one "missing image" per character
     with pytest.raises(TypeError, match="list of texts"):
         model.embed_texts("a red circle")
     with pytest.raises(ValueError, match="no texts"):
@@ -64,3 +67,21 @@ def test_bad_input_is_named(clip_dir: Path, tmp_path: Path) -> None:
 def test_from_pretrained_points_a_transformers_folder_to_load_model(clip_dir: Path) -> None:
     with pytest.raises(FileNotFoundError, match="mmcontrast.load_model"):
         mmcontrast.from_pretrained(str(clip_dir))
+
+
+def test_a_device_this_machine_lacks_is_named(
+    clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match=r"unknown device 'bogus': use cpu, cuda or cuda:N"):
+        mmcontrast.load_model(str(clip_dir), "bogus")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1", torch.device("cuda:0")):
+        with pytest.raises(ValueError, match="no CUDA GPU is visible: use --device cpu"):
+            mmcontrast.load_model(str(clip_dir), device)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"no Apple GPU \(MPS\) is available: use --device cpu"):
+        mmcontrast.load_model(str(clip_dir), "mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"there is no cuda:2: this machine shows 2 CUDA GPUs"):
+        mmcontrast.load_model(str(clip_dir), "cuda:2")

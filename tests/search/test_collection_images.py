@@ -83,3 +83,73 @@ def test_a_folder_without_embeddings_is_refused(tmp_path: Path) -> None:
     (tmp_path / "embeddings.json").write_text(json.dumps({"nothing": 1}))
     with pytest.raises(ValueError, match="is not an embeddings manifest"):
         CollectionImages(tmp_path, [])
+
+
+def shared_copy(output: Path, path: str, **data: Any) -> None:
+    """Mark ``output`` as ``share-index`` leaves it: a ``shared`` entry, the data named by
+    ``path`` only (no local folder), ``data`` changed."""
+    manifest_path = output / "embeddings.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["data"] = {**manifest["data"], "path": path, **data}
+    manifest["shared"] = {"model": "../..", "name": output.name}
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_a_shared_collection_reads_only_the_images_it_is_given(
+    search_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = tmp_path / "data" / "photos"
+    photos.mkdir(parents=True)
+    draw("red", "circle").save(photos / "a.png")
+    rows = embedded(search_clip, photos, tmp_path / "collection")
+    shared_copy(tmp_path / "collection", "photos")
+    elsewhere = tmp_path / "elsewhere"  # another "photos" where the server happens to run
+    (elsewhere / "photos").mkdir(parents=True)
+    draw("blue", "star").save(elsewhere / "photos" / "a.png")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(
+        ImageUnavailable, match=r"shared collection are not included: pass --images"
+    ):
+        CollectionImages(tmp_path / "collection", rows).image(0)
+    given = CollectionImages(tmp_path / "collection", rows, images=photos).image(0)
+    assert np.array_equal(np.asarray(given), np.asarray(draw("red", "circle")))
+    with pytest.raises(ValueError, match=r"--images .*nowhere does not exist: pass the folder"):
+        CollectionImages(tmp_path / "collection", rows, images=tmp_path / "nowhere")
+
+
+def test_a_shared_dataset_name_is_never_opened(
+    search_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    draw("red", "circle").save(photos / "a.png")
+    rows = embedded(search_clip, photos, tmp_path / "collection")
+    shared_copy(tmp_path / "collection", "cifar10", kind="pairs", split="train")
+
+    def no_download(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a shared collection's source was opened: {args}")
+
+    monkeypatch.setattr("mmcontrast.search.collection_images.open_collection", no_download)
+    monkeypatch.setattr("datasets.load_dataset", no_download)
+    with pytest.raises(ImageUnavailable, match="not included: pass --images DIR"):
+        CollectionImages(tmp_path / "collection", rows).thumbnail(0)
+
+
+def test_keys_outside_the_folder_are_refused(search_clip: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    draw("red", "circle").save(photos / "a.png")
+    draw("blue", "star").save(tmp_path / "secret.png")  # beside the folder, not in it
+    embedded(search_clip, photos, tmp_path / "collection")
+    hostile = [
+        {"row": 0, "image_path": "../secret.png"},
+        {"row": 1, "image_path": str(tmp_path / "secret.png")},
+        {"row": 2, "image_path": "sub/../../secret.png"},
+    ]
+    images = CollectionImages(tmp_path / "collection", hostile)
+    with pytest.raises(ImageUnavailable, match=r"row 0 \(\.\./secret.png\) is not inside"):
+        images.image(0)
+    with pytest.raises(ImageUnavailable, match="row 1 .* is an absolute path"):
+        images.image(1)
+    with pytest.raises(ImageUnavailable, match="row 2 .* is not inside"):
+        images.image(2)

@@ -115,6 +115,7 @@ def test_bad_requests_get_a_json_message(served: SearchServer) -> None:
         ("/api/search?q=%20", None, 400, "type something to search for"),
         ("/api/search?q=red&k=0", None, 400, "k must be a whole number from 1 to 1000"),
         ("/api/search?q=red&k=ten", None, 400, "got 'ten'"),
+        ("/api/search?q=red&k=%C2%B2", None, 400, "got '²'"),  # isdigit() takes '²'; int() not
         ("/image/9999", None, 404, "row 9999 is not in"),
         ("/image/-1", None, 404, "use /image/ROW"),
         ("/nowhere", None, 404, "no page /nowhere"),
@@ -203,3 +204,49 @@ def test_listening_beyond_this_machine_is_warned_about(
         with pytest.raises(ValueError, match="embed a collection"):
             serve(tmp_path / "nothing", host="0.0.0.0", port=0)  # fails before serving
     assert "the page has no authentication" in caplog.text
+
+
+def raw(server: SearchServer, request: bytes) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of a request sent as these bytes (headers urllib will not send)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_other_host_names_are_refused(served: SearchServer) -> None:
+    """DNS rebinding: a page of attacker.example whose name now points at 127.0.0.1 sends
+    ``Host: attacker.example``; only this machine's own names are answered."""
+    for host in ("attacker.example", f"attacker.example:{served.port}", "127.0.0.1.nip.io"):
+        status, answer = raw(served, f"GET /api/info HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert status == 403 and list(answer) == ["error"], host
+        assert "answers requests for localhost only" in answer["error"]
+    upload = b"POST /api/search_image HTTP/1.1\r\nHost: evil.test\r\nContent-Length: 4\r\n\r\nPNG!"
+    assert raw(served, upload)[0] == 403
+    for host in ("localhost", "127.0.0.1", "[::1]", "LOCALHOST"):
+        for name in (host, f"{host}:{served.port}"):
+            request = f"GET /api/info HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
+            status, answer = raw(served, request)
+            assert status == 200 and answer["count"] == 32, name
+
+
+def test_digits_other_than_ascii_are_refused_not_failed(served: SearchServer) -> None:
+    """'²' (one byte in the ISO-8859-1 that http.server decodes the request with) passes
+    ``str.isdigit`` but not ``int``: a 404 or 411, not a 500."""
+    status, answer = raw(served, b"GET /image/\xb2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert status == 404 and "use /image/ROW" in answer["error"]
+    post = b"POST /api/search_image HTTP/1.1\r\nHost: localhost\r\nContent-Length: \xb2\r\n\r\n"
+    status, answer = raw(served, post)
+    assert status == 411 and "Content-Length" in answer["error"]
+
+
+def test_a_bad_device_is_a_one_line_error(
+    indexed_collection: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["search", str(indexed_collection), "a red circle", "--device", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device 'bogus': use cpu, cuda or cuda:N" in err and "Traceback" not in err

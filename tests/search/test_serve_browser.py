@@ -180,3 +180,28 @@ def test_a_file_that_is_no_image_shows_the_message(page: Any, tmp_path: Path) ->
     page.fill("#query", "   ")
     page.press("#query", "Enter")
     expect(page.locator("#error")).to_have_text("Type something to search for.")
+
+
+def test_markup_in_a_caption_shows_as_text(page: Any, served: SearchServer) -> None:
+    """A caption (or path) holding HTML is shown as its characters, never parsed: a
+    collection's captions come from anyone's data."""
+    from playwright.sync_api import expect
+
+    caption = '<b>x</b><img src=x onerror="window.__injected = 1">'
+    path = "<script>window.__injected = 2</script>.png"
+    hit = {"rank": 1, "score": 0.5, "row": 0, "image_path": path, "caption": caption}
+    answer = {"query": "markup", "k": 1, "took_ms": 1.0, "hits": [{**hit, "image_url": "/image/0"}]}
+    page.route(
+        "**/api/search?*",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(answer)
+        ),
+    )
+    page.fill("#query", "markup")
+    page.press("#query", "Enter")
+    expect(page.locator(".hit")).to_have_count(1)
+    shown = shown_hits(page)[0]
+    assert shown["caption"] == caption and shown["image_path"] == path
+    assert page.locator(".hit .caption b, .hit .caption img, .hit .path script").count() == 0
+    page.wait_for_timeout(200)  # an injected onerror would have run by now
+    assert page.evaluate("() => window.__injected") is None

@@ -6,6 +6,7 @@ local cache, no network)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -13,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import numpy as np
 import pytest
-from helpers import save_clip, save_siglip
+from helpers import draw, save_clip, save_siglip
 from huggingface_hub import constants
 from huggingface_hub.errors import RepositoryNotFoundError
+from PIL import Image
 
 from mmcontrast.cli import main
 from mmcontrast.eval.adapters import load_eval_model
@@ -305,3 +308,69 @@ def test_an_existing_collection_is_replaced_only_when_asked_and_never_half(
     ).search_text(QUERIES[0])
     assert (model / "README.md").read_text().count(BEGIN) == 1
     assert sorted(p.name for p in (model / "search").iterdir()) == ["copy", "shapes"]
+
+
+def test_the_shared_copy_is_readable_as_the_umask_allows(shared: Path, tmp_path: Path) -> None:
+    """mkdtemp makes its folder 0700: the copy would be hidden from a shared disk's users."""
+    model = tmp_path / "model"
+    shutil.copytree(shared, model)
+    old = os.umask(0o022)
+    try:
+        copy = add_collection(model, model / "search" / "shapes", "open").folder
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(model).as_posix(): p.stat().st_mode & 0o777 for p in copy.rglob("*")}
+    assert copy.stat().st_mode & 0o777 == 0o755
+    assert modes["search/open/index"] == 0o755 and modes["search/open/embeddings.json"] == 0o644
+    assert set(modes.values()) == {0o755, 0o644}, modes
+
+
+def test_a_card_without_a_repo_id_names_a_placeholder_not_a_local_path(
+    shared: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "my-clip"
+    shutil.copytree(shared, model, ignore=shutil.ignore_patterns("README.md"))
+    source = model / "search" / "shapes"
+    add_collection(model, source, "first")
+    card = (model / "README.md").read_text()
+    assert str(tmp_path) not in card  # the card is pushed: no path of this machine
+    assert 'Searcher.from_pretrained("OWNER/my-clip"' in card
+    assert "`OWNER/my-clip` above stands for this repository's Hub id: replace it" in card
+    add_collection(model, source, "again")  # still no id: still the note
+    assert "stands for this repository's Hub id" in (model / "README.md").read_text()
+    add_collection(model, source, "third", repo_id="carol/my-clip")
+    card = (model / "README.md").read_text()
+    assert 'Searcher.from_pretrained("carol/my-clip"' in card and "OWNER/" not in card
+
+
+def test_serving_a_shared_collection_shows_only_the_images_it_is_given(
+    shared: Path, shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared manifest names its data by its last component only: a folder of that name
+    where the server runs is someone else's pictures, not the collection's."""
+    from mmcontrast.search.serve_app import Problem, SearchApp
+
+    searcher = Searcher.from_pretrained(shared, device="cpu")
+    manifest = json.loads((searcher.folder / "embeddings.json").read_text())
+    impostor = tmp_path / manifest["data"]["path"]
+    shutil.copytree(shapes_dir, impostor)
+    for image in (impostor / "train").glob("*.png"):  # same names, other pictures
+        draw("yellow", "triangle").save(image)
+    monkeypatch.chdir(tmp_path)
+    app = SearchApp(searcher, k=3)
+    with pytest.raises(Problem, match="shared collection are not included: pass --images DIR"):
+        app.thumbnail(searcher.rows[0]["row"])
+    given = SearchApp(searcher, k=3, images=shapes_dir)
+    row = searcher.rows[5]
+    thumbnail = Image.open(io.BytesIO(given.thumbnail(row["row"]))).convert("RGB")
+    original = Image.open(shapes_dir / "train" / row["image_path"]).convert("RGB")
+    assert np.abs(np.asarray(thumbnail, float) - np.asarray(original, float)).mean() < 8
+
+
+def test_serve_images_must_exist(
+    shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", str(shared), "--port", "0", "--device", "cpu"]
+    assert main([*argv, "--images", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere does not exist: pass the folder of images" in err and "Traceback" not in err

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from mmcontrast.data.images import BadSample, load_image
@@ -87,8 +88,11 @@ class EvalModel(ABC):
         as the model's own library preprocesses it.
 
         Raises:
+            TypeError: ``images`` is one image (a path, bytes or a PIL image), not a list.
             ValueError: An image cannot be read (the message names which and why).
         """
+        if isinstance(images, str | bytes | bytearray | Path | Image.Image):
+            raise TypeError("embed_images takes a list of images; wrap a single image in a list")
         transform = self.image_transform()
         chunks = []
         for start in range(0, len(images), batch_size):
@@ -139,6 +143,35 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def checked_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a :class:`torch.device` this machine has (default: :func:`default_device`).
+
+    Raises:
+        ValueError: ``device`` is no device torch knows, or CUDA or MPS that this machine
+            lacks (no GPU visible, fewer GPUs than its index); the message says what to pass.
+    """
+    if device is None:
+        return default_device()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError("no CUDA GPU is visible: use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"there is no {parsed}: this machine shows {count} CUDA "
+                f"{'GPU' if count == 1 else 'GPUs'} (cuda:0 to cuda:{count - 1})"
+            )
+    elif parsed.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("no Apple GPU (MPS) is available: use --device cpu")
+    return parsed
+
+
 def load_eval_model(spec: str, device: torch.device | str | None = None) -> EvalModel:
     """Load the model a spec names, detecting its family unless prefixed.
 
@@ -151,9 +184,10 @@ def load_eval_model(spec: str, device: torch.device | str | None = None) -> Eval
     exist is refused at once, without trying the Hub.
 
     Raises:
-        ValueError: No family recognises the spec, or it is a missing local path.
+        ValueError: No family recognises the spec, it is a missing local path, or
+            ``device`` is not a device of this machine (:func:`checked_device`).
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = checked_device(device)
     family, rest = split_family(spec)
     if family is None:
         for name in DETECTION_ORDER:
