@@ -54,24 +54,33 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from mmcontrast.search.embed_store import read_embeddings
+    from mmcontrast.search.embed_store import INDEX_DIR, embeddings_fingerprint, read_embeddings
     from mmcontrast.search.index import build_index
-    from mmcontrast.search.searcher import INDEX_DIR
 
-    embedded = read_embeddings(args.folder)
+    folder = Path(args.folder)
+    embedded = read_embeddings(folder, texts=False)  # the index needs only the images
+    if len(embedded.images) == 0:
+        raise ValueError(
+            f"{folder} holds no embedded images (none of its images could be read): embed a "
+            "collection with readable images (mmcontrast embed MODEL DATA --output FOLDER)"
+        )
     info = build_index(
         np_array(embedded.images),
-        Path(args.folder) / INDEX_DIR,
+        folder / INDEX_DIR,
         memory_budget_mb=args.memory_budget_mb,
         target_recall=args.target_recall,
-        metadata={"model": embedded.manifest["model"], "count": len(embedded.images)},
+        metadata={
+            "model": embedded.manifest["model"],
+            "count": len(embedded.images),
+            "embeddings": embeddings_fingerprint(embedded.manifest),
+        },
     )
     described = info if isinstance(info, dict) else vars(info)
     latency = described.get("latency_ms") or {}
     print(
         f"indexed {described['count']} images ({described['kind']}): recall@10 "
         f"{described['recall_at_10']:.3f} against exact search, query "
-        f"{_p50(latency)} ms; {Path(args.folder) / INDEX_DIR}"
+        f"{_p50(latency)} ms; {folder / INDEX_DIR}"
     )
     return 0
 
@@ -81,6 +90,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if (args.query is None) == (args.image is None):
         raise ValueError("give a text query or --image PATH (one of them)")
+    if args.query is not None and not args.query.strip():
+        raise ValueError(f"the text query {args.query!r} is empty: give some words to search for")
     searcher = Searcher.from_pretrained(
         args.folder, device=args.device, collection=args.collection, revision=args.revision
     )
@@ -163,7 +174,7 @@ def add_search_commands(sub: Any) -> None:
     )
     p.add_argument("query", nargs="?", help="the text to search for")
     p.add_argument("--image", help="search with this image instead of a text")
-    p.add_argument("-k", type=int, default=10, help="results to show (default 10)")
+    p.add_argument("-k", type=_positive_int, default=10, help="results to show (default 10)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
@@ -203,3 +214,14 @@ def np_array(images: Any) -> Any:
 def _p50(latency: Any) -> str:
     value = latency.get("p50") if isinstance(latency, dict) else latency
     return f"{value:.2f}" if isinstance(value, int | float) else "?"
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (checked before any model loads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -134,11 +134,15 @@ def embed_collection(
     processes = Processes.start()
     if not isinstance(model, EvalModel):
         model = load_eval_model(_local_spec(model), device or processes.device)
+    created = not store.root.exists()
+    started_new = store.read_manifest() is None
     manifest = _open_manifest(store, collection, model, shard_size)
     done = store.done_shards(manifest)
     processes.barrier()  # every process has read the manifest before the first one rewrites it
     manifest["shards"] = [done[i] for i in sorted(done)]
     if processes.main:
+        if started_new:
+            store.remove_index()  # an index left from embeddings no longer there
         store.clean(set(done))
         store.write_manifest(_totals(manifest))
     processes.barrier()
@@ -151,7 +155,12 @@ def embed_collection(
     if skipped:
         logger.warning("%s: %s", collection.source, skipped.message("", shown=NAMED_SKIPS))
     if manifest["count"] == 0:
-        raise ValueError(f"no readable images in {collection.source} ({skipped.message('')})")
+        if processes.main:  # a finished-looking folder of nothing: leave no trace of it
+            store.remove(remove_root=created)
+        raise ValueError(
+            f"no readable images in {collection.source} ({skipped.message('')}): nothing was "
+            f"written to {store.root}; give a collection with images that open"
+        )
     return EmbedSummary(
         count=manifest["count"],
         skipped=dict(manifest["skipped"]),

@@ -96,15 +96,24 @@ def plan_index(
         return IndexPlan("ivf-sq8", f"IVF{nlist},SQ8", {"nlist": nlist}, sq8 / MIB)
     pq_m = pq_bytes_for(count, dim, nlist, budget)
     if pq_m is None:
-        smallest = ivf_bytes(count, dim, nlist, min(pq_sizes(dim))) / MIB
+        smallest = ivf_bytes(count, dim, nlist, min(pq_sizes(dim)))
         raise ValueError(
             f"no index of {count} vectors of {dim} dimensions fits in {memory_budget_mb} MiB: "
-            f"the smallest (IVF-PQ, {min(pq_sizes(dim))} bytes a vector) takes about "
-            f"{smallest:.0f} MiB; raise memory_budget_mb"
+            f"the smallest (IVF-PQ, {min(pq_sizes(dim))} byte codes) takes about "
+            f"{describe_size(smallest)}; raise memory_budget_mb"
         )
     parameters = {"nlist": nlist, "pq_m": pq_m, "pq_bits": 8}
     pq = ivf_bytes(count, dim, nlist, pq_m)
     return IndexPlan("ivf-pq", f"IVF{nlist},PQ{pq_m}x8", parameters, pq / MIB)
+
+
+def describe_size(size: float) -> str:
+    """``size`` bytes in MiB to three significant figures (``"1200 MiB"``, ``"0.312 MiB"``),
+    so that a budget can be set from it; in KiB too below 0.1 MiB."""
+    mib = size / MIB
+    if mib < 0.1:
+        return f"{size / 1024:.3g} KiB ({mib:.2g} MiB)"
+    return f"{mib:.0f} MiB" if mib >= 100 else f"{mib:.3g} MiB"
 
 
 def hnsw_m_for(count: int, dim: int, budget: float) -> int | None:

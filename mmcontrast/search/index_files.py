@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "index.json"
 FORMAT = "mmcontrast-faiss-index"
 FORMAT_VERSION = 1
-BUILD = "build it with `mmcontrast index COLLECTION`"
-REBUILD = "rebuild it with `mmcontrast index COLLECTION`"
+BUILD = "build it with `mmcontrast index {collection}`"
+REBUILD = "rebuild it with `mmcontrast index {collection}`"
+COLLECTION_MANIFEST = "embeddings.json"  # beside index/ in a collection folder
 
 
 @dataclass
@@ -89,17 +90,18 @@ class IndexInfo:
         Raises:
             ValueError: Not an index manifest, a newer format, or fields missing.
         """
+        rebuild = _hint(REBUILD, Path(path).parent)
         if manifest.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an mmcontrast index manifest; {REBUILD}")
+            raise ValueError(f"{path} is not an mmcontrast index manifest; {rebuild}")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(
                 f"{path} was written by a newer mmcontrast (format "
-                f"{manifest['format_version']}); upgrade mmcontrast or {REBUILD}"
+                f"{manifest['format_version']}); upgrade mmcontrast or {rebuild}"
             )
         names = [f.name for f in fields(cls)]
         missing = [name for name in names if name not in manifest]
         if missing:
-            raise ValueError(f"{path} lacks {', '.join(missing)}; {REBUILD}")
+            raise ValueError(f"{path} lacks {', '.join(missing)}; {rebuild}")
         return cls(**{name: manifest[name] for name in names})
 
 
@@ -145,37 +147,47 @@ def load_index(folder: str | Path) -> tuple[Any, IndexInfo]:
     """
     folder = Path(folder)
     index_path, manifest_path = folder / INDEX_FILE, folder / MANIFEST_FILE
+    build, rebuild = _hint(BUILD, folder), _hint(REBUILD, folder)
     for path in (manifest_path, index_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: {BUILD}")
+            raise FileNotFoundError(f"{path} does not exist: {build}")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{manifest_path} is not valid JSON ({error}); {REBUILD}") from None
+        raise ValueError(f"{manifest_path} is not valid JSON ({error}); {rebuild}") from None
     if not isinstance(manifest, dict):
-        raise ValueError(f"{manifest_path} is not an mmcontrast index manifest; {REBUILD}")
+        raise ValueError(f"{manifest_path} is not an mmcontrast index manifest; {rebuild}")
     info = IndexInfo.from_manifest(manifest, manifest_path)
     if _sha256(index_path) != info.sha256:
         raise ValueError(
             f"{index_path} is corrupted or truncated: its SHA-256 is not the one recorded in "
-            f"{manifest_path}; {REBUILD}"
+            f"{manifest_path}; {rebuild}"
         )
     try:
         index = faiss.read_index(str(index_path))
     except RuntimeError as error:
-        raise ValueError(f"faiss cannot read {index_path} ({error}); {REBUILD}") from None
+        raise ValueError(f"faiss cannot read {index_path} ({error}); {rebuild}") from None
     if index.d != info.dim or index.ntotal != info.count:
         raise ValueError(
             f"{index_path} holds {index.ntotal} vectors of {index.d} dimensions but "
-            f"{manifest_path} records {info.count} of {info.dim}; {REBUILD}"
+            f"{manifest_path} records {info.count} of {info.dim}; {rebuild}"
         )
     return index, info
 
 
+def _hint(template: str, folder: Path) -> str:
+    """``template`` naming the collection ``folder`` is the index of, when it is one."""
+    is_collection = (folder.parent / COLLECTION_MANIFEST).is_file()
+    return template.format(collection=folder.parent if is_collection else "COLLECTION")
+
+
 def _temporary(folder: Path, name: str) -> Path:
-    handle, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    return Path(path)
+    """A new empty file of a unique hidden name in ``folder``, with the mode ``open`` gives
+    (``0o666`` less the umask, as the collection's other files; ``mkstemp`` would make it
+    private), without touching the process-wide umask."""
+    path = folder / f".{name}.{uuid.uuid4().hex}.tmp"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return path
 
 
 def _fsync(path: Path) -> None:

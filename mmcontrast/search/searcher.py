@@ -30,11 +30,11 @@ from PIL import Image
 
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.eval.adapters import EvalModel, load_eval_model
-from mmcontrast.search.embed_store import read_embeddings
-from mmcontrast.search.index import load_index, search
+from mmcontrast.search.embed_store import INDEX_DIR, embeddings_fingerprint, read_metadata
+from mmcontrast.search.index import IndexInfo, load_index, search
 from mmcontrast.search.locate import locate_collection, recorded_model, same_model
 
-INDEX_DIR = "index"
+__all__ = ["INDEX_DIR", "Hit", "Searcher"]
 
 
 @dataclass
@@ -100,14 +100,9 @@ class Searcher:
         located = locate_collection(folder, collection, revision)
         folder = located.folder
         index, info = load_index(folder / INDEX_DIR)
-        embedded = read_embeddings(folder)
+        embedded = read_metadata(folder)
         rows = embedded.metadata.to_pylist()
-        if int(info.count) != len(rows):
-            raise ValueError(
-                f"{folder / INDEX_DIR} indexes {info.count} rows but {folder} holds "
-                f"{len(rows)}: the embeddings changed since; rebuild it (mmcontrast index "
-                f"{folder})"
-            )
+        check_index(folder, info, embedded.manifest, len(rows))
         recorded = recorded_model(folder, embedded.manifest)
         if model is None or (isinstance(model, str) and model in located.aliases):
             model = load_eval_model(recorded, device)
@@ -115,8 +110,8 @@ class Searcher:
         if name not in located.aliases and not same_model(name, recorded):
             raise ValueError(
                 f"{folder} was embedded with {recorded}, not {name}: embeddings of another "
-                "model are not comparable; query it with its own model (leave out --model) "
-                "or embed the collection again with this one"
+                "model are not comparable; query it with the model it was embedded with, or "
+                "embed the collection again with this one"
             )
         if isinstance(model, str):
             model = load_eval_model(model, device)
@@ -124,7 +119,14 @@ class Searcher:
 
     @torch.no_grad()
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        """The ``k`` images nearest to ``text``."""
+        """The ``k`` images nearest to ``text``.
+
+        Raises:
+            ValueError: ``text`` is empty or only spaces, or ``k < 1``.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"the text query {text!r} is empty: give some words to search for")
+        _check_k(k)
         return self.search_embedding(self.model.encode_texts([text]), k)
 
     @torch.no_grad()
@@ -138,11 +140,13 @@ class Searcher:
             decoded = load_image(str(image) if isinstance(image, Path) else image)
         except BadSample as bad:
             raise ValueError(f"cannot search with this image: {bad}") from None
+        _check_k(k)
         pixels = self.model.image_transform()(decoded)[None]
         return self.search_embedding(self.model.encode_images(pixels), k)
 
     def search_embedding(self, embedding: torch.Tensor | np.ndarray, k: int = 10) -> list[Hit]:
         """The ``k`` rows nearest to one embedding (normalised here)."""
+        _check_k(k)
         vector = torch.as_tensor(embedding, dtype=torch.float32).reshape(1, -1)
         query = torch.nn.functional.normalize(vector, dim=-1).cpu().numpy()
         scores, ids = search(self.index, query, min(k, len(self.rows)))
@@ -157,3 +161,35 @@ class Searcher:
             for rank, (score, i) in enumerate(zip(scores[0], ids[0], strict=True), start=1)
             if i >= 0
         ]
+
+
+def check_index(folder: Path, info: IndexInfo, manifest: dict[str, Any], count: int) -> None:
+    """Refuse an index built from other embeddings than ``folder``'s.
+
+    An index built by ``mmcontrast index`` records the embeddings' fingerprint
+    (:func:`~mmcontrast.search.embed_store.embeddings_fingerprint`) and model description;
+    an index without them (built in Python) is checked by its row count only.
+
+    Raises:
+        ValueError: The index was built from other embeddings or from another model's.
+    """
+    rebuild = f"rebuild it (mmcontrast index {folder})"
+    metadata = info.metadata if isinstance(info.metadata, dict) else {}
+    indexed_model, model = metadata.get("model"), manifest.get("model")
+    fingerprint = metadata.get("embeddings")
+    other_model = isinstance(indexed_model, dict) and indexed_model != model
+    if other_model or (fingerprint is not None and fingerprint != embeddings_fingerprint(manifest)):
+        spec = indexed_model.get("spec") if isinstance(indexed_model, dict) else indexed_model
+        raise ValueError(
+            f"{folder / INDEX_DIR} was built from other embeddings (model {spec}): {rebuild}"
+        )
+    if int(info.count) != count:
+        raise ValueError(
+            f"{folder / INDEX_DIR} indexes {info.count} rows but {folder} holds {count}: the "
+            f"embeddings changed since; {rebuild}"
+        )
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a whole number of at least 1, got {k!r}")

@@ -44,7 +44,7 @@ from mmcontrast.search.locate import (
     recorded_model,
     same_model,
 )
-from mmcontrast.search.searcher import INDEX_DIR
+from mmcontrast.search.searcher import INDEX_DIR, check_index
 from mmcontrast.search.share_card import update_card
 
 __all__ = ["SharedCollection", "add_collection"]
@@ -147,12 +147,7 @@ def _checked_collection(source: Path, model: Path) -> tuple[dict[str, Any], Inde
         raise ValueError(
             f"{source} is not indexed yet: run `mmcontrast index {source}` first"
         ) from None
-    if int(info.count) != len(embedded.metadata):
-        raise ValueError(
-            f"{source / INDEX_DIR} indexes {info.count} rows but {source} holds "
-            f"{len(embedded.metadata)}: the embeddings changed since; rebuild it "
-            f"(mmcontrast index {source})"
-        )
+    check_index(source, info, manifest, len(embedded.metadata))  # built from these embeddings
     recorded = recorded_model(source, manifest)
     if not same_model(str(model), recorded):
         raise ValueError(

@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from helpers import draw, save_clip
 
+from mmcontrast.cli import main
 from mmcontrast.data.images import load_image
 from mmcontrast.eval.adapters import EvalModel, load_eval_model
 from mmcontrast.search import embed_collection, read_embeddings
+from mmcontrast.search.embed_store import EmbeddingStore, read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +231,141 @@ def test_empty_or_unknown_data(model: EvalModel, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shard_size must be"):
         embed_collection(model, tmp_path / "empty", tmp_path / "out", shard_size=0)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ damaged folders
+
+
+@pytest.fixture(scope="module")
+def embedded(model: EvalModel, shapes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shapes' train split in two shards (16 rows each), with captions."""
+    output = tmp_path_factory.mktemp("embedded") / "out"
+    embed_collection(model, shapes_dir, output, split="train", shard_size=16, progress=False)
+    return output
+
+
+def edited_manifest(embedded: Path, tmp_path: Path, edit: Any) -> Path:
+    """A copy of ``embedded`` whose manifest ``edit`` changed in place."""
+    copy = shutil.copytree(embedded, tmp_path / "copy")
+    manifest = json.loads((copy / "embeddings.json").read_text())
+    edit(manifest)
+    (copy / "embeddings.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        (lambda m: m.update(model="x"), '"model" is not an object'),
+        (lambda m: m["model"].update(spec=3), '"model" is not an object with a "spec"'),
+        (lambda m: m.update(shards=None), '"shards" is not a list'),
+        (lambda m: m.update(shards=["a"]), r'"shards"\[0\] is not an object'),
+        (lambda m: m["shards"][1].update(index="a"), r'"shards"\[1\] has no integer "index"'),
+        (lambda m: m["shards"][0].update(count=None), r'"shards"\[0\] has no integer'),
+        (lambda m: m["shards"][0].update(rows=[0]), r'"shards"\[0\] has no "rows"'),
+        (lambda m: m["shards"][1].update(index=0), r"\"shards\"\[1\] repeats shard 0"),
+        (lambda m: m.update(num_shards="2"), '"num_shards" is not'),
+        (lambda m: m.update(dim="16"), '"dim" is neither'),
+        (lambda m: m.update(shard_size=0), '"shard_size" is not a positive'),
+        (lambda m: m.update(text_emb="yes"), '"text_emb" is not true or false'),
+    ],
+)
+def test_a_hand_edited_manifest_is_refused_by_what_is_wrong(
+    embedded: Path, tmp_path: Path, edit: Any, what: str
+) -> None:
+    copy = edited_manifest(embedded, tmp_path, edit)
+    message = rf"embeddings.json is not a valid embeddings manifest \({what}.*\): embed again"
+    with pytest.raises(ValueError, match=message):
+        read_embeddings(copy)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda out: truncate(out / "img_emb/img_emb_0001.npy"), "img_emb_0001.npy cannot be read"),
+        (
+            lambda out: truncate(out / "metadata/metadata_0001.parquet"),
+            "metadata_0001.parquet cannot",
+        ),
+        (lambda out: (out / "text_emb/text_emb_0001.npy").unlink(), "text_emb_0001.npy is missing"),
+        (
+            lambda out: np.save(out / "img_emb/img_emb_0001.npy", np.zeros((3, 16), np.float32)),
+            "img_emb_0001.npy holds 3 rows, not the 16",
+        ),
+    ],
+)
+def test_a_damaged_shard_is_named_and_embedding_again_recomputes_it(
+    model: EvalModel, shapes_dir: Path, embedded: Path, tmp_path: Path, damage: Any, said: str
+) -> None:
+    copy = shutil.copytree(embedded, tmp_path / "copy")
+    damage(copy)
+    message = rf"shard 1 of .*copy is damaged: .*{said}.*rerun the same `mmcontrast embed`"
+    with pytest.raises(ValueError, match=message):
+        read_embeddings(copy)
+    summary = embed_collection(
+        model, shapes_dir, copy, split="train", shard_size=16, progress=False
+    )
+    assert summary.computed_shards == 1 and summary.count == 32
+    again, reference = read_embeddings(copy), read_embeddings(embedded)
+    np.testing.assert_allclose(again.images, reference.images, rtol=1e-5, atol=1e-6)
+    assert again.metadata.equals(reference.metadata)
+
+
+def test_reading_without_texts_leaves_them_unread(embedded: Path) -> None:
+    images, texts, metadata, _ = read_embeddings(embedded, texts=False)
+    assert texts is None and images.shape == (32, 16) and len(metadata) == 32
+    rows, manifest = read_metadata(embedded)
+    assert rows.equals(metadata) and manifest["count"] == 32
+
+
+def test_no_readable_image_leaves_nothing_behind(
+    model: EvalModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="no readable images in .*nothing was written"):
+        embed_collection(model, folder, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before is kept, emptied
+    (tmp_path / "kept/notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="no readable images"):
+        embed_collection(model, folder, tmp_path / "kept", progress=False)
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]
+
+
+def test_index_of_a_collection_without_images_says_so(
+    clip_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png at all")
+    monkeypatch.setattr(EmbeddingStore, "remove", lambda self, remove_root: None)  # as before
+    with pytest.raises(ValueError, match="no readable images"):
+        embed_collection(str(clip_dir), folder, tmp_path / "out", device="cpu", progress=False)
+    capsys.readouterr()
+    assert main(["index", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'out'} holds no embedded images" in capsys.readouterr().err
+
+
+def test_a_new_collection_removes_an_index_left_in_its_folder(
+    model: EvalModel, shapes_dir: Path, embedded: Path, tmp_path: Path
+) -> None:
+    copy = shutil.copytree(embedded, tmp_path / "copy")
+    (copy / "index").mkdir()
+    for name in ("index.faiss", "index.json"):
+        (copy / "index" / name).write_text("an index")
+    options: dict[str, Any] = {"split": "train", "shard_size": 16, "progress": False}
+    embed_collection(model, shapes_dir, copy, **options)  # resumed: the index is kept
+    assert (copy / "index/index.json").is_file()
+    (copy / "embeddings.json").unlink()  # a new collection in the same folder
+    embed_collection(model, shapes_dir, copy, **options)
+    assert not (copy / "index").exists()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import faiss
@@ -100,8 +101,13 @@ def test_the_budget_moves_large_collections_to_smaller_codes() -> None:
 
 
 def test_a_budget_nothing_fits_is_refused_with_the_smallest_that_would() -> None:
-    with pytest.raises(ValueError, match=r"fits in 1 MiB.*about \d+ MiB; raise memory_budget_mb"):
+    with pytest.raises(ValueError, match=r"fits in 1 MiB.*about 13\.1 MiB; raise memory_budget_mb"):
         plan_index(1_000_000, 512, 1)
+
+
+def test_a_small_smallest_index_is_not_rounded_to_zero() -> None:
+    with pytest.raises(ValueError, match=r"about 35\.4 KiB \(0\.035 MiB\); raise"):
+        plan_index(300, 32, 0.01)
 
 
 @pytest.mark.parametrize("count", [10_000, 100_000, 1_000_000, 10_000_000])
@@ -308,3 +314,19 @@ def test_out_of_range_parameters_are_refused(embeddings: np.ndarray, tmp_path: P
         build_index(embeddings[:50], tmp_path, kind="hnsw")
     with pytest.raises(ValueError, match="JSON-serialisable"):
         build_index(embeddings, tmp_path, metadata={"model": object()})
+
+
+def test_index_files_are_readable_as_the_umask_allows(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        build_index(clustered(200), tmp_path / "index")
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "index").iterdir()}
+    assert modes == {INDEX_FILE: 0o644, MANIFEST_FILE: 0o644}
+
+
+def test_a_collection_s_index_is_named_in_the_advice(tmp_path: Path) -> None:
+    (tmp_path / "embeddings.json").write_text("{}")  # a collection folder
+    with pytest.raises(FileNotFoundError, match=rf"build it with `mmcontrast index {tmp_path}`"):
+        load_index(tmp_path / "index")

@@ -13,7 +13,7 @@ from helpers import save_clip, save_siglip
 
 from mmcontrast.cli import main
 from mmcontrast.eval.adapters import load_eval_model
-from mmcontrast.search import read_embeddings
+from mmcontrast.search import embed_store, read_embeddings
 from mmcontrast.search.searcher import Searcher
 
 
@@ -91,3 +91,91 @@ def test_a_stale_or_missing_index_is_refused(collection: Path, tmp_path: Path) -
         Searcher.from_pretrained(copy, device="cpu")
     with pytest.raises(ValueError, match="embed a collection"):
         Searcher.from_pretrained(tmp_path / "nothing", device="cpu")
+
+
+def test_an_index_of_other_embeddings_is_refused(
+    collection: Path, tmp_path: Path, shapes_dir: Path
+) -> None:
+    # the same images and model in two shards: as many rows, other embeddings
+    spec = read_embeddings(collection).manifest["model"]["spec"]
+    other = tmp_path / "other"
+    argv = ["embed", spec, str(shapes_dir), "--output", str(other), "--split", "train"]
+    assert main([*argv, "--shard-size", "16", "--device", "cpu"]) == 0
+    shutil.copytree(collection / "index", other / "index")
+    with pytest.raises(ValueError, match=rf"{other}/index was built from other embeddings "
+                       rf"\(model .*\): rebuild it \(mmcontrast index {other}\)"):
+        Searcher.from_pretrained(other, device="cpu")
+    assert main(["index", str(other)]) == 0
+    Searcher.from_pretrained(other, device="cpu")  # rebuilt: accepted
+
+    index_manifest = other / "index" / "index.json"  # an index recorded for another model
+    info = json.loads(index_manifest.read_text())
+    info["metadata"]["model"]["spec"] = "other-clip"
+    index_manifest.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"built from other embeddings \(model other-clip\)"):
+        Searcher.from_pretrained(other, device="cpu")
+
+
+def test_empty_queries_and_k_below_one_are_refused(
+    collection: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    searcher = Searcher.from_pretrained(collection, device="cpu")
+    for query in ("", "   \n"):
+        with pytest.raises(ValueError, match="is empty: give some words"):
+            searcher.search_text(query)
+    with pytest.raises(ValueError, match="k must be a whole number of at least 1"):
+        searcher.search_text("a red circle", k=0)
+    monkeypatch.setattr(Searcher, "from_pretrained", None)  # refused before loading anything
+    capsys.readouterr()
+    assert main(["search", str(collection), "  "]) == 2
+    assert "is empty: give some words" in capsys.readouterr().err
+    for k in ("0", "-3", "two"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["search", str(collection), "a red circle", "-k", k])
+        assert exit_.value.code == 2 and "argument -k" in capsys.readouterr().err
+
+
+def test_another_model_is_refused_without_naming_an_option_search_lacks(
+    collection: Path, tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    other = load_eval_model(str(save_siglip(tmp_path / "siglip", tokenizer_dir)), "cpu")
+    with pytest.raises(ValueError, match="query it with the model it was embedded with") as info:
+        Searcher.from_pretrained(collection, model=other)
+    assert "--model" not in str(info.value)
+
+
+def test_loading_and_indexing_read_only_what_they_need(
+    collection: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[str] = []
+    concatenate = embed_store._concatenate
+
+    def spy(paths: list[Path]) -> object:
+        read.extend(path.parent.name for path in paths)
+        return concatenate(paths)
+
+    monkeypatch.setattr(embed_store, "_concatenate", spy)
+    Searcher.from_pretrained(collection, device="cpu")
+    assert read == []  # the searcher reads the metadata only
+    copy = shutil.copytree(collection, tmp_path / "copy")
+    assert main(["index", str(copy)]) == 0
+    assert read == ["img_emb"]  # the index, the images only
+
+
+def test_a_damaged_collection_is_named_on_the_command_line(
+    collection: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = shutil.copytree(collection, tmp_path / "copy")
+    manifest = json.loads((copy / "embeddings.json").read_text())
+    manifest["model"] = "x"
+    (copy / "embeddings.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["search", str(copy), "a red circle", "--device", "cpu"]) == 2
+    assert "is not a valid embeddings manifest" in capsys.readouterr().err
+    shutil.rmtree(copy)
+    copy = shutil.copytree(collection, tmp_path / "copy")
+    image = copy / "img_emb" / "img_emb_0000.npy"
+    image.write_bytes(image.read_bytes()[:200])
+    assert main(["index", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "img_emb_0000.npy cannot be read" in err and "rerun the same `mmcontrast embed`" in err

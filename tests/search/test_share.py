@@ -256,6 +256,11 @@ def test_refuses_incomplete_unindexed_stale_or_foreign_collections(
     assert main(["index", str(foreign)]) == 0
     with pytest.raises(ValueError, match="embedded with .*siglip, not .*model"):
         add_collection(model, foreign)
+    swapped = tmp_path / "swapped"  # the right row count, another model's index
+    shutil.copytree(source, swapped, ignore=shutil.ignore_patterns("index"))
+    shutil.copytree(foreign / "index", swapped / "index")
+    with pytest.raises(ValueError, match="built from other embeddings"):
+        add_collection(model, swapped)
 
     with pytest.raises(ValueError, match="not a collection"):
         add_collection(model, tmp_path / "nothing")
