@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from mmcontrast.hub.push import human_size
 from mmcontrast.resources import card_template
 from mmcontrast.search.embed_store import MANIFEST, EmbeddingStore
 from mmcontrast.search.index_files import INDEX_FILE, MANIFEST_FILE, IndexInfo
@@ -149,15 +150,6 @@ def _row(name: str, row: dict[str, Any]) -> str:
         "yes" if row["captions"] else "no",
         kind,
         f"{info.recall_at_10:.3f}",
-        _size(row["bytes"]),
+        human_size(row["bytes"]),
     ]
     return "| " + " | ".join(cells) + " |"
-
-
-def _size(n: int) -> str:
-    """Bytes as the Hub shows them: ``512 B``, ``1.5 kB``, ``438.0 MB``."""
-    units = ("B", "kB", "MB", "GB", "TB")
-    size, unit = float(n), 0
-    while round(size, 1) >= 1000 and unit < len(units) - 1:
-        size, unit = size / 1000, unit + 1
-    return f"{n} B" if unit == 0 else f"{size:.1f} {units[unit]}"
