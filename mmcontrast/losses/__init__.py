@@ -12,6 +12,7 @@ from mmcontrast.losses.barlow_twins import BarlowTwinsLoss
 from mmcontrast.losses.clip import ClipLoss
 from mmcontrast.losses.contrastive import ContrastiveLoss
 from mmcontrast.losses.infonce import InfoNCELoss
+from mmcontrast.losses.multi_positive import SigLipMultiPositiveLoss, UniClLoss
 from mmcontrast.losses.negative_cosine import NegativeCosineLoss
 from mmcontrast.losses.npair import NPairLoss
 from mmcontrast.losses.ntxent import NTXentLoss
@@ -29,8 +30,10 @@ __all__ = [
     "NTXentLoss",
     "NegativeCosineLoss",
     "SigLipLoss",
+    "SigLipMultiPositiveLoss",
     "SupConLoss",
     "SwAVLoss",
     "TripletLoss",
+    "UniClLoss",
     "sinkhorn",
 ]

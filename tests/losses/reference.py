@@ -135,6 +135,56 @@ def siglip_reference(
     return total / n
 
 
+def unicl_reference(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    ids: torch.Tensor,
+) -> torch.Tensor:
+    """UniCL's bidirectional target-aware loss (Yang et al. 2022, "Unified Contrastive
+    Learning in Image-Text-Label Space"), averaged over the batch.
+
+    ``P(i) = {k : ids[k] == ids[i]}``. Image ``i``: ``-1/|P(i)| sum_{k in P(i)} log
+    softmax_j(s <I_i, T_j>)[k]``; text ``j``: ``-1/|P(j)| sum_{k in P(j)} log
+    softmax_i(s <I_i, T_j>)[k]``; the loss is the mean over images / 2 + mean over texts / 2.
+    """
+    n = image_features.shape[0]
+    logits = [
+        [logit_scale * _dot(image_features[i], text_features[j]) for j in range(n)]
+        for i in range(n)
+    ]
+    image_to_text = []
+    text_to_image = []
+    for a in range(n):
+        positives = [k for k in range(n) if int(ids[k]) == int(ids[a])]
+        row = torch.stack([logits[a][j] for j in range(n)])
+        column = torch.stack([logits[i][a] for i in range(n)])
+        image_to_text.append(sum(_neg_log_softmax_at(row, k) for k in positives) / len(positives))
+        text_to_image.append(
+            sum(_neg_log_softmax_at(column, k) for k in positives) / len(positives)
+        )
+    return torch.stack(image_to_text).mean() / 2 + torch.stack(text_to_image).mean() / 2
+
+
+def siglip_multi_reference(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float,
+    ids: torch.Tensor,
+) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss with ``y_ij = +1`` iff ``ids[i] == ids[j]`` (else -1):
+    ``-sum_ij log sigmoid(y_ij * (s * <I_i, T_j> + b)) / N``."""
+    n = image_features.shape[0]
+    total = image_features.new_zeros(())
+    for i in range(n):
+        for j in range(n):
+            z = logit_scale * _dot(image_features[i], text_features[j]) + logit_bias
+            y = 1.0 if int(ids[i]) == int(ids[j]) else -1.0
+            total = total - F.logsigmoid(y * z)
+    return total / n
+
+
 # ---------------------------------------------------------------------------------------------
 # Generic InfoNCE / SimCLR / SupCon
 # ---------------------------------------------------------------------------------------------

@@ -72,6 +72,11 @@ def _labelled_image_text(n: int) -> dict[str, Any]:
     return {**_image_text(n), "labels": torch.tensor([0, 1, 2, 0, 1, 3, 0, 2])[:n]}
 
 
+def _ids_image_text(n: int) -> dict[str, Any]:
+    """Pairs with global ids shared across the two processes' slices (and within them)."""
+    return {**_image_text(n), "ids": torch.tensor([10, 11, 12, 10, 11, 13, 10, 12])[:n]}
+
+
 CASES = [
     Case("clip", lambda g: losses.ClipLoss(gather_distributed=g), lambda: _image_text(8), _scale),
     Case(
@@ -124,6 +129,39 @@ CASES = [
         "siglip-chunked-unequal",
         lambda g: losses.SigLipLoss(gather_distributed=g, chunk_size=3),
         lambda: _image_text(8),
+        _scale_bias,
+        sizes=(5, 3),
+    ),
+    Case(
+        "unicl",
+        lambda g: losses.UniClLoss(gather_distributed=g),
+        lambda: _ids_image_text(8),
+        _scale,
+    ),
+    Case(
+        "unicl-unequal",
+        lambda g: losses.UniClLoss(gather_distributed=g),
+        lambda: _ids_image_text(8),
+        _scale,
+        sizes=(3, 5),
+    ),
+    Case(
+        "unicl-empty-rank",
+        lambda g: losses.UniClLoss(gather_distributed=g),
+        lambda: _ids_image_text(8),
+        _scale,
+        sizes=(0, 8),
+    ),
+    Case(
+        "siglip-multi",
+        lambda g: losses.SigLipMultiPositiveLoss(gather_distributed=g),
+        lambda: _ids_image_text(8),
+        _scale_bias,
+    ),
+    Case(
+        "siglip-multi-unequal",
+        lambda g: losses.SigLipMultiPositiveLoss(gather_distributed=g),
+        lambda: _ids_image_text(8),
         _scale_bias,
         sizes=(5, 3),
     ),

@@ -125,6 +125,24 @@ CASES = [
         _siglip_inputs(10, 16, 5.0, -2.0),
     ),
     Case(
+        "unicl-10x8",
+        losses.UniClLoss(),
+        ref.unicl_reference,
+        lambda s: {
+            **_clip_inputs(10, 8, 14.3)(s),
+            "ids": torch.tensor([0, 1, 0, 2, 1, 0, 3, 4, 2, 5]),
+        },
+    ),
+    Case(
+        "siglip-multi-10x8",
+        losses.SigLipMultiPositiveLoss(),
+        ref.siglip_multi_reference,
+        lambda s: {
+            **_siglip_inputs(10, 8, 10.0, -5.0)(s),
+            "ids": torch.tensor([0, 1, 0, 2, 1, 0, 3, 4, 2, 5]),
+        },
+    ),
+    Case(
         "infonce-inbatch-t0.07",
         losses.InfoNCELoss(),
         ref.infonce_reference,
@@ -642,6 +660,8 @@ def test_every_registered_loss_is_documented_and_its_example_runs() -> None:
         "negative_cosine",
         "barlow_twins",
         "swav",
+        "unicl",
+        "siglip_multi",
     }
     for name in LOSSES.names():
         cls = LOSSES.get(name)
