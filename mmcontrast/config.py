@@ -64,6 +64,8 @@ class TowerConfig:
     lr_decay: float | None = None
     # LoRA/DoRA adapters (models/lora.py: rank, alpha, dropout, target_modules, dora); None = off
     lora: dict[str, Any] | None = None
+    # text only: Long-CLIP stretching of the position table ({length, keep}); None = off
+    stretch_positions: dict[str, Any] | None = None
     # vision only: preprocessing; None = the tower's own values
     image_size: int | None = None
     image_mean: list[float] | None = None

@@ -202,3 +202,56 @@ def stretch_text_positions(model: nn.Module, new_length: int, keep: int = KEEP) 
         f"(embeddings.position_embedding(s) or positional_embedding); Long-CLIP stretching "
         f"does not apply to rotary or relative position encodings."
     )
+
+
+def current_text_positions(model: nn.Module) -> int | None:
+    """How many positions a text model's absolute position table holds (None: no table)."""
+    found = _hf_embeddings(model)
+    if found is not None:
+        return int(getattr(found[0], found[1]).weight.shape[0])
+    for owner in (model, getattr(model, "text", None)):
+        table = getattr(owner, "positional_embedding", None)
+        if isinstance(table, nn.Parameter):
+            return int(table.shape[0])
+    return None
+
+
+def stretch_settings(value: Any, where: str) -> tuple[int, int]:
+    """``{length: N, keep: K}`` from a recipe as ``(N, K)`` (``keep`` default 20).
+
+    Raises:
+        ValueError: Not a mapping, unknown keys, or values that are not positive integers.
+    """
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{where} must be a mapping such as {{length: 248, keep: 20}}, got {value!r}"
+        )
+    unknown = sorted(set(value) - {"length", "keep"})
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; it takes length and keep")
+    length, keep = value.get("length"), value.get("keep", KEEP)
+    for name, number in (("length", length), ("keep", keep)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise ValueError(
+                f"{where}.{name} must be a non-negative integer, got {number!r} "
+                "(e.g. {length: 248, keep: 20})"
+            )
+    assert isinstance(length, int) and isinstance(keep, int)
+    return length, keep
+
+
+def stretch_to(model: nn.Module, value: Any, where: str) -> int:
+    """Stretch ``model``'s text positions as a recipe's ``stretch_positions`` says; returns
+    the length. Idempotent: a table already that long (a run's tower rebuilt) is kept.
+
+    Raises:
+        ValueError: Bad settings, no position table, or a table already longer.
+    """
+    length, keep = stretch_settings(value, where)
+    current = current_text_positions(model)
+    if current != length:
+        try:
+            stretch_text_positions(model, length, keep)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    return length

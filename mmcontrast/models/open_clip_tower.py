@@ -158,7 +158,7 @@ class OpenClipTower(Tower):
         return open_clip_preprocess(self.preprocess_cfg)
 
     def tokenizer(self) -> Callable[[list[str]], dict[str, Tensor]]:
-        return OpenClipTokenizer(self.model_name)
+        return OpenClipTokenizer(self.model_name, getattr(self, "context_length", None))
 
 
 def open_clip_preprocess(preprocess_cfg: dict[str, Any]) -> ImagePreprocess:
@@ -197,8 +197,9 @@ def open_clip_preprocess(preprocess_cfg: dict[str, Any]) -> ImagePreprocess:
 class OpenClipTokenizer:
     """Picklable ``captions -> {input_ids}`` with open_clip's tokenizer for a model."""
 
-    def __init__(self, model_name: str) -> None:
-        self.tokenize = open_clip.get_tokenizer(model_name)
+    def __init__(self, model_name: str, context_length: int | None = None) -> None:
+        # None: the model's own; a stretched text tower (Long-CLIP) takes longer captions
+        self.tokenize = open_clip.get_tokenizer(model_name, context_length=context_length)
 
     def __call__(self, captions: list[str]) -> dict[str, Tensor]:
         return {"input_ids": self.tokenize(captions)}

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
 from mmcontrast.data.transforms import ImagePreprocess
+from mmcontrast.models.long_text import stretch_to
 from mmcontrast.models.lora import apply_lora, lora_settings
 from mmcontrast.registry import TOWERS
 
@@ -61,6 +62,8 @@ def build_tower(cfg: TowerConfig, modality: str) -> Tower:
 def apply_training_options(tower: Tower, cfg: TowerConfig, modality: str) -> Tower:
     """Preprocessing overrides, locking, LoRA adapters and gradient checkpointing of ``cfg``
     on a built tower."""
+    if cfg.stretch_positions is not None:
+        _stretch_text(tower, cfg, modality)
     if modality == "vision":
         pre = tower.image_preprocess()  # the recipe's size and normalisation, its resizing
         tower.preprocess_override = dataclasses.replace(  # type: ignore[assignment]
@@ -75,6 +78,19 @@ def apply_training_options(tower: Tower, cfg: TowerConfig, modality: str) -> Tow
     if cfg.gradient_checkpointing:
         tower.enable_gradient_checkpointing()
     return tower
+
+
+def _stretch_text(tower: Tower, cfg: TowerConfig, modality: str) -> None:
+    """Long-CLIP: a longer text position table (before locking and LoRA see its parameter);
+    captions are then tokenized to the new length."""
+    where = f"model.{modality}.stretch_positions"
+    if modality != "text":
+        raise ValueError(f"{where}: only a text tower has a caption length to stretch")
+    model = tower.model
+    assert isinstance(model, nn.Module)
+    cfg.max_length = stretch_to(model, cfg.stretch_positions, where)
+    if hasattr(tower, "context_length"):  # an open_clip text tower's tokenizer length
+        setattr(tower, "context_length", cfg.max_length)  # noqa: B010
 
 
 def _apply_lora(tower: Tower, cfg: TowerConfig, modality: str) -> None:
