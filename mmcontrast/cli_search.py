@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mmcontrast.cli_serve import add_serve_command
+from mmcontrast.cli_serve import add_collection_argument, add_model_options, add_serve_command
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -65,7 +65,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             "collection with readable images (mmcontrast embed MODEL DATA --output FOLDER)"
         )
     info = build_index(
-        np_array(embedded.images),
+        embedded.images,
         folder / INDEX_DIR,
         memory_budget_mb=args.memory_budget_mb,
         target_recall=args.target_recall,
@@ -75,23 +75,20 @@ def cmd_index(args: argparse.Namespace) -> int:
             "embeddings": embeddings_fingerprint(embedded.manifest),
         },
     )
-    described = info if isinstance(info, dict) else vars(info)
-    latency = described.get("latency_ms") or {}
     print(
-        f"indexed {described['count']} images ({described['kind']}): recall@10 "
-        f"{described['recall_at_10']:.3f} against exact search, query "
-        f"{_p50(latency)} ms; {folder / INDEX_DIR}"
+        f"indexed {info.count} images ({info.kind}): recall@10 {info.recall_at_10:.3f} "
+        f"against exact search, query {info.latency_ms['p50']:.2f} ms; {folder / INDEX_DIR}"
     )
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from mmcontrast.search.searcher import Searcher
+    from mmcontrast.search.searcher import Searcher, check_text_query
 
     if (args.query is None) == (args.image is None):
         raise ValueError("give a text query or --image PATH (one of them)")
-    if args.query is not None and not args.query.strip():
-        raise ValueError(f"the text query {args.query!r} is empty: give some words to search for")
+    if args.query is not None:
+        check_text_query(args.query)
     searcher = Searcher.from_pretrained(
         args.folder, device=args.device, collection=args.collection, revision=args.revision
     )
@@ -167,20 +164,12 @@ def add_search_commands(sub: Any) -> None:
         help="search an indexed collection with a text or an image",
         description="The images of FOLDER nearest to a text query or to --image PATH.",
     )
-    p.add_argument(
-        "folder",
-        help="a collection folder (`mmcontrast embed` and `index`), a model folder with a "
-        "shared collection, or the Hub id of a model repository holding one",
-    )
+    add_collection_argument(p)
     p.add_argument("query", nargs="?", help="the text to search for")
     p.add_argument("--image", help="search with this image instead of a text")
     p.add_argument("-k", type=_positive_int, default=10, help="results to show (default 10)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument(
-        "--collection", help="which collection of a model with several (its search/NAME)"
-    )
-    p.add_argument("--revision", help="branch, tag or commit of a Hub repository")
+    add_model_options(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
@@ -202,18 +191,6 @@ def add_search_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_share_index)
 
     add_serve_command(sub)
-
-
-def np_array(images: Any) -> Any:
-    """The embeddings as a contiguous float32 array (the index copies what it keeps)."""
-    import numpy as np
-
-    return np.ascontiguousarray(images, dtype=np.float32)
-
-
-def _p50(latency: Any) -> str:
-    value = latency.get("p50") if isinstance(latency, dict) else latency
-    return f"{value:.2f}" if isinstance(value, int | float) else "?"
 
 
 def _positive_int(text: str) -> int:

@@ -33,6 +33,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_collection_argument(p: argparse.ArgumentParser) -> None:
+    """FOLDER of ``search`` and ``serve``: whatever :meth:`Searcher.from_pretrained` loads."""
+    p.add_argument(
+        "folder",
+        help="a collection folder (`mmcontrast embed` and `index`), a model folder with a "
+        "shared collection, or the Hub id of a model repository holding one",
+    )
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--collection`` and ``--revision`` of ``search`` and ``serve``."""
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--collection", help="which collection of a model with several (its search/NAME)"
+    )
+    p.add_argument("--revision", help="branch, tag or commit of a Hub repository")
+
+
 def add_serve_command(sub: Any) -> None:
     """Register ``serve`` on the ``mmcontrast`` subparsers."""
     p = sub.add_parser(
@@ -43,11 +61,7 @@ def add_serve_command(sub: Any) -> None:
         "listens on 127.0.0.1 (this machine only) unless --host says otherwise; the page has "
         "no authentication. Ctrl-C stops it.",
     )
-    p.add_argument(
-        "folder",
-        help="a collection folder (`mmcontrast embed` and `index`), a model folder with a "
-        "shared collection, or the Hub id of a model repository holding one",
-    )
+    add_collection_argument(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -57,12 +71,8 @@ def add_serve_command(sub: Any) -> None:
         "--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)"
     )
     p.add_argument("-k", type=int, default=12, help="results per query (default 12)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--open", action="store_true", help="open the page in the web browser")
-    p.add_argument(
-        "--collection", help="which collection of a model with several (its search/NAME)"
-    )
-    p.add_argument("--revision", help="branch, tag or commit of a Hub repository")
+    add_model_options(p)
     p.add_argument(
         "--images",
         metavar="DIR",

@@ -40,7 +40,6 @@ from tqdm.auto import tqdm
 
 from mmcontrast.data.skips import SkippedRows, Skips
 from mmcontrast.eval.adapters.base import EvalModel, load_eval_model
-from mmcontrast.eval.embed import embed_texts
 from mmcontrast.logs import interactive
 from mmcontrast.search.embed_batches import CollectionRows, Sample, ShardBatches, shard_range
 from mmcontrast.search.embed_processes import Processes
@@ -347,7 +346,7 @@ def _write(
         captions = [str(caption) for caption in shard.captions]
         texts = torch.zeros(0, dim)
         if captions:
-            texts = F.normalize(embed_texts(model, captions, batch_size), dim=-1)
+            texts = model.embed_texts(captions, batch_size)
     columns: dict[str, Any] = {"image_path": pa.array(shard.keys, pa.string())}
     if manifest["captions"]:
         columns["caption"] = pa.array(shard.captions, pa.string())

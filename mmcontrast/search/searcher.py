@@ -124,8 +124,7 @@ class Searcher:
         Raises:
             ValueError: ``text`` is empty or only spaces, or ``k < 1``.
         """
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"the text query {text!r} is empty: give some words to search for")
+        check_text_query(text)
         _check_k(k)
         return self.search_embedding(self.model.encode_texts([text]), k)
 
@@ -188,6 +187,12 @@ def check_index(folder: Path, info: IndexInfo, manifest: dict[str, Any], count: 
             f"{folder / INDEX_DIR} indexes {info.count} rows but {folder} holds {count}: the "
             f"embeddings changed since; {rebuild}"
         )
+
+
+def check_text_query(text: str) -> None:
+    """Refuse an empty or blank text query (the CLI asks before loading the model)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"the text query {text!r} is empty: give some words to search for")
 
 
 def _check_k(k: int) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcontrast.eval.adapters.base import split_family
-from mmcontrast.search.embed_store import MANIFEST, EmbeddingStore, read_embeddings
+from mmcontrast.search.embed_store import MANIFEST, EmbeddingStore, read_metadata
 from mmcontrast.search.index_files import INDEX_FILE, MANIFEST_FILE, IndexInfo, load_index
 from mmcontrast.search.locate import (
     MODEL_FROM_COLLECTION,
@@ -139,7 +139,7 @@ def _checked_collection(source: Path, model: Path) -> tuple[dict[str, Any], Inde
             f"{source} is not a collection (it has no {MANIFEST}): embed one with the model "
             f"(mmcontrast embed {model} DATA --output {source}), then index it"
         )
-    embedded = read_embeddings(source)  # refuses an unfinished one
+    embedded = read_metadata(source)  # refuses an unfinished or damaged one
     manifest = embedded.manifest
     try:
         _, info = load_index(source / INDEX_DIR)
@@ -157,9 +157,8 @@ def _checked_collection(source: Path, model: Path) -> tuple[dict[str, Any], Inde
         )
     store = EmbeddingStore(source)
     texts = bool(manifest.get("text_emb"))
-    shards = [
-        path for i in sorted(store.done_shards(manifest)) for path in store.shard_paths(i, texts)
-    ]
+    listed = sorted(int(entry["index"]) for entry in manifest["shards"])  # checked just above
+    shards = [path for i in listed for path in store.shard_paths(i, texts)]
     return manifest, info, shards
 
 
@@ -184,7 +183,7 @@ def _copy(
     _write_json(staging / INDEX_DIR / MANIFEST_FILE, index_manifest)
     _write_json(staging / MANIFEST, shared)
     load_index(staging / INDEX_DIR)  # the copied index is the one its manifest describes
-    read_embeddings(staging)  # and the copied shards are the ones the manifest lists
+    read_metadata(staging)  # and the copied shards are the ones the manifest lists
     return sum(path.stat().st_size for path in staging.rglob("*") if path.is_file())
 
 
