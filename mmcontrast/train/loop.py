@@ -59,6 +59,7 @@ from mmcontrast.data.images import set_max_image_pixels
 from mmcontrast.data.skips import SkippedRows
 from mmcontrast.data.streaming import StreamedPairs, StreamLoader
 from mmcontrast.data.workers import ignore_stop_signals
+from mmcontrast.distributed import all_reduce_max
 from mmcontrast.methods.base import Method, build_method
 from mmcontrast.methods.trained import WEIGHTS_FILE
 from mmcontrast.train.checkpoint import (
@@ -624,10 +625,7 @@ def require_finite_weights(accelerator: Accelerator, method: nn.Module, step: in
 
 def _on_any_process(accelerator: Accelerator, flag: bool) -> bool:
     """Whether ``flag`` is set on any process (a collective: every process calls it)."""
-    if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor(float(flag), device=accelerator.device)
-    return bool(accelerator.reduce(value, "sum").item() > 0)
+    return bool(all_reduce_max(torch.tensor(float(flag), device=accelerator.device)).item())
 
 
 def _loss_factor(num_processes: int, method: Method) -> int:

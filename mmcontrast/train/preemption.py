@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from mmcontrast.distributed import all_reduce_max
+
 logger = logging.getLogger("mmcontrast")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -83,8 +85,5 @@ class StopSignals:
             name = signal.Signals(self.received).name
             again = " (Ctrl-C again to stop at once)" if self.received == signal.SIGINT else ""
             logger.warning("%s received: writing a checkpoint after this step%s", name, again)
-        if accelerator.num_processes == 1:
-            return self.received
         value = torch.tensor(float(self.received or 0), device=accelerator.device)
-        agreed = int(accelerator.reduce(value, "max").item())
-        return agreed or None
+        return int(all_reduce_max(value).item()) or None
