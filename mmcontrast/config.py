@@ -118,6 +118,10 @@ class DataConfig:
     image_column: str = "image"
     caption_column: str = "text"
     label_column: str = "label"  # labelled images (vision recipes, kNN / linear probe)
+    # image-text training: rows with equal values are positives of each other (an image id
+    # when a table has one row per caption, or a class label); needs loss unicl / siglip_multi
+    id_column: str | None = None
+    captions_per_image: int = 1  # image-text training: k captions of each image in a batch
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     num_workers: int = 0
@@ -518,6 +522,7 @@ RANGES: dict[tuple[str, str], Range] = {
         1, meaning="width x height above which an image is skipped; null = no limit"
     ),
     ("DataConfig", "shuffle_buffer"): Range(1, meaning="streamed examples shuffled together"),
+    ("DataConfig", "captions_per_image"): Range(1, meaning="captions of each image in a batch"),
     ("DataConfig", "random_resized_crop"): CROP_SCALE,
     ("DataConfig", "horizontal_flip"): PROBABILITY,
     ("DataConfig", "color_jitter"): Range(0, meaning="colour jitter strength; 0 = off"),

@@ -39,7 +39,7 @@ def test_overrides_are_typed() -> None:
         ("train.lr_rate=1", "unknown key 'train.lr_rate'; did you mean 'train.lr'?"),
         ("trian.lr=1", "unknown key 'trian'; did you mean 'train'?"),
         ("model.vison.name=x", "did you mean 'model.vision'?"),
-        ("data.caption=x", "did you mean 'data.caption_column'?"),
+        ("data.caption_colum=x", "did you mean 'data.caption_column'?"),
         ("train.batch_size=abc", "train.batch_size must be an integer"),
         ("model.vision.pooling=maen", "did you mean 'mean'?"),
         ("train.mixed_precision=fp8", "choose from no, fp16, bf16"),

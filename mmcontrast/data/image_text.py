@@ -4,10 +4,19 @@ Every sample's randomness (augmentation, which caption) comes from a generator s
 (seed, epoch, index), so a resumed run sees exactly the samples the uninterrupted run saw,
 whatever the number of workers. A row that cannot be used becomes a skipped sample naming
 it (``skips.py``); the collate gathers them in ``batch["skipped"]``.
+
+For the multi-positive losses (``unicl``, ``siglip_multi``) every pair also carries an integer
+id (``batch["ids"]``): the row's value in ``data.id_column`` (an image id, a class label),
+else the row itself; pairs with equal ids are positives of each other. With
+``data.captions_per_image`` k > 1 a sample is a group of k pairs of one image (k of its
+captions, drawn without replacement and repeated when it has fewer; each pair with its own
+augmentation of the image), which the collate flattens: a batch of ``train.batch_size``
+pairs holds ``train.batch_size / k`` images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -48,15 +57,30 @@ def seeded(seed: int, epoch: int, index: int) -> Iterator[None]:
         yield
 
 
+def stable_id(value: Any) -> int:
+    """An integer id for a value of ``data.id_column`` (or a row's name), the same in every
+    process and run: an integer as it is, anything else a 63-bit digest of its text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    digest = hashlib.blake2b(repr(value).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def pair_sample(
     image: Any,
     captions: list[str],
     transform: Callable[[Any], Tensor],
     name: str,
     key: str | None = None,
+    pairs: int = 1,
+    pair_id: int | None = None,
 ) -> dict[str, Any]:
     """``{"pixel_values", "caption"}`` (one caption drawn), or :func:`skip_sample` naming
     the row ``name`` (identified by ``key``, default ``name``).
+
+    With ``pair_id`` the sample also has ``"id"``. With ``pairs`` k > 1 it is
+    ``{"group": [k samples]}``: k captions drawn without replacement (cycled when the row has
+    fewer), each with its own transform of the image.
 
     Draws from the global generator: call it inside :func:`seeded`.
     """
@@ -66,8 +90,31 @@ def pair_sample(
         decoded = load_image(image)
     except BadSample as bad:
         return skip_sample(bad.reason, name, key)
-    caption = captions[int(torch.randint(len(captions), ()))]
-    return {"pixel_values": transform(decoded), "caption": caption}
+    ids = {} if pair_id is None else {"id": pair_id}
+    if pairs == 1:
+        caption = captions[int(torch.randint(len(captions), ()))]
+        return {"pixel_values": transform(decoded), "caption": caption, **ids}
+    order = torch.randperm(len(captions)).tolist()
+    return {
+        "group": [
+            {"pixel_values": transform(decoded), "caption": captions[order[i % len(order)]], **ids}
+            for i in range(pairs)
+        ]
+    }
+
+
+def caption_group(
+    captions: list[str], pairs: int, item: dict[str, Any], pair_id: int | None
+) -> dict[str, Any]:
+    """:func:`pair_sample` for an input already computed (``item``: cached features): one
+    caption drawn, or a group of ``pairs``. Draws from the global generator."""
+    ids = {} if pair_id is None else {"id": pair_id}
+    if pairs == 1:
+        return {**item, "caption": captions[int(torch.randint(len(captions), ()))], **ids}
+    order = torch.randperm(len(captions)).tolist()
+    return {
+        "group": [{**item, "caption": captions[order[i % len(order)]], **ids} for i in range(pairs)]
+    }
 
 
 class SeededSamples(Dataset):
@@ -105,6 +152,10 @@ class ImageTextDataset(SeededSamples):
     With ``vision_features`` (one row per table row, from a locked vision tower run once,
     see ``feature_cache.py``) it yields ``{"vision_features", "caption"}`` instead and never
     decodes an image; rows whose image was unreadable are listed in ``bad_rows``.
+    ``with_ids`` adds each pair's ``"id"`` (the row's ``id_column`` value through
+    :func:`stable_id`, else its index; a row whose id cell is empty is skipped as
+    ``"missing id"``); ``captions_per_image`` k > 1 yields groups of k pairs
+    (:func:`pair_sample`), and ``rows_per_sample`` tells the loader so.
     """
 
     def __init__(
@@ -114,36 +165,60 @@ class ImageTextDataset(SeededSamples):
         seed: int = 0,
         vision_features: Tensor | None = None,
         bad_rows: dict[int, str] | None = None,
+        captions_per_image: int = 1,
+        with_ids: bool = False,
     ) -> None:
         super().__init__(table, seed)
         self.transform = transform
         self.vision_features = vision_features
         self.bad_rows = bad_rows or {}
+        self.rows_per_sample = captions_per_image
+        self.with_ids = with_ids
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.table.dataset[index]
+        image = self.table.row_image(row)
+        name = image_name(image) or f"row {index}"
+        pair_id = self._pair_id(row, index)
+        if self.with_ids and pair_id is None:
+            return indexed_skip("missing id", image, index)
         with self.seeded(index):
             if self.vision_features is not None:
                 if index in self.bad_rows:
-                    return indexed_skip(self.bad_rows[index], self.table.image(index), index)
-                captions = self.table.captions(index)
-                caption = captions[int(torch.randint(len(captions), ()))]
-                return {"vision_features": self.vision_features[index], "caption": caption}
-            image = self.table.image(index)
-            name = image_name(image) or f"row {index}"
+                    return indexed_skip(self.bad_rows[index], image, index)
+                item = {"vision_features": self.vision_features[index]}
+                captions = self.table.row_captions(row)
+                return caption_group(captions, self.rows_per_sample, item, pair_id)
             return pair_sample(
-                image, self.table.captions(index), self.transform, name, f"row {index}"
+                image,
+                self.table.row_captions(row),
+                self.transform,
+                name,
+                f"row {index}",
+                pairs=self.rows_per_sample,
+                pair_id=pair_id,
             )
+
+    def _pair_id(self, row: dict[str, Any], index: int) -> int | None:
+        if not self.with_ids:
+            return None
+        if self.table.id_column is None:
+            return index
+        value = self.table.row_id(row)
+        return None if value is None else stable_id(value)
 
 
 class ImageTextCollator:
     """Stacks pixels, tokenises captions, stacks class labels where samples have them
-    (``batch["labels"]``) and gathers skipped samples (``batch["skipped"]``, a
+    (``batch["labels"]``) and pair ids (``batch["ids"]``), flattens groups of pairs
+    (``{"group": [...]}``) and gathers skipped samples (``batch["skipped"]``, a
     :class:`Skips`: reason -> count, naming the rows)."""
 
     def __init__(self, tokenizer: Callable[[list[str]], dict[str, Tensor]]) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        samples = [pair for s in samples for pair in s.get("group", [s])]
         good = [s for s in samples if "skip" not in s]
         batch: dict[str, Any] = {"skipped": Skips.of_samples(samples)}
         if good:
@@ -152,6 +227,8 @@ class ImageTextCollator:
             batch.update(self.tokenizer([s["caption"] for s in good]))
             if "label" in good[0]:  # class prompts (FLYP): the loss masks same-class pairs
                 batch["labels"] = torch.tensor([s["label"] for s in good], dtype=torch.long)
+            if "id" in good[0]:  # multi-positive losses: pairs with equal ids are positives
+                batch["ids"] = torch.tensor([s["id"] for s in good], dtype=torch.long)
         return batch
 
 

@@ -55,6 +55,26 @@ class PairTable:
     base_dir: Path | None = None  # local folders: image paths are relative to it
     skipped: Skips = field(default_factory=Skips)  # rows dropped at load, by reason and name
     source: str = ""
+    id_column: str | None = None  # rows with equal values are positives of each other
+
+    def check_id_column(self) -> None:
+        """Raise a clear error when ``id_column`` is set but the split has no such column."""
+        if self.id_column is None:
+            return
+        names = list(self.dataset.features or {}) or list(self.dataset.column_names or [])
+        if self.id_column not in names and self.id_column.split(".")[0] not in names:
+            raise ValueError(
+                f"data.id_column {self.id_column!r} not found in {self.source} (columns: "
+                f"{', '.join(names)}); name the column holding each row's image id or label, "
+                "or unset data.id_column to make every row its own positive"
+            )
+
+    def row_id(self, row: dict[str, Any]) -> Any:
+        """The value of ``id_column`` in a row (None without one, or when the cell is empty)."""
+        if self.id_column is None:
+            return None
+        value = column_value(row, self.id_column)
+        return None if value is None or _is_nan(value) else value
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -173,6 +193,7 @@ def _materialise(cfg: DataConfig, split: str, max_samples: int | None) -> PairTa
         base_dir=stream.base_dir,
         source=stream.source,
         skipped=dropped,
+        id_column=stream.id_column,
     )
     return table
 
@@ -223,7 +244,10 @@ def _table(
             )
     if isinstance((dataset.features or {}).get(image_column), datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    return PairTable(dataset, image_column, caption_column, base_dir=base_dir, source=source)
+    return PairTable(
+        dataset, image_column, caption_column, base_dir=base_dir, source=source,
+        id_column=cfg.id_column,
+    )  # fmt: skip
 
 
 def find_split_metadata(

@@ -33,7 +33,7 @@ from accelerate.utils import send_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmcontrast.data.image_text import pair_sample, sample_seed, seeded
+from mmcontrast.data.image_text import pair_sample, sample_seed, seeded, stable_id
 from mmcontrast.data.pairs import PairTable
 from mmcontrast.data.skips import skip_sample
 from mmcontrast.data.workers import ignore_stop_signals
@@ -63,6 +63,9 @@ class StreamedPairs(IterableDataset):
     naming a bad row (``skips.py``) by its image file, its key in a tar shard, or else a
     digest of its content, so that a row met again in a later pass counts once.
 
+    ``captions_per_image`` and ``with_ids`` are :class:`~mmcontrast.data.image_text.
+    ImageTextDataset`'s (without ``data.id_column`` a row's id comes from its name).
+
     Every sample also has ``"stream"`` (its stream's number) and ``"position"`` (the
     stream's :class:`StreamPosition` after it, as a dict); :class:`StreamCollator` turns
     them into the batch's ``"stream_position"``. ``rank``, ``world``, ``workers``,
@@ -75,10 +78,13 @@ class StreamedPairs(IterableDataset):
         transform: Callable[[Any], Tensor],
         seed: int = 0,
         shuffle_buffer: int = 1000,
+        captions_per_image: int = 1,
+        with_ids: bool = False,
     ) -> None:
         if shuffle_buffer < 1:
             raise ValueError(f"data.shuffle_buffer must be >= 1, got {shuffle_buffer}")
         self.table, self.transform = table, transform
+        self.rows_per_sample, self.with_ids = captions_per_image, with_ids
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.rank, self.world, self.workers, self.rotation = 0, 1, 1, 0
         self.start: dict[int, StreamPosition] = {}
@@ -180,15 +186,31 @@ class StreamedPairs(IterableDataset):
 
     def _decode(self, row: dict[str, Any], epoch: int, index: int) -> dict[str, Any]:
         problem = self.table.row_caption_problem(row)
+        pair_id = self._pair_id(row) if self.with_ids else None
+        if problem is None and self.with_ids and pair_id is None:
+            problem = "missing id"
         if problem is None:
             with seeded(self.seed, epoch, index):
                 sample = pair_sample(
-                    self.table.row_image(row), self.table.row_captions(row), self.transform, ""
+                    self.table.row_image(row),
+                    self.table.row_captions(row),
+                    self.transform,
+                    "",
+                    pairs=self.rows_per_sample,
+                    pair_id=pair_id,
                 )
             if "skip" not in sample:
                 return sample
             problem = sample["skip"]
         return skip_sample(problem, self._name(row))
+
+    def _pair_id(self, row: dict[str, Any]) -> int | None:
+        """The row's id for multi-positive losses: its ``id_column`` value, else its name
+        (file, shard key or content digest: the same row has the same id in every pass)."""
+        if self.table.id_column is None:
+            return stable_id(self._name(row))
+        value = self.table.row_id(row)
+        return None if value is None else stable_id(value)
 
     def _name(self, row: dict[str, Any]) -> str:
         """A bad row's name: its file or shard key, else a digest of its content (the same

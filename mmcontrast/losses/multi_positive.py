@@ -16,7 +16,9 @@ from torch import Tensor, nn
 
 from mmcontrast import distributed
 from mmcontrast.losses.checks import require_same_shape
+from mmcontrast.losses.clip import ClipLoss
 from mmcontrast.losses.numerics import wide_mean
+from mmcontrast.losses.siglip import SigLipLoss
 from mmcontrast.registry import LOSSES
 
 
@@ -74,6 +76,8 @@ class UniClLoss(nn.Module):
     """
 
     title: ClassVar[str] = "multi-positive InfoNCE (UniCL)"  # how model cards name the loss
+    init_logit_scale: ClassVar[float] = ClipLoss.init_logit_scale  # a dual encoder's start
+    init_logit_bias: ClassVar[float | None] = None
 
     def __init__(self, gather_distributed: bool = False) -> None:
         super().__init__()
@@ -153,6 +157,8 @@ class SigLipMultiPositiveLoss(nn.Module):
     """
 
     title: ClassVar[str] = "multi-positive pairwise sigmoid (SigLIP)"
+    init_logit_scale: ClassVar[float] = SigLipLoss.init_logit_scale
+    init_logit_bias: ClassVar[float | None] = SigLipLoss.init_logit_bias
 
     def __init__(self, gather_distributed: bool = False) -> None:
         super().__init__()

@@ -8,9 +8,12 @@ The classifier is then the text tower's embedding of the class prompts, evaluate
 zero-shot accuracy with the same templates.
 
 A batch often holds one class several times. Their captions are prompts of the same
-class, so treating them as negatives of each other would push apart what should match:
-the loss masks those entries (:class:`mmcontrast.losses.ClipLoss` with ``labels``), every
-image keeping its own caption as its one positive and other classes as negatives.
+class, so treating them as negatives of each other would push apart what should match.
+Two answers, chosen by ``loss.name``: ``clip`` (the default) masks those entries
+(:class:`mmcontrast.losses.ClipLoss` with ``labels``), every image keeping its own caption
+as its one positive and other classes as negatives; ``unicl`` makes every same-class pair a
+positive (:class:`mmcontrast.losses.UniClLoss` with the labels as ids, UniCL's image-label
+loss).
 
 ``method_args``:
 
@@ -55,10 +58,10 @@ class Flyp(ImageTextContrastive):
         if cfg.data.streaming:
             raise ValueError("FLYP reads a labelled split whole: set data.streaming=false")
         super().__init__(cfg)
-        if self.cfg.loss.name != "clip":
+        if self.cfg.loss.name not in ("clip", "unicl"):
             raise ValueError(
-                f"FLYP trains with the CLIP loss (same-class captions masked), not "
-                f"{self.cfg.loss.name!r}: set loss.name=clip"
+                f"FLYP trains with loss 'clip' (same-class captions masked) or 'unicl' "
+                f"(same-class pairs positives), not {self.cfg.loss.name!r}"
             )
         args = self.cfg.method_args
         self.templates = check_templates(args.get("templates") or DEFAULT_TEMPLATES)
@@ -98,7 +101,7 @@ class Flyp(ImageTextContrastive):
     def embed_for_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         out = super().embed_for_loss(inputs)
-        return {**out, "labels": batch["labels"]}
+        return {**out, "labels": batch["labels"], "ids": batch["labels"]}  # the loss takes one
 
     def train_data(self) -> tuple[ClassPromptDataset, ImageTextCollator]:
         classes = self.zero_shot_classes()

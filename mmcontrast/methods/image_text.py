@@ -8,13 +8,18 @@ scale and bias (``init_logit_scale`` / ``init_logit_bias`` on the loss class).
 transformers CLIPModel, SiglipModel or VisionTextDualEncoderModel, an open_clip model, or an
 mmcontrast run or export (``mmcontrast.methods.init_source``): its logit scale and bias are
 kept, and the loss defaults to the one it was trained with.
+
+The multi-positive losses (``unicl``, ``siglip_multi``) take each pair's id
+(``batch["ids"]``): pairs sharing a value of ``data.id_column``, or the
+``data.captions_per_image`` captions of one image, are positives of each other. A loss
+without ids would treat them as negatives, so those settings require one.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -36,7 +41,8 @@ from mmcontrast.models.dual_encoder import DualEncoder, build_dual_encoder
 from mmcontrast.models.tower import resolved_preprocess
 from mmcontrast.registry import LOSSES, METHODS
 
-NON_MODEL_KEYS = {"skipped"}
+NON_MODEL_KEYS = {"skipped", "ids"}
+TEACHER_INPUTS = ("teacher_image_features", "teacher_text_features")  # distillation's
 
 
 @METHODS.register(
@@ -47,6 +53,8 @@ NON_MODEL_KEYS = {"skipped"}
 class ImageTextContrastive(Method):
     """A dual encoder trained on image-text pairs; ``loss.name`` picks CLIP or SigLIP."""
 
+    reads_teacher: ClassVar[bool] = False  # whether batches carry a teacher's embeddings
+
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         cfg = self.cfg
@@ -55,10 +63,11 @@ class ImageTextContrastive(Method):
         loss_cls = LOSSES.get(cfg.loss.name)  # an unknown name fails here, with the nearest one
         init_scale = getattr(loss_cls, "init_logit_scale", None)
         if init_scale is None:
+            image_text = [n for n in LOSSES if hasattr(LOSSES.get(n), "init_logit_scale")]
             raise ValueError(
-                f"method {cfg.method!r} trains with loss 'clip' or 'siglip', not "
-                f"{cfg.loss.name!r} (that loss belongs to another method; see `mmcontrast list "
-                "losses`)"
+                f"method {cfg.method!r} trains with an image-text loss ({', '.join(image_text)}), "
+                f"not {cfg.loss.name!r} (that loss belongs to another method; see `mmcontrast "
+                "list losses`)"
             )
         # open_clip's --gather-with-grad --local-loss: the same values and gradients as the
         # whole [N, N] matrix, computing only this process's [B, N] rows and columns
@@ -74,6 +83,37 @@ class ImageTextContrastive(Method):
         if "logit_bias" in self.loss_inputs and self.model.logit_bias is None:
             raise ValueError(
                 f"loss {cfg.loss.name!r} needs a logit bias: set model.init_logit_bias (e.g. -10)"
+            )
+        self._check_positives()
+        if set(TEACHER_INPUTS) & self.loss_inputs and not self.reads_teacher:
+            raise ValueError(
+                f"loss {cfg.loss.name!r} distils from a teacher: train it with method: distill "
+                "and method_args.teacher"
+            )
+
+    @property
+    def uses_ids(self) -> bool:
+        """Whether the loss takes each pair's id (several positives per row)."""
+        return "ids" in self.loss_inputs
+
+    def _check_positives(self) -> None:
+        """Shared ids and several captions per image need a loss that takes ids: any other
+        would push apart pairs that belong together."""
+        data, loss = self.cfg.data, self.cfg.loss.name
+        wanted = [
+            name
+            for name, on in (
+                (f"data.id_column={data.id_column!r}", data.id_column is not None),
+                (f"data.captions_per_image={data.captions_per_image}", data.captions_per_image > 1),
+            )
+            if on
+        ]
+        if wanted and not self.uses_ids:
+            multi = "siglip_multi" if loss == "siglip" else "unicl"
+            raise ValueError(
+                f"{' and '.join(wanted)} puts pairs that belong together in one batch, but "
+                f"loss {loss!r} treats every other pair as a negative: set loss.name={multi} "
+                "(pairs with equal ids are positives of each other)"
             )
 
     def trained_model(self) -> DualEncoder:
@@ -92,7 +132,8 @@ class ImageTextContrastive(Method):
         out = self.model(**inputs)
         # a parameter returned as itself has no autograd node, and DDP's search for unused
         # parameters (from the outputs' nodes) would miss it when gradient caching replays
-        return {k: v.view_as(v) if v.grad_fn is None else v for k, v in out.items()}
+        out = {k: v.view_as(v) if v.grad_fn is None else v for k, v in out.items()}
+        return {**out, "ids": batch["ids"]} if "ids" in batch else out
 
     def loss_from_embeddings(self, embeddings: dict[str, Tensor]) -> dict[str, Tensor]:
         loss = self.loss_fn(**{k: v for k, v in embeddings.items() if k in self.loss_inputs})
@@ -110,6 +151,7 @@ class ImageTextContrastive(Method):
         table = load_pairs(
             self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples
         )
+        table.check_id_column()
         features, bad = self.locked_features(table)
         dataset = ImageTextDataset(
             table,
@@ -117,6 +159,8 @@ class ImageTextContrastive(Method):
             seed=self.cfg.train.seed,
             vision_features=features,
             bad_rows=bad,
+            captions_per_image=self.cfg.data.captions_per_image,
+            with_ids=self.uses_ids,
         )
         return dataset, collate
 
@@ -149,8 +193,14 @@ class ImageTextContrastive(Method):
                 "bound the run with train.max_steps"
             )
         table = open_stream(data, data.train_split)
+        table.check_id_column()
         return StreamedPairs(
-            table, self.image_transform(train=True), train.seed, data.shuffle_buffer
+            table,
+            self.image_transform(train=True),
+            train.seed,
+            data.shuffle_buffer,
+            captions_per_image=data.captions_per_image,
+            with_ids=self.uses_ids,
         )
 
     def _check_cacheable(self) -> None:

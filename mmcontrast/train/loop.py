@@ -386,6 +386,22 @@ def train(
     return summary
 
 
+def samples_per_batch(batch_size: int, dataset: Any) -> int:
+    """Dataset samples per batch of ``batch_size`` rows: a dataset whose samples are groups
+    of rows (``rows_per_sample``: k captions of one image) gives ``batch_size / k``.
+
+    Raises:
+        ValueError: ``batch_size`` is not a multiple of the group size.
+    """
+    rows = getattr(dataset, "rows_per_sample", 1)
+    if batch_size % rows:
+        raise ValueError(
+            f"train.batch_size={batch_size} is not a multiple of data.captions_per_image={rows}: "
+            "every image enters a batch with all its captions; pick a multiple"
+        )
+    return batch_size // rows
+
+
 def build_loader(
     cfg: Config,
     dataset: Any,
@@ -397,19 +413,20 @@ def build_loader(
     """The training batches: a :class:`StreamLoader` for streamed data, else a DataLoader
     shuffled by (seed, epoch) (accelerate shards it across processes at ``prepare``)."""
     pin_memory = torch.device(device).type == "cuda"
+    batch_size = samples_per_batch(cfg.train.batch_size, dataset)
     if isinstance(dataset, StreamedPairs):
         return StreamLoader(
-            dataset, cfg.train.batch_size, collate, cfg.data.num_workers, rank, world, device,
-            pin_memory,
-        )  # fmt: skip
+            dataset, batch_size, collate, cfg.data.num_workers, rank, world, device, pin_memory
+        )
     size = len(cast(Sized, dataset))
-    if size < cfg.train.batch_size:
+    if size < batch_size:
         raise ValueError(
-            f"the training data has {size} rows, fewer than train.batch_size={cfg.train.batch_size}"
+            f"the training data has {size} rows, fewer than the {batch_size} a batch of "
+            f"train.batch_size={cfg.train.batch_size} needs"
         )
     return DataLoader(
         dataset,
-        batch_size=cfg.train.batch_size,
+        batch_size=batch_size,
         sampler=EpochShuffleSampler(size, seed=cfg.train.seed),
         collate_fn=collate,
         num_workers=cfg.data.num_workers,

@@ -15,6 +15,7 @@ from mmcontrast.config import load_recipe
 from mmcontrast.data.class_prompts import ClassPromptDataset
 from mmcontrast.data.imagefolder import write_imagefolder
 from mmcontrast.data.labelled import load_labelled
+from mmcontrast.losses import ClipLoss, UniClLoss
 from mmcontrast.methods import build_method
 from mmcontrast.methods.flyp import Flyp
 from mmcontrast.pipeline import train
@@ -112,6 +113,22 @@ def test_same_class_captions_are_masked(colours_dir: Path, clip_dir: Path, tmp_p
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_with_unicl_same_class_pairs_are_positives(
+    colours_dir: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    """``loss.name=unicl``: the class labels are the loss's ids."""
+    overrides = [*flyp_overrides(clip_dir, colours_dir, tmp_path), "loss.name=unicl"]
+    method = build_method(load_recipe(None, overrides))
+    dataset, collate = method.train_data()
+    batch = collate([dataset[i] for i in range(0, 24, 2)])
+    embeddings = method.embed_for_loss(batch)
+    args = (embeddings["image_features"], embeddings["text_features"], embeddings["logit_scale"])
+    got = method.loss_from_embeddings(embeddings)["loss"]
+    assert got.item() == pytest.approx(UniClLoss()(*args, batch["labels"]).item(), rel=1e-5)
+    masked = ClipLoss()(*args, labels=batch["labels"])
+    assert abs(got.item() - masked.item()) > 1e-3  # not the masked loss
+
+
 @pytest.mark.slow
 def test_flyp_raises_zero_shot_accuracy(colours_dir: Path, clip_dir: Path, tmp_path: Path) -> None:
     summary = train(
@@ -141,7 +158,7 @@ def test_bad_settings_are_clear(
                 None, [*flyp_overrides(clip_dir, colours_dir, tmp_path), "method_args.shots=3"]
             )
         )
-    with pytest.raises(ValueError, match="CLIP loss"):
+    with pytest.raises(ValueError, match="loss 'clip' .* or 'unicl' .*not 'siglip'"):
         build_method(
             load_recipe(
                 None, [*flyp_overrides(clip_dir, colours_dir, tmp_path), "loss.name=siglip"]

@@ -82,10 +82,17 @@ def _cases(shapes: Path, tokenizer: Path, labelled: Path) -> dict[str, Case]:
     """Runs made on 2 processes (batch B each); ``*-local`` and ``*-no-factor`` must differ."""
     accumulate = ("loss.name=siglip", "train.gradient_accumulation_steps=2", "train.max_steps=2")
     local = ("loss.gather_distributed=false",)
+    two_captions = ("loss.name=unicl", "data.captions_per_image=2")
     return {
         "clip": (QUICKSTART, clip_run(shapes, tokenizer, B)),
         "clip-local": (QUICKSTART, clip_run(shapes, tokenizer, B, local)),
         "siglip-accumulate": (QUICKSTART, clip_run(shapes, tokenizer, B, accumulate)),
+        # two pairs of each image per batch, positives of each other across processes too
+        "unicl-two-captions": (QUICKSTART, clip_run(shapes, tokenizer, B, two_captions)),
+        "siglip-multi-two-captions": (
+            QUICKSTART,
+            clip_run(shapes, tokenizer, B, (*two_captions[1:], "loss.name=siglip_multi")),
+        ),
         "simclr": (None, simclr_run(labelled, B)),
         "simclr-local": (None, simclr_run(labelled, B, local)),
         "simclr-no-factor": (None, simclr_run(labelled, B)),
@@ -107,7 +114,9 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["clip", "siglip-accumulate"])
+@pytest.mark.parametrize(
+    "case", ["clip", "siglip-accumulate", "unicl-two-captions", "siglip-multi-two-captions"]
+)
 def test_image_text_two_processes_equal_one_process_with_twice_the_batch(
     two_processes: Path,
     shapes_dir: Path,

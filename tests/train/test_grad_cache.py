@@ -53,6 +53,7 @@ CASES = {  # dropout on in every trained tower
     "clip": [],
     "siglip": ["loss.name=siglip"],  # with a logit bias
     "locked-features": ["model.vision.lock=true"],  # cache_locked_features' batches
+    "unicl": ["loss.name=unicl"],  # ids through the micro-batches: pairs of 0 and 1 share one
     "batchnorm": [  # micro-batch statistics, running statistics updated once per micro-batch
         "model.vision.source=builtin",
         "model.vision.name=tiny_cnn",
@@ -85,6 +86,8 @@ def _batch(method: Method, case: str = "clip") -> dict[str, Any]:
         batch["vision_features"] = torch.randn(N, method.model.vision.width, generator=g)
     else:
         batch["pixel_values"] = torch.randn(N, 3, 32, 32, generator=g)
+    if case == "unicl":
+        batch["ids"] = torch.tensor([0, 0, 1, 2, 3, 3, 3, 4])  # positives across micro-batches
     return batch
 
 
@@ -97,12 +100,15 @@ def _grads(method: Method) -> dict[str, torch.Tensor]:
 def _reference(method: Method, batch: dict[str, Any], chunks: int) -> torch.Tensor:
     """One graph: the towers per micro-batch, the loss over the concatenation; backward."""
     size = N // chunks
+    inputs = {k: v for k, v in batch.items() if k != "ids"}
     parts = [
-        method.model(**{k: v[i : i + size] for k, v in batch.items()}) for i in range(0, N, size)
+        method.model(**{k: v[i : i + size] for k, v in inputs.items()}) for i in range(0, N, size)
     ]
     out = {
         k: torch.cat([p[k] for p in parts]) if parts[0][k].ndim else parts[0][k] for k in parts[0]
     }
+    if "ids" in batch:
+        out["ids"] = batch["ids"]
     loss = method.loss_fn(**{k: v for k, v in out.items() if k in method.loss_inputs})
     loss.backward()
     return loss.detach()
@@ -198,6 +204,12 @@ LOOP_CASES = {
         f"model.text.config_overrides={BERT_NO_DROPOUT}",
         "model.vision.lora={rank: 2}",
         "model.text.lora={rank: 2}",
+        "train.grad_cache_micro_batch=2",
+    ),
+    # two pairs of each image per batch: their ids reach the loss through the micro-batches
+    "unicl-two-captions": (
+        "loss.name=unicl",
+        "data.captions_per_image=2",
         "train.grad_cache_micro_batch=2",
     ),
     # dropout on: one micro-batch draws the same masks as the plain step

@@ -162,7 +162,10 @@ def test_a_run_with_no_usable_sample_stops(
         (["train.lerning_rate=1"], r"did you mean 'train.lr'\?"),
         (["model.vision.source=hff"], "unknown tower source 'hff'; did you mean 'hf'?"),
         (["loss.name=clipp"], "unknown loss 'clipp'; did you mean 'clip'?"),
-        (["loss.name=triplet"], "method 'image_text' trains with loss 'clip' or 'siglip'"),
+        (
+            ["loss.name=triplet"],
+            "method 'image_text' trains with an image-text loss \\(clip, .*siglip_multi.*\\), not 'triplet'",
+        ),
         (["method=simclrr"], "unknown method 'simclrr'"),
         (["data.path=/nonexistent/folder"], "cannot load dataset"),
         (["data.caption_column=caption"], "column 'caption' not found"),
