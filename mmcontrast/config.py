@@ -219,7 +219,7 @@ class EvalConfig:
     # evaluate the starting model at step 0 with the same tasks (before/after); None = when
     # model.init_from is set
     at_start: bool | None = None
-    # more tasks beside the method's own, each {task: zeroshot|retrieval|knn|linear,
+    # more tasks beside the method's own, each {task: zeroshot|retrieval|swaps|knn|linear,
     # data: a built-in (emoji-subcategory, fashion_mnist), folder or datasets name,
     # split: ..., name: a prefix for its metrics}; see docs/finetuning.md
     tasks: list[dict[str, Any]] = field(default_factory=list)

@@ -20,7 +20,7 @@ from torch import Tensor
 from mmcontrast.data.images import load_image
 from mmcontrast.data.pairs import PairTable
 from mmcontrast.eval.adapters.base import EvalModel
-from mmcontrast.eval.embed import embed_images, embed_texts
+from mmcontrast.eval.embed import EmbeddedImages, embed_images, embed_texts
 from mmcontrast.eval.plots import save_retrieval_grid, topk_texts_to_images
 from mmcontrast.eval.report import write_result
 from mmcontrast.eval.retrieval import (
@@ -50,9 +50,12 @@ def embed_pairs(
     batch_size: int = 128,
     num_workers: int = 0,
     accelerator: Any = None,
+    images: EmbeddedImages | None = None,
 ) -> EmbeddedPairs:
-    """Embed every readable image of ``table`` and all of its captions."""
-    images = embed_images(model, table, batch_size, num_workers, accelerator)
+    """Embed every readable image of ``table`` (unless ``images`` holds them already) and
+    all of its captions."""
+    if images is None:
+        images = embed_images(model, table, batch_size, num_workers, accelerator)
     captions, owners = [], []
     for position, row in enumerate(images.rows):
         for caption in table.captions(row):
@@ -79,14 +82,16 @@ def evaluate_retrieval(
     num_workers: int = 0,
     max_matrix_elements: int = 2**26,
     accelerator: Any = None,
+    images: EmbeddedImages | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics (CLIP_benchmark keys); with ``output_dir``, also JSON, table and PNG.
 
     With a multi-process ``accelerator`` the images are embedded in shards (every process
     gets the metrics); pass ``output_dir`` on the main process only. Captions repeated
     across images are announced (main process) with the recall they leave reachable.
+    ``images``: the table's image features, when another task computed them already.
     """
-    embedded = embed_pairs(model, table, batch_size, num_workers, accelerator)
+    embedded = embed_pairs(model, table, batch_size, num_workers, accelerator, images)
     repeats = repeated_captions(embedded.captions, embedded.text_to_image, ks)
     if repeats.captions and getattr(accelerator, "is_main_process", True):
         logger.warning(_repeats_message(repeats, len(embedded.captions), table.source))

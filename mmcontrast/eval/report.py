@@ -70,7 +70,10 @@ def comparison_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def headline_keys(task: str, metrics: dict[str, float]) -> list[str]:
-    """The metrics worth a column: recalls for retrieval, accuracies and recall otherwise."""
+    """The metrics worth a column: recalls for retrieval, the accuracies of the swap
+    test, accuracies and recall otherwise."""
     if task == "retrieval":
         return [k for k in metrics if "_recall@" in k]
+    if task == "swaps":
+        return [k for k in metrics if k.startswith("swap_acc")]
     return [k for k in metrics if "acc1" in k or "acc5" in k or "mean_per_class_recall" in k]

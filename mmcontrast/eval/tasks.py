@@ -1,6 +1,8 @@
-"""The evaluation tasks, each a function of (model, data, options): one registry, four tasks.
+"""The evaluation tasks, each a function of (model, data, options): one registry, five tasks.
 
 * ``retrieval``: image-text retrieval on pairs (CLIP_benchmark's recall@k, plus ranks);
+* ``swaps``: does an image score its caption above the caption with words swapped (ARO,
+  NegCLIP; :mod:`mmcontrast.eval.swap_test`);
 * ``zeroshot``: zero-shot classification from class names and prompt templates;
 * ``knn``: weighted kNN on frozen image features (train split as the bank);
 * ``linear``: a logistic-regression probe on frozen image features.
@@ -8,9 +10,10 @@
 Every task returns its metrics and, given an output folder, writes ``TASK.json`` (metrics
 plus what was evaluated) and its picture. A task is a function of one :class:`TaskRun` (the
 model, the data, the options), which also computes each split's image features once for
-all the tasks that need them. ``mmcontrast eval`` and the evaluation during training
-(:mod:`mmcontrast.eval.training`) both run these functions; during training the images
-are embedded in shards across the training processes.
+all the tasks that need them (``retrieval`` and ``swaps`` share a pair split's).
+``mmcontrast eval`` and the evaluation during training (:mod:`mmcontrast.eval.training`)
+both run these functions; during training the images are embedded in shards across the
+training processes.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from mmcontrast.data.labelled import load_labelled
-from mmcontrast.data.pairs import load_pairs
+from mmcontrast.data.pairs import PairTable, load_pairs
 from mmcontrast.eval.adapters.base import EvalModel
 from mmcontrast.eval.classification import confusion_matrix
 from mmcontrast.eval.data import EvalData
-from mmcontrast.eval.embed import embed_images
+from mmcontrast.eval.embed import EmbeddedImages, embed_images
 from mmcontrast.eval.image_text import evaluate_retrieval
 from mmcontrast.eval.knn import knn_metrics
 from mmcontrast.eval.linear_probe import linear_probe
 from mmcontrast.eval.plots import save_confusion_matrix
 from mmcontrast.eval.report import write_result
+from mmcontrast.eval.swap_test import evaluate_swaps
 from mmcontrast.eval.zero_shot import build_zero_shot_classifier, zero_shot_evaluate
 from mmcontrast.registry import Registry
 
@@ -80,6 +84,18 @@ class TaskRun:
     features: dict[tuple[str, tuple[str, ...] | None], LabelledFeatures] = field(
         default_factory=dict
     )
+    pair_features: dict[str, tuple[PairTable, EmbeddedImages]] = field(default_factory=dict)
+
+    def pairs(self, split: str) -> tuple[PairTable, EmbeddedImages]:
+        """An image-text split and its image features, computed once per run."""
+        if split not in self.pair_features:
+            options = self.options
+            table = load_pairs(self.data.config, split, options.max_rows(split))
+            images = embed_images(
+                self.model, table, options.batch_size, options.num_workers, self.accelerator
+            )
+            self.pair_features[split] = (table, images)
+        return self.pair_features[split]
 
     def labelled_features(self, split: str, class_labels: list[str] | None) -> LabelledFeatures:
         """Image features and labels of a labelled split, computed once per run."""
@@ -115,9 +131,11 @@ class TaskRun:
 @TASKS.register("retrieval", "image-text retrieval: recall@k both ways, mean/median rank")
 def retrieval(run: TaskRun) -> dict[str, float]:
     options = run.options
+    table, images = run.pairs(run.data.split)
     return evaluate_retrieval(
         run.model,
-        load_pairs(run.data.config, run.data.split, options.max_rows(run.data.split)),
+        table,
+        images=images,
         batch_size=options.batch_size,
         ks=options.ks,
         output_dir=run.output_dir,
@@ -126,6 +144,19 @@ def retrieval(run: TaskRun) -> dict[str, float]:
         num_workers=options.num_workers,
         max_matrix_elements=options.max_matrix_elements,
         accelerator=run.accelerator,
+    )
+
+
+@TASKS.register("swaps", "true caption vs the same words swapped (nouns, attributes, relations)")
+def swap_test(run: TaskRun) -> dict[str, float]:
+    table, images = run.pairs(run.data.split)
+    return evaluate_swaps(
+        run.model,
+        table,
+        batch_size=run.options.batch_size,
+        images=images,
+        output_dir=run.output_dir,
+        extra=run.details,
     )
 
 
