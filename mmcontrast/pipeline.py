@@ -4,6 +4,8 @@ sync wired in through its hooks.
 :func:`mmcontrast.train.loop.train` knows methods, data and checkpoints only; this module,
 above it and above evaluation and the Hub code, connects them:
 
+* ``start``: check evaluation and Hub settings, and compute (once, cached) the teacher's
+  embeddings a distillation run asks for (``Method.teacher_request``);
 * ``evaluate``: the method's own tasks on its held-out split (:mod:`mmcontrast.eval.training`);
 * ``checkpoint_saved``: push the checkpoint when ``hub.push_to_hub`` is set;
 * ``run_finished``: the training curves picture, then the final push.
@@ -19,10 +21,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+
 from mmcontrast.config import Config
 from mmcontrast.eval.plots import save_training_curves
+from mmcontrast.eval.teacher import ensure_teacher_embeddings
 from mmcontrast.eval.training import check_eval_tasks, evaluate_during_training
 from mmcontrast.hub.sync import check_hub_config, push_snapshot
+from mmcontrast.registry import METHODS
 from mmcontrast.train.loop import TrainHooks
 from mmcontrast.train.loop import train as train_loop
 
@@ -45,6 +51,10 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
 def _start(cfg: Config) -> None:
     check_eval_tasks(cfg)
     check_hub_config(cfg)
+    request = METHODS.get(cfg.method).teacher_request(cfg)
+    if request is not None:
+        with PartialState().main_process_first():  # the others then read what it wrote
+            ensure_teacher_embeddings(cfg, request)
 
 
 def _push_checkpoint(cfg: Config, folder: Path, step: int) -> None:

@@ -33,6 +33,7 @@ BENCH_SCRIPTS = [
     "bench_finetune_demo.py",
     "bench_search.py",
     "bench_embed.py",
+    "bench_distill_demo.py",
 ]
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mmcontrast.data.hard_negatives import HardNegatives
 from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.data.pairs import PairTable
 from mmcontrast.data.skips import SkippedRows, Skips, image_name, indexed_skip, skip_sample
@@ -57,6 +58,9 @@ def seeded(seed: int, epoch: int, index: int) -> Iterator[None]:
         yield
 
 
+Negatives = Callable[[str], list[str]]  # a caption -> its hard negatives (NegCLIP)
+
+
 def stable_id(value: Any) -> int:
     """An integer id for a value of ``data.id_column`` (or a row's name), the same in every
     process and run: an integer as it is, anything else a 63-bit digest of its text."""
@@ -74,13 +78,15 @@ def pair_sample(
     key: str | None = None,
     pairs: int = 1,
     pair_id: int | None = None,
+    negatives: Negatives | None = None,
 ) -> dict[str, Any]:
     """``{"pixel_values", "caption"}`` (one caption drawn), or :func:`skip_sample` naming
     the row ``name`` (identified by ``key``, default ``name``).
 
-    With ``pair_id`` the sample also has ``"id"``. With ``pairs`` k > 1 it is
-    ``{"group": [k samples]}``: k captions drawn without replacement (cycled when the row has
-    fewer), each with its own transform of the image.
+    With ``pair_id`` the sample also has ``"id"``; with ``negatives`` (caption -> its hard
+    negatives) ``"negatives"``. With ``pairs`` k > 1 it is ``{"group": [k samples]}``: k
+    captions drawn without replacement (cycled when the row has fewer), each with its own
+    transform of the image.
 
     Draws from the global generator: call it inside :func:`seeded`.
     """
@@ -90,31 +96,33 @@ def pair_sample(
         decoded = load_image(image)
     except BadSample as bad:
         return skip_sample(bad.reason, name, key)
-    ids = {} if pair_id is None else {"id": pair_id}
-    if pairs == 1:
-        caption = captions[int(torch.randint(len(captions), ()))]
-        return {"pixel_values": transform(decoded), "caption": caption, **ids}
-    order = torch.randperm(len(captions)).tolist()
-    return {
-        "group": [
-            {"pixel_values": transform(decoded), "caption": captions[order[i % len(order)]], **ids}
-            for i in range(pairs)
-        ]
-    }
+    return caption_group(
+        captions, pairs, lambda: {"pixel_values": transform(decoded)}, pair_id, negatives
+    )
 
 
 def caption_group(
-    captions: list[str], pairs: int, item: dict[str, Any], pair_id: int | None
+    captions: list[str],
+    pairs: int,
+    item: Callable[[], dict[str, Any]],
+    pair_id: int | None,
+    negatives: Negatives | None = None,
 ) -> dict[str, Any]:
-    """:func:`pair_sample` for an input already computed (``item``: cached features): one
-    caption drawn, or a group of ``pairs``. Draws from the global generator."""
-    ids = {} if pair_id is None else {"id": pair_id}
+    """One pair (a caption drawn, ``item()`` its input: pixels or cached features), or a
+    group of ``pairs``; with the pair's id and hard negatives where given. Draws from the
+    global generator."""
+    extra = {} if pair_id is None else {"id": pair_id}
+
+    def pair(caption: str) -> dict[str, Any]:
+        sample = {**item(), "caption": caption, **extra}
+        if negatives is not None:
+            sample["negatives"] = negatives(caption)
+        return sample
+
     if pairs == 1:
-        return {**item, "caption": captions[int(torch.randint(len(captions), ()))], **ids}
+        return pair(captions[int(torch.randint(len(captions), ()))])
     order = torch.randperm(len(captions)).tolist()
-    return {
-        "group": [{**item, "caption": captions[order[i % len(order)]], **ids} for i in range(pairs)]
-    }
+    return {"group": [pair(captions[order[i % len(order)]]) for i in range(pairs)]}
 
 
 class SeededSamples(Dataset):
@@ -167,6 +175,7 @@ class ImageTextDataset(SeededSamples):
         bad_rows: dict[int, str] | None = None,
         captions_per_image: int = 1,
         with_ids: bool = False,
+        hard_negatives: HardNegatives | None = None,
     ) -> None:
         super().__init__(table, seed)
         self.transform = transform
@@ -174,6 +183,7 @@ class ImageTextDataset(SeededSamples):
         self.bad_rows = bad_rows or {}
         self.rows_per_sample = captions_per_image
         self.with_ids = with_ids
+        self.hard_negatives = hard_negatives
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.table.dataset[index]
@@ -182,13 +192,20 @@ class ImageTextDataset(SeededSamples):
         pair_id = self._pair_id(row, index)
         if self.with_ids and pair_id is None:
             return indexed_skip("missing id", image, index)
+        negatives = negatives_of(self.hard_negatives, row)
         with self.seeded(index):
             if self.vision_features is not None:
                 if index in self.bad_rows:
                     return indexed_skip(self.bad_rows[index], image, index)
-                item = {"vision_features": self.vision_features[index]}
+                features = self.vision_features[index]
                 captions = self.table.row_captions(row)
-                return caption_group(captions, self.rows_per_sample, item, pair_id)
+                return caption_group(
+                    captions,
+                    self.rows_per_sample,
+                    lambda: {"vision_features": features},
+                    pair_id,
+                    negatives,
+                )
             return pair_sample(
                 image,
                 self.table.row_captions(row),
@@ -197,6 +214,7 @@ class ImageTextDataset(SeededSamples):
                 f"row {index}",
                 pairs=self.rows_per_sample,
                 pair_id=pair_id,
+                negatives=negatives,
             )
 
     def _pair_id(self, row: dict[str, Any], index: int) -> int | None:
@@ -208,11 +226,23 @@ class ImageTextDataset(SeededSamples):
         return None if value is None else stable_id(value)
 
 
+def negatives_of(hard: HardNegatives | None, row: dict[str, Any]) -> Negatives | None:
+    """A row's caption -> hard negatives function (None without hard negatives)."""
+    if hard is None:
+        return None
+    from_column = hard.row_captions(row)
+    return lambda caption: hard.draw(caption, from_column)
+
+
 class ImageTextCollator:
     """Stacks pixels, tokenises captions, stacks class labels where samples have them
     (``batch["labels"]``) and pair ids (``batch["ids"]``), flattens groups of pairs
     (``{"group": [...]}``) and gathers skipped samples (``batch["skipped"]``, a
-    :class:`Skips`: reason -> count, naming the rows)."""
+    :class:`Skips`: reason -> count, naming the rows).
+
+    Hard negatives (``"negatives"`` in the samples) become ``negative_<key>`` [N, M, L] for
+    each tokenizer output and ``negative_mask`` [N, M], M the most any pair of the batch has
+    (at least 1; padding is an empty caption, masked out)."""
 
     def __init__(self, tokenizer: Callable[[list[str]], dict[str, Tensor]]) -> None:
         self.tokenizer = tokenizer
@@ -229,7 +259,21 @@ class ImageTextCollator:
                 batch["labels"] = torch.tensor([s["label"] for s in good], dtype=torch.long)
             if "id" in good[0]:  # multi-positive losses: pairs with equal ids are positives
                 batch["ids"] = torch.tensor([s["id"] for s in good], dtype=torch.long)
+            if "negatives" in good[0]:
+                batch.update(self._negatives([s["negatives"] for s in good]))
         return batch
+
+    def _negatives(self, negatives: list[list[str]]) -> dict[str, Tensor]:
+        width = max(1, *(len(n) for n in negatives))
+        flat = [n[i] if i < len(n) else "" for n in negatives for i in range(width)]
+        rows = len(negatives)
+        out = {
+            f"negative_{k}": v.view(rows, width, *v.shape[1:])
+            for k, v in self.tokenizer(flat).items()
+        }
+        mask = [[i < len(n) for i in range(width)] for n in negatives]
+        out["negative_mask"] = torch.tensor(mask, dtype=torch.bool)
+        return out
 
 
 class ImageOnlyDataset(Dataset):

@@ -33,7 +33,8 @@ from accelerate.utils import send_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmcontrast.data.image_text import pair_sample, sample_seed, seeded, stable_id
+from mmcontrast.data.hard_negatives import HardNegatives
+from mmcontrast.data.image_text import negatives_of, pair_sample, sample_seed, seeded, stable_id
 from mmcontrast.data.pairs import PairTable
 from mmcontrast.data.skips import skip_sample
 from mmcontrast.data.workers import ignore_stop_signals
@@ -63,7 +64,7 @@ class StreamedPairs(IterableDataset):
     naming a bad row (``skips.py``) by its image file, its key in a tar shard, or else a
     digest of its content, so that a row met again in a later pass counts once.
 
-    ``captions_per_image`` and ``with_ids`` are :class:`~mmcontrast.data.image_text.
+    ``captions_per_image``, ``with_ids`` and ``hard_negatives`` are :class:`~mmcontrast.data.image_text.
     ImageTextDataset`'s (without ``data.id_column`` a row's id comes from its name).
 
     Every sample also has ``"stream"`` (its stream's number) and ``"position"`` (the
@@ -80,11 +81,13 @@ class StreamedPairs(IterableDataset):
         shuffle_buffer: int = 1000,
         captions_per_image: int = 1,
         with_ids: bool = False,
+        hard_negatives: HardNegatives | None = None,
     ) -> None:
         if shuffle_buffer < 1:
             raise ValueError(f"data.shuffle_buffer must be >= 1, got {shuffle_buffer}")
         self.table, self.transform = table, transform
         self.rows_per_sample, self.with_ids = captions_per_image, with_ids
+        self.hard_negatives = hard_negatives
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.rank, self.world, self.workers, self.rotation = 0, 1, 1, 0
         self.start: dict[int, StreamPosition] = {}
@@ -198,6 +201,7 @@ class StreamedPairs(IterableDataset):
                     "",
                     pairs=self.rows_per_sample,
                     pair_id=pair_id,
+                    negatives=negatives_of(self.hard_negatives, row),
                 )
             if "skip" not in sample:
                 return sample

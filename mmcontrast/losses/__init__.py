@@ -11,6 +11,8 @@ encoder they train (``init_logit_scale``, ``init_logit_bias``).
 from mmcontrast.losses.barlow_twins import BarlowTwinsLoss
 from mmcontrast.losses.clip import ClipLoss
 from mmcontrast.losses.contrastive import ContrastiveLoss
+from mmcontrast.losses.distill import ClipDistillLoss, FeatureDistillLoss, RelationalDistillLoss
+from mmcontrast.losses.hard_negatives import NegClipLoss
 from mmcontrast.losses.infonce import InfoNCELoss
 from mmcontrast.losses.multi_positive import SigLipMultiPositiveLoss, UniClLoss
 from mmcontrast.losses.negative_cosine import NegativeCosineLoss
@@ -23,12 +25,16 @@ from mmcontrast.losses.triplet import TripletLoss
 
 __all__ = [
     "BarlowTwinsLoss",
+    "ClipDistillLoss",
     "ClipLoss",
     "ContrastiveLoss",
+    "FeatureDistillLoss",
     "InfoNCELoss",
     "NPairLoss",
     "NTXentLoss",
+    "NegClipLoss",
     "NegativeCosineLoss",
+    "RelationalDistillLoss",
     "SigLipLoss",
     "SigLipMultiPositiveLoss",
     "SupConLoss",

@@ -11,7 +11,9 @@ optimiser step. It declares what the layers above it read:
 * :meth:`Method.zero_shot_classes`: for a ``zeroshot`` task, the classes, their prompt names
   and templates the method trained with (FLYP), so evaluation prompts as training did;
 * :meth:`Method.loss_is_global`: whether its loss gathers every process's samples, which sets
-  the loop's gradient factor; known from the losses built with :meth:`Method.make_loss`.
+  the loop's gradient factor; known from the losses built with :meth:`Method.make_loss`;
+* :meth:`Method.teacher_request`: a teacher's embeddings of the training split that the
+  training pipeline computes (once, cached) before the run starts (distillation).
 
 Adding a method is one file in this package that registers its class in ``METHODS``.
 """
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mmcontrast.config import Config
+from mmcontrast.data.teacher_cache import TeacherRequest
 from mmcontrast.models.dual_encoder import DualEncoder
 from mmcontrast.models.tower import Tower
 from mmcontrast.registry import LOSSES, METHODS
@@ -143,6 +146,12 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state updated outside back-propagation (EMA targets, queues)."""
+
+    @classmethod
+    def teacher_request(cls, cfg: Config) -> TeacherRequest | None:
+        """A teacher's embeddings of the training split the run needs before it trains
+        (distillation); computed once and cached by the training pipeline. Default: none."""
+        return None
 
 
 def build_method(cfg: Config) -> Method:

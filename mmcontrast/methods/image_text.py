@@ -9,6 +9,11 @@ transformers CLIPModel, SiglipModel or VisionTextDualEncoderModel, an open_clip 
 mmcontrast run or export (``mmcontrast.methods.init_source``): its logit scale and bias are
 kept, and the loss defaults to the one it was trained with.
 
+With ``data.hard_negatives`` each pair also brings hard negative captions (NegCLIP: from
+``data.hard_negatives_column`` and rule-based swaps of its caption), embedded by the text
+tower and given to the ``negclip`` loss as ``negative_features`` [N, M, D] with
+``negative_mask`` [N, M]; the run then evaluates the ``swaps`` task too.
+
 The multi-positive losses (``unicl``, ``siglip_multi``) take each pair's id
 (``batch["ids"]``): pairs sharing a value of ``data.id_column``, or the
 ``data.captions_per_image`` captions of one image, are positives of each other. A loss
@@ -25,13 +30,14 @@ from torch import Tensor
 
 from mmcontrast.config import Config
 from mmcontrast.data.feature_cache import compute_tower_features
+from mmcontrast.data.hard_negatives import HardNegatives, check_negatives_column
 from mmcontrast.data.image_text import (
     ImageTable,
     ImageTextCollator,
     ImageTextDataset,
     SeededSamples,
 )
-from mmcontrast.data.pairs import load_pairs, open_stream
+from mmcontrast.data.pairs import PairTable, load_pairs, open_stream
 from mmcontrast.data.streaming import StreamedPairs
 from mmcontrast.data.transforms import image_transform
 from mmcontrast.logs import interactive
@@ -42,6 +48,7 @@ from mmcontrast.models.tower import resolved_preprocess
 from mmcontrast.registry import LOSSES, METHODS
 
 NON_MODEL_KEYS = {"skipped", "ids"}
+NEGATIVE_PREFIX = "negative_"  # the hard negatives' tokens and mask (NegCLIP)
 TEACHER_INPUTS = ("teacher_image_features", "teacher_text_features")  # distillation's
 
 
@@ -85,6 +92,7 @@ class ImageTextContrastive(Method):
                 f"loss {cfg.loss.name!r} needs a logit bias: set model.init_logit_bias (e.g. -10)"
             )
         self._check_positives()
+        self.hard_negatives = self._hard_negatives()
         if set(TEACHER_INPUTS) & self.loss_inputs and not self.reads_teacher:
             raise ValueError(
                 f"loss {cfg.loss.name!r} distils from a teacher: train it with method: distill "
@@ -116,11 +124,36 @@ class ImageTextContrastive(Method):
                 "(pairs with equal ids are positives of each other)"
             )
 
+    def _hard_negatives(self) -> HardNegatives | None:
+        """NegCLIP's hard negatives from the data settings, checked against the loss."""
+        data, loss = self.cfg.data, self.cfg.loss.name
+        takes = "negative_features" in self.loss_inputs
+        if data.hard_negatives == 0:
+            if data.hard_negatives_column is not None:
+                raise ValueError(
+                    f"data.hard_negatives_column={data.hard_negatives_column!r} is set but "
+                    "data.hard_negatives=0: set how many hard negatives each pair gets"
+                )
+            if takes:
+                raise ValueError(
+                    f"loss {loss!r} trains with hard negatives: set data.hard_negatives (per "
+                    "pair) and data.hard_negatives_column and/or data.hard_negative_swaps"
+                )
+            return None
+        if not takes:
+            raise ValueError(
+                f"data.hard_negatives={data.hard_negatives} gives each pair hard negative "
+                f"captions, but loss {loss!r} does not use them: set loss.name=negclip"
+            )
+        return HardNegatives(
+            data.hard_negatives, data.hard_negatives_column, tuple(data.hard_negative_swaps)
+        )
+
     def trained_model(self) -> DualEncoder:
         return self.model
 
     def eval_tasks(self) -> tuple[str, ...]:
-        return ("retrieval",)
+        return ("retrieval", "swaps") if self.hard_negatives else ("retrieval",)
 
     def forward(self, batch: dict[str, Any], embed_only: bool = False) -> dict[str, Tensor]:
         out = self.embed_for_loss(batch)
@@ -128,12 +161,37 @@ class ImageTextContrastive(Method):
 
     def embed_for_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Image and text embeddings [B, D], logit scale (and bias) of a batch of pairs."""
-        inputs = {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+        inputs = {
+            k: v
+            for k, v in batch.items()
+            if k not in NON_MODEL_KEYS and not k.startswith(NEGATIVE_PREFIX)
+        }
         out = self.model(**inputs)
         # a parameter returned as itself has no autograd node, and DDP's search for unused
         # parameters (from the outputs' nodes) would miss it when gradient caching replays
         out = {k: v.view_as(v) if v.grad_fn is None else v for k, v in out.items()}
-        return {**out, "ids": batch["ids"]} if "ids" in batch else out
+        if "ids" in batch:
+            out["ids"] = batch["ids"]
+        if "negative_mask" in batch:
+            out["negative_features"] = self._negative_features(batch, out["text_features"])
+            out["negative_mask"] = batch["negative_mask"]
+        return out
+
+    def _negative_features(self, batch: dict[str, Any], texts: Tensor) -> Tensor:
+        """The text tower's normalised embeddings of the batch's hard negatives, [N, M, D];
+        zeros where ``negative_mask`` is false (those are never embedded)."""
+        mask = batch["negative_mask"]
+        valid = mask.flatten().nonzero().squeeze(1)
+        features = texts.new_zeros(mask.numel(), texts.shape[1])
+        if len(valid):
+            tokens = {
+                k[len(NEGATIVE_PREFIX) :]: v.flatten(0, 1)[valid]
+                for k, v in batch.items()
+                if k.startswith(NEGATIVE_PREFIX) and k != "negative_mask"
+            }
+            embedded = self.model.get_text_features(**tokens)
+            features = features.index_put((valid,), embedded.to(features.dtype))
+        return features.view(*mask.shape, texts.shape[1])
 
     def loss_from_embeddings(self, embeddings: dict[str, Tensor]) -> dict[str, Tensor]:
         loss = self.loss_fn(**{k: v for k, v in embeddings.items() if k in self.loss_inputs})
@@ -142,7 +200,9 @@ class ImageTextContrastive(Method):
     def image_transform(self, train: bool) -> Callable[[Any], Tensor]:
         return image_transform(resolved_preprocess(self.model.vision), self.cfg.data, train=train)
 
-    def train_data(self) -> tuple[SeededSamples | StreamedPairs, ImageTextCollator]:
+    def train_data(
+        self,
+    ) -> tuple[SeededSamples | StreamedPairs, Callable[[list[Any]], dict[str, Any]]]:
         collate = ImageTextCollator(self.model.text.tokenizer())
         if self.cfg.data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
             load_pairs(self.cfg.data, self.cfg.data.eval_split, 1)  # fail now, not after training
@@ -151,7 +211,7 @@ class ImageTextContrastive(Method):
         table = load_pairs(
             self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples
         )
-        table.check_id_column()
+        self.check_columns(table)
         features, bad = self.locked_features(table)
         dataset = ImageTextDataset(
             table,
@@ -161,8 +221,15 @@ class ImageTextContrastive(Method):
             bad_rows=bad,
             captions_per_image=self.cfg.data.captions_per_image,
             with_ids=self.uses_ids,
+            hard_negatives=self.hard_negatives,
         )
         return dataset, collate
+
+    def check_columns(self, table: PairTable) -> None:
+        """The training split has the id and hard-negative columns the settings name."""
+        table.check_id_column()
+        if self.hard_negatives is not None and self.hard_negatives.column is not None:
+            check_negatives_column(table, self.hard_negatives.column)
 
     def locked_features(self, table: ImageTable) -> tuple[Tensor | None, dict[int, str] | None]:
         """With ``train.cache_locked_features``: the locked vision tower's features of every
@@ -193,7 +260,7 @@ class ImageTextContrastive(Method):
                 "bound the run with train.max_steps"
             )
         table = open_stream(data, data.train_split)
-        table.check_id_column()
+        self.check_columns(table)
         return StreamedPairs(
             table,
             self.image_transform(train=True),
@@ -201,6 +268,7 @@ class ImageTextContrastive(Method):
             data.shuffle_buffer,
             captions_per_image=data.captions_per_image,
             with_ids=self.uses_ids,
+            hard_negatives=self.hard_negatives,
         )
 
     def _check_cacheable(self) -> None:

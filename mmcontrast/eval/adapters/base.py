@@ -118,6 +118,12 @@ class EvalModel(ABC):
             raise ValueError("no texts to embed")
         return F.normalize(torch.cat(chunks), dim=-1)
 
+    def logit_scale(self) -> float | None:
+        """The multiplier of its image-text similarities (exponentiated), where it has one:
+        what a distilled student's relational loss sharpens the teacher's similarities by."""
+        scale = getattr(getattr(self, "model", None), "logit_scale", None)
+        return float(scale.detach().exp()) if isinstance(scale, Tensor) else None
+
     def describe(self) -> dict[str, Any]:
         """What was evaluated, for the result JSON."""
         return {"spec": self.spec, "family": self.family}

@@ -21,9 +21,7 @@ from mmcontrast.models.dual_encoder import DualEncoder
 from mmcontrast.models.tower import Tower, resolved_preprocess
 
 
-@MODEL_FAMILIES.register(
-    "mmcontrast", "mmcontrast run, checkpoint or export folder (config.yaml)"
-)
+@MODEL_FAMILIES.register("mmcontrast", "mmcontrast run, checkpoint or export folder (config.yaml)")
 class MmcontrastAdapter(EvalModel):
     family = "mmcontrast"
 
@@ -70,6 +68,11 @@ class MmcontrastAdapter(EvalModel):
             return super().encode_texts(texts)
         tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
         return self.dual.get_text_features(**tokens)
+
+    def logit_scale(self) -> float | None:
+        if self.dual is None:
+            return None
+        return float(self.dual.logit_scale.detach().clamp(max=self.dual.max_logit_scale).exp())
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "method": self.method.cfg.method}
