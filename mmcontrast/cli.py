@@ -103,6 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "image_column": args.image_column,
             "caption_column": args.caption_column,
             "label_column": args.label_column,
+            "group_column": args.group_column,
         },
         class_names=class_names,
         device=args.device,
@@ -359,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", help="image column of the data (default image)")
     p.add_argument("--caption-column", help="caption column for retrieval (default text)")
     p.add_argument("--label-column", help="label column for classification (default label)")
+    p.add_argument(
+        "--group-column",
+        metavar="COL",
+        help="retrieval: also score each value of this column (e.g. lang) among its own rows, "
+        "as GROUP/metric (default: a run's data.group_column, else none)",
+    )
     p.add_argument(
         "--templates",
         help="zero-shot prompt set: openai_imagenet (80), simple, photo, name "

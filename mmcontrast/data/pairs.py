@@ -26,6 +26,7 @@ line (``metadata.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,17 @@ class PairTable:
     skipped: Skips = field(default_factory=Skips)  # rows dropped at load, by reason and name
     source: str = ""
     id_column: str | None = None  # rows with equal values are positives of each other
+    group_column: str | None = None  # retrieval evaluation: metrics also per value of it
+
+    def column_names(self) -> list[str]:
+        """The split's columns (a field of one, ``json.lang``, is read through its column)."""
+        return list(self.dataset.features or {}) or list(self.dataset.column_names or [])
 
     def check_id_column(self) -> None:
         """Raise a clear error when ``id_column`` is set but the split has no such column."""
         if self.id_column is None:
             return
-        names = list(self.dataset.features or {}) or list(self.dataset.column_names or [])
+        names = self.column_names()
         if self.id_column not in names and self.id_column.split(".")[0] not in names:
             raise ValueError(
                 f"data.id_column {self.id_column!r} not found in {self.source} (columns: "
@@ -69,12 +75,59 @@ class PairTable:
                 "or unset data.id_column to make every row its own positive"
             )
 
+    def check_group_column(self) -> None:
+        """Raise a clear error when ``group_column`` is set but the split has no such column."""
+        if self.group_column is None:
+            return
+        names = self.column_names()
+        if self.group_column not in names and self.group_column.split(".")[0] not in names:
+            raise ValueError(
+                f"data.group_column {self.group_column!r} not found in {self.source} (columns: "
+                f"{', '.join(names)}); name the column holding each row's group (e.g. its "
+                "captions' language), or unset data.group_column (--group-column) to score the "
+                "split as a whole only"
+            )
+
+    def row_value(self, row: dict[str, Any], column: str) -> Any:
+        """The value of ``column`` (or of a field inside one, ``json.lang``) in a row already
+        read; None when the cell is empty (missing, or NaN: an empty csv cell)."""
+        value = column_value(row, column)
+        return None if value is None or _is_nan(value) else value
+
     def row_id(self, row: dict[str, Any]) -> Any:
         """The value of ``id_column`` in a row (None without one, or when the cell is empty)."""
         if self.id_column is None:
             return None
-        value = column_value(row, self.id_column)
-        return None if value is None or _is_nan(value) else value
+        return self.row_value(row, self.id_column)
+
+    def group_values(self, rows: list[int]) -> list[Hashable | None]:
+        """The ``group_column`` value of each of ``rows`` (None for an empty cell).
+
+        The column is read once, not row by row. A blank string is an empty cell.
+
+        Raises:
+            ValueError: ``group_column`` is unset or not a column of the split, or a cell holds
+                a list or a mapping (a row is one group: one image, captions of one language).
+        """
+        if self.group_column is None:
+            raise ValueError("group_values needs a group_column")
+        self.check_group_column()
+        head = self.group_column.split(".")[0]
+        head = self.group_column if self.group_column in self.column_names() else head
+        cells = self.dataset.select_columns([head]).to_list()
+        values: list[Hashable | None] = []
+        for row in rows:
+            value = self.row_value(cells[row], self.group_column)
+            if isinstance(value, str) and not value.strip():
+                value = None
+            if not isinstance(value, Hashable):
+                raise ValueError(
+                    f"data.group_column {self.group_column!r}: row {row} of {self.source} holds "
+                    f"{value!r}; each row needs one value (one group per row: an image and "
+                    "captions of one language), so give an image one row per language"
+                )
+            values.append(value)
+        return values
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -194,6 +247,7 @@ def _materialise(cfg: DataConfig, split: str, max_samples: int | None) -> PairTa
         source=stream.source,
         skipped=dropped,
         id_column=stream.id_column,
+        group_column=stream.group_column,
     )
     return table
 
@@ -246,7 +300,7 @@ def _table(
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     return PairTable(
         dataset, image_column, caption_column, base_dir=base_dir, source=source,
-        id_column=cfg.id_column,
+        id_column=cfg.id_column, group_column=cfg.group_column,
     )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ adapters (``load_eval_model``) turn any supported model into embeddings; the tas
 from mmcontrast.eval.classification import classification_metrics, confusion_matrix
 from mmcontrast.eval.knn import knn_metrics
 from mmcontrast.eval.linear_probe import linear_probe
-from mmcontrast.eval.retrieval import format_table, retrieval_metrics
+from mmcontrast.eval.retrieval import format_table, grouped_retrieval_metrics, retrieval_metrics
 from mmcontrast.eval.templates import TEMPLATE_SETS, resolve_templates
 from mmcontrast.eval.zero_shot import (
     build_zero_shot_classifier,
@@ -23,6 +23,7 @@ __all__ = [
     "classification_metrics",
     "confusion_matrix",
     "format_table",
+    "grouped_retrieval_metrics",
     "knn_metrics",
     "linear_probe",
     "resolve_templates",

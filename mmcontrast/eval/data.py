@@ -68,6 +68,7 @@ class EvalData:
             "image_column": self.config.image_column,
             "caption_column": self.config.caption_column,
             "label_column": self.config.label_column,
+            "group_column": self.config.group_column,
         }
 
 
@@ -119,11 +120,12 @@ def resolve_data(
         split: Split to score; default ``test`` (or the base config's eval split).
         train_split: Bank / probe-training split; default ``train``.
         base: A run's data config to start from (its columns are kept).
-        columns: ``image_column``, ``caption_column``, ``label_column`` overrides.
+        columns: ``image_column``, ``caption_column``, ``label_column`` and
+            ``group_column`` (retrieval per value of that column) overrides.
     """
     config = dataclasses.replace(base) if base is not None else DataConfig()
     given = {k: v for k, v in columns.items() if v is not None}
-    unknown = set(given) - {"image_column", "caption_column", "label_column"}
+    unknown = set(given) - {"image_column", "caption_column", "label_column", "group_column"}
     if unknown:
         raise ValueError(f"unknown data column option(s) {sorted(unknown)}")
     result = EvalData(name=data, config=config, split="test")

@@ -3,13 +3,18 @@
 A split whose caption texts repeat across images caps the recall the tie rule allows
 (:func:`~mmcontrast.eval.retrieval.repeated_captions`): the evaluation warns once, and the
 result JSON records ``duplicate_captions`` and the ``max_recall`` bounds.
+
+With ``data.group_column`` (``--group-column``), each value of that column (a language)
+is also scored among its own rows only, as ``GROUP/metric`` beside the whole split's
+metrics (:func:`~mmcontrast.eval.retrieval.grouped_retrieval_metrics`): the split is
+embedded once, and each group takes its part of the similarities.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +31,10 @@ from mmcontrast.eval.report import write_result
 from mmcontrast.eval.retrieval import (
     CaptionRepeats,
     format_table,
+    grouped_retrieval_metrics,
     repeated_captions,
     retrieval_metrics,
+    split_groups,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,6 +48,7 @@ class EmbeddedPairs:
     captions: list[str]
     rows: list[int]  # table row of each embedded image
     skipped: Counter = field(default_factory=Counter)
+    groups: list[Hashable | None] | None = None  # group_column value of each image, if set
 
 
 @torch.no_grad()
@@ -53,7 +61,8 @@ def embed_pairs(
     images: EmbeddedImages | None = None,
 ) -> EmbeddedPairs:
     """Embed every readable image of ``table`` (unless ``images`` holds them already) and
-    all of its captions."""
+    all of its captions; with the table's ``group_column``, read each image's group."""
+    table.check_group_column()  # before the images are embedded
     if images is None:
         images = embed_images(model, table, batch_size, num_workers, accelerator)
     captions, owners = [], []
@@ -68,6 +77,7 @@ def embed_pairs(
         captions=captions,
         rows=images.rows,
         skipped=images.skipped,
+        groups=table.group_values(images.rows) if table.group_column is not None else None,
     )
 
 
@@ -90,6 +100,10 @@ def evaluate_retrieval(
     gets the metrics); pass ``output_dir`` on the main process only. Captions repeated
     across images are announced (main process) with the recall they leave reachable.
     ``images``: the table's image features, when another task computed them already.
+
+    With the table's ``group_column``, each value's rows are also scored among themselves
+    (their images and captions only) as ``GROUP/metric``; the result JSON gives each
+    group's size under ``groups``. Rows with an empty cell enter the whole split only.
     """
     embedded = embed_pairs(model, table, batch_size, num_workers, accelerator, images)
     repeats = repeated_captions(embedded.captions, embedded.text_to_image, ks)
@@ -102,6 +116,18 @@ def evaluate_retrieval(
         ks=tuple(ks),
         max_matrix_elements=max_matrix_elements,
     )
+    by_group: dict[str, dict[str, float]] = {}
+    if embedded.groups is not None:
+        by_group = grouped_retrieval_metrics(
+            embedded.image_features,
+            embedded.text_features,
+            embedded.text_to_image,
+            embedded.groups,
+            ks=tuple(ks),
+            max_matrix_elements=max_matrix_elements,
+        )
+        for name, values in by_group.items():
+            metrics.update({f"{name}/{key}": value for key, value in values.items()})
     if output_dir is not None:
         output_dir = Path(output_dir)
         details = {
@@ -113,12 +139,27 @@ def evaluate_retrieval(
         }
         if repeats.captions:
             details["max_recall"] = repeats.max_recall
+        if embedded.groups is not None:
+            details["groups"] = _group_record(embedded, str(table.group_column))
         write_result(output_dir, "retrieval", metrics, {**details, **(extra or {})})
         note = f"\n{_repeats_message(repeats, len(embedded.captions))}" if repeats.captions else ""
-        (output_dir / "retrieval.txt").write_text(format_table(metrics) + note + "\n")
+        tables = [format_table(metrics) + note]
+        tables += [f"{name}:\n{format_table(values)}" for name, values in by_group.items()]
+        (output_dir / "retrieval.txt").write_text("\n\n".join(tables) + "\n")
         if grid_queries > 0:
             _write_grid(embedded, table, output_dir / "retrieval_grid.png", grid_queries)
     return metrics
+
+
+def _group_record(embedded: EmbeddedPairs, column: str) -> dict[str, Any]:
+    """The groups' column and sizes, and the images in no group, for the result JSON."""
+    assert embedded.groups is not None
+    groups = split_groups(embedded.groups, embedded.text_to_image)
+    return {
+        "column": column,
+        "sizes": {g.name: {"num_images": len(g.images), "num_texts": len(g.texts)} for g in groups},
+        "ungrouped_images": sum(value is None for value in embedded.groups),
+    }
 
 
 def _repeats_message(repeats: CaptionRepeats, total: int, source: str = "") -> str:

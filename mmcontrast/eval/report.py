@@ -15,9 +15,17 @@ PACKAGES = ("mmcontrast", "torch", "transformers", "open_clip_torch", "datasets"
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    retrieval = {k: v for k, v in metrics.items() if k.startswith(RETRIEVAL_PREFIXES)}
-    others = {k: v for k, v in metrics.items() if k not in retrieval}
-    parts = [format_table(metrics)] if retrieval else []
+    """Metrics as text: a retrieval table per prefix (the whole split, then ``GROUP/`` or
+    ``TASK/``), then one line per other metric."""
+    tables: dict[str, dict[str, float]] = {}
+    others: dict[str, float] = {}
+    for key, value in metrics.items():
+        prefix, _, name = key.rpartition("/")
+        if name.startswith(RETRIEVAL_PREFIXES):
+            tables.setdefault(prefix, {})[name] = value
+        else:
+            others[key] = value
+    parts = [f"{p}:\n{format_table(t)}" if p else format_table(t) for p, t in tables.items()]
     if others:
         width = max(len(k) for k in others)
         parts.append("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in others.items()))

@@ -10,6 +10,10 @@ never materialised and nothing is sorted except the final rank vectors.
 Under the default (pessimistic) tie rule, a caption whose text is also a caption of another
 image ties with that copy, so recall cannot reach 1; :func:`repeated_captions` counts such
 captions and the highest recall@k the split allows.
+
+:func:`grouped_retrieval_metrics` scores each group of images (a language, a domain) among
+its own images and captions only, as a benchmark of that group alone would (CLIP_benchmark's
+per-language XTD / Multi30k numbers); :func:`split_groups` gives the groups' indices.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,10 +31,13 @@ from torch import Tensor
 
 __all__ = [
     "CaptionRepeats",
+    "RetrievalGroup",
     "format_table",
+    "grouped_retrieval_metrics",
     "repeated_captions",
     "retrieval_metrics",
     "retrieval_ranks",
+    "split_groups",
 ]
 
 TieRule = Literal["pessimistic", "optimistic"]
@@ -257,6 +264,124 @@ def retrieval_metrics(
     metrics["text_retrieval_mean_rank"] = int(i2t_ranks.sum()) / i2t_ranks.numel()
     metrics["text_retrieval_median_rank"] = _median(i2t_ranks)
     return metrics
+
+
+@dataclass(frozen=True)
+class RetrievalGroup:
+    """The images of one group and their captions, as indices into the whole split."""
+
+    name: str
+    images: Tensor  # [Ng] long: the group's images, in split order
+    texts: Tensor  # [Tg] long: the captions of those images, in split order
+    text_to_image: Tensor  # [Tg] long: each caption's image, as an index into ``images``
+
+
+def split_groups(
+    image_groups: Sequence[Hashable | None], text_to_image: Tensor
+) -> list[RetrievalGroup]:
+    """Splits a retrieval set by a value per image: each group, its images and their captions.
+
+    Args:
+        image_groups: One value per image (a language code, a domain); ``None`` leaves the
+            image (and its captions) out of every group. Values are named by ``str(value)``.
+        text_to_image: ``[Nt]`` the image index of each caption.
+
+    Returns:
+        One :class:`RetrievalGroup` per distinct value, sorted by name.
+
+    Raises:
+        ValueError: If an index of ``text_to_image`` has no value in ``image_groups``.
+
+    Example:
+        >>> groups = split_groups(["en", "de", "en"], torch.tensor([0, 1, 2, 2]))
+        >>> [(g.name, g.images.tolist(), g.texts.tolist()) for g in groups]
+        [('de', [1], [1]), ('en', [0, 2], [0, 2, 3])]
+        >>> groups[1].text_to_image.tolist()
+        [0, 1, 1]
+    """
+    owners = text_to_image.detach().to("cpu", torch.long)
+    if owners.numel() and int(owners.max()) >= len(image_groups):
+        raise ValueError(
+            f"text_to_image refers to image {int(owners.max())}, but only "
+            f"{len(image_groups)} images have a group value"
+        )
+    members: dict[str, list[int]] = defaultdict(list)
+    for image, value in enumerate(image_groups):
+        if value is not None:
+            members[str(value)].append(image)
+    groups = []
+    for name in sorted(members):
+        images = torch.tensor(members[name], dtype=torch.long)
+        local = torch.full((len(image_groups),), -1, dtype=torch.long)
+        local[images] = torch.arange(len(images))
+        texts = torch.nonzero(local[owners] >= 0).flatten()
+        groups.append(RetrievalGroup(name, images, texts, local[owners[texts]]))
+    return groups
+
+
+@torch.no_grad()
+def grouped_retrieval_metrics(
+    image_features: Tensor,
+    text_features: Tensor,
+    text_to_image: Tensor,
+    image_groups: Sequence[Hashable | None],
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+    max_matrix_elements: int = 2**26,
+    *,
+    ties: TieRule = "pessimistic",
+) -> dict[str, dict[str, float]]:
+    """:func:`retrieval_metrics` of each group of images among that group's own items.
+
+    A group's captions query the group's images only, and its images query the group's
+    captions only: each group is scored as a benchmark of that group alone (a language of
+    XTD or Multi30k, as CLIP_benchmark scores each language). The features are computed
+    once for the whole split; each group takes its rows of the similarity matrix.
+
+    Args:
+        image_features: Image embeddings ``[Ni, D]`` of the whole split.
+        text_features: Text embeddings ``[Nt, D]`` of the whole split.
+        text_to_image: ``[Nt]`` the image index of each text.
+        image_groups: One value per image (``None``: in no group); see :func:`split_groups`.
+        ks, chunk_size, max_matrix_elements, ties: As :func:`retrieval_metrics`.
+
+    Returns:
+        Group name -> that group's metrics (the keys of :func:`retrieval_metrics`), sorted
+        by name.
+
+    Raises:
+        ValueError: As :func:`retrieval_metrics`, or if ``image_groups`` does not give one
+            value per image.
+
+    Example:
+        >>> images = torch.eye(3)  # the "de" caption lies closest to an "en" image
+        >>> texts = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0], [0.0, 0.0, 1.0]])
+        >>> whole = retrieval_metrics(images, texts, torch.arange(3), ks=(1,))
+        >>> whole["image_retrieval_recall@1"]
+        0.6666666666666666
+        >>> by_group = grouped_retrieval_metrics(
+        ...     images, texts, torch.arange(3), ["en", "de", "en"], ks=(1,)
+        ... )
+        >>> {name: m["image_retrieval_recall@1"] for name, m in by_group.items()}
+        {'de': 1.0, 'en': 1.0}
+    """
+    if len(image_groups) != image_features.shape[0]:
+        raise ValueError(
+            f"image_groups has {len(image_groups)} values for {image_features.shape[0]} images"
+        )
+    device = image_features.device
+    results: dict[str, dict[str, float]] = {}
+    for group in split_groups(image_groups, text_to_image):
+        results[group.name] = retrieval_metrics(
+            image_features[group.images.to(device)],
+            text_features[group.texts.to(text_features.device)],
+            group.text_to_image,
+            ks=ks,
+            chunk_size=chunk_size,
+            max_matrix_elements=max_matrix_elements,
+            ties=ties,
+        )
+    return results
 
 
 @dataclass(frozen=True)

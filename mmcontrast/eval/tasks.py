@@ -1,6 +1,7 @@
 """The evaluation tasks, each a function of (model, data, options): one registry, five tasks.
 
-* ``retrieval``: image-text retrieval on pairs (CLIP_benchmark's recall@k, plus ranks);
+* ``retrieval``: image-text retrieval on pairs (CLIP_benchmark's recall@k, plus ranks); with
+  ``data.group_column``, also per group of rows (a language) among that group's rows only;
 * ``swaps``: does an image score its caption above the caption with words swapped (ARO,
   NegCLIP; :mod:`mmcontrast.eval.swap_test`);
 * ``zeroshot``: zero-shot classification from class names and prompt templates;
@@ -91,6 +92,7 @@ class TaskRun:
         if split not in self.pair_features:
             options = self.options
             table = load_pairs(self.data.config, split, options.max_rows(split))
+            table.check_group_column()  # a missing data.group_column fails before embedding
             images = embed_images(
                 self.model, table, options.batch_size, options.num_workers, self.accelerator
             )

@@ -97,7 +97,7 @@ class Distill(ImageTextContrastive):
     def train_data(self) -> tuple[SeededSamples, Callable[[list[Any]], dict[str, Any]]]:
         data = self.cfg.data
         if data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
-            load_pairs(data, data.eval_split, 1)  # fail now, not after training
+            load_pairs(data, data.eval_split, 1).check_group_column()  # fail now, not later
         table = load_pairs(data, data.train_split, data.max_train_samples)
         self.check_columns(table)
         teacher = self._teacher(table)

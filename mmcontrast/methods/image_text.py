@@ -205,7 +205,8 @@ class ImageTextContrastive(Method):
     ) -> tuple[SeededSamples | StreamedPairs, Callable[[list[Any]], dict[str, Any]]]:
         collate = ImageTextCollator(self.model.text.tokenizer())
         if self.cfg.data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
-            load_pairs(self.cfg.data, self.cfg.data.eval_split, 1)  # fail now, not after training
+            eval_rows = load_pairs(self.cfg.data, self.cfg.data.eval_split, 1)
+            eval_rows.check_group_column()  # fail now, not after training
         if self.cfg.data.streaming:
             return self._streamed_data(), collate
         table = load_pairs(
