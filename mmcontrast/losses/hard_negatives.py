@@ -65,14 +65,14 @@ class NegClipLoss(nn.Module):
     Example:
         >>> img = F.normalize(torch.randn(4, 16), dim=-1)
         >>> txt = F.normalize(torch.randn(4, 16), dim=-1)
-        >>> neg = F.normalize(torch.randn(4, 2, 16), dim=-1)
+        >>> neg = F.normalize(img[:, None] + 0.5 * torch.randn(4, 2, 16), dim=-1)  # close to I
         >>> mask = torch.tensor([[True, True], [True, False], [False, False], [True, False]])
         >>> loss = NegClipLoss()(img, txt, torch.tensor(100.0), neg, mask)
         >>> from mmcontrast.losses import ClipLoss
         >>> none = NegClipLoss()(img, txt, torch.tensor(100.0), neg, torch.zeros(4, 2, dtype=torch.bool))
         >>> bool(torch.allclose(none, ClipLoss()(img, txt, torch.tensor(100.0))))
         True
-        >>> bool(loss > none)  # more negatives, a larger loss
+        >>> bool(loss > none)  # negatives close to their image: a larger loss
         True
     """
 

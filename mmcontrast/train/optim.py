@@ -64,7 +64,14 @@ def build_optimizer(
     ]
     fused = {"fused": True} if cfg.fused_optimizer else {}  # one kernel for all parameters
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
+        sgd = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
+        if fused and cfg.momentum:
+            # the fused kernel fails on a parameter whose first gradient comes after the first
+            # step (frozen prototypes, DINO's last layer) unless every momentum buffer exists;
+            # a zero buffer gives the first update torch's own (buffer = gradient)
+            for param in (p for group in param_groups for p in group["params"]):
+                sgd.state[param]["momentum_buffer"] = torch.zeros_like(param)
+        return sgd
     if cfg.optimizer == "lars":
         return Lars(param_groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fused)  # type: ignore[arg-type]

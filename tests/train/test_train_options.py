@@ -168,3 +168,26 @@ def test_fused_optimizer_gives_the_same_updates(name: str) -> None:
             optimizer.zero_grad()
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_sgd_with_a_parameter_whose_first_gradient_comes_later(fused: bool) -> None:
+    """Frozen-at-first parameters (SwAV's prototypes, DINO's last layer) get their first
+    gradient after some steps: fused SGD must take it, as the plain kernel does."""
+    from mmcontrast.config import TrainConfig
+    from mmcontrast.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    first, late = nn.Linear(4, 4), nn.Linear(4, 2)
+    model = nn.Sequential(first, late)
+    cfg = TrainConfig(optimizer="sgd", fused_optimizer=fused, lr=0.1, weight_decay=0.0)
+    optimizer = build_optimizer(model, cfg)
+    before = late.weight.detach().clone()
+    for step in range(3):
+        out = late(first(torch.randn(2, 4)) if step else first(torch.randn(2, 4)).detach())
+        out.square().sum().backward()
+        if step == 0:
+            assert late.weight.grad is not None and first.weight.grad is None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert not torch.equal(late.weight, before)
