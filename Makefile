@@ -76,7 +76,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# the README's table of vision recipes on Fashion-MNIST (about 80 minutes on 2 CPU cores)
+# the README's table of vision recipes on Fashion-MNIST (about 130 minutes on 2 CPU cores)
 table: setup
 	$(PY) scripts/fashion_mnist_table.py
 

@@ -152,7 +152,7 @@ class AugmentConfig:
     The defaults are the common SimCLR-style pipeline with BYOL / MoCo v3's colour jitter
     (0.4, 0.4, 0.2, 0.1; SimCLR's own is 0.8 x strength for the first three and 0.2 x
     strength for hue); BYOL's asymmetric pair sets ``blur_prob: [1.0, 0.1]`` and
-    ``solarize_prob: [0.0, 0.2]``; SwAV's multi-crop sets ``local_views``.
+    ``solarize_prob: [0.0, 0.2]``; SwAV's and DINO's multi-crop sets ``local_views``.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop of the global views
@@ -166,7 +166,7 @@ class AugmentConfig:
     blur_prob: tuple[float, float] = (0.5, 0.5)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_prob: tuple[float, float] = (0.0, 0.0)
-    local_views: int = 0  # SwAV multi-crop: extra low-resolution crops
+    local_views: int = 0  # SwAV / DINO multi-crop: extra low-resolution crops
     local_size: int | None = None  # default: 3/7 of the global size (96 for 224)
     local_crop_scale: tuple[float, float] = (0.05, 0.14)
     local_blur_prob: float = 0.5

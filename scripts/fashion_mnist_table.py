@@ -5,7 +5,7 @@ cores), reads the evaluation each run writes, and adds two reference rows: the s
 encoder at random initialisation, and kNN / linear probe on raw pixels. Prints a
 markdown table and writes it, with the raw numbers, to ``--output``.
 
-    python scripts/fashion_mnist_table.py                  # everything (~80 minutes)
+    python scripts/fashion_mnist_table.py                  # everything (~130 minutes)
     python scripts/fashion_mnist_table.py --methods simclr supcon
     python scripts/fashion_mnist_table.py --reuse          # only read finished runs
     python scripts/fashion_mnist_table.py --retrain simclr # train simclr again, read the rest
@@ -30,7 +30,10 @@ from mmcontrast.eval.training import evaluate_during_training
 from mmcontrast.methods import build_method
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["simclr", "moco-v2", "moco-v3", "byol", "swav", "barlow-twins", "supcon"]
+METHODS = [
+    "simclr", "moco-v2", "moco-v3", "byol", "simsiam", "swav", "dino", "barlow-twins", "vicreg",
+    "supcon", "instdisc", "pirl",
+]  # fmt: skip
 COLUMNS = [
     ("knn20_acc1", "kNN top-1 (k=20)"),
     ("knn200_acc1", "kNN top-1 (k=200)"),

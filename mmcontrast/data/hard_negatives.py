@@ -25,7 +25,6 @@ from mmcontrast.data.caption_swaps import check_kinds, swaps
 from mmcontrast.data.pairs import PairTable, clean_captions
 from mmcontrast.data.webdataset import column_value
 
-
 CHECKED_ROWS = 1000
 
 

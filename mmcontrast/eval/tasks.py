@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from mmcontrast.data.labelled import load_labelled
 from mmcontrast.data.pairs import PairTable, load_pairs
@@ -38,6 +39,7 @@ from mmcontrast.eval.plots import save_confusion_matrix
 from mmcontrast.eval.report import write_result
 from mmcontrast.eval.swap_test import evaluate_swaps
 from mmcontrast.eval.zero_shot import build_zero_shot_classifier, zero_shot_evaluate
+from mmcontrast.models.memory_bank import KnnBank
 from mmcontrast.registry import Registry
 
 TASKS = Registry("evaluation task")  # the tasks below register themselves
@@ -86,6 +88,34 @@ class TaskRun:
         default_factory=dict
     )
     pair_features: dict[str, tuple[PairTable, EmbeddedImages]] = field(default_factory=dict)
+    knn_bank: KnnBank | None = None  # a training method's memory bank: kNN scores against it
+
+    def memory_bank_and_queries(self, bank: KnnBank) -> tuple[LabelledFeatures, LabelledFeatures]:
+        """The method's memory bank as the kNN bank, and the scored split embedded into its
+        space by the bank's encoder (computed once per run; the train split is not embedded)."""
+        key = (f"memory bank: {self.data.split}", tuple(bank.class_labels))
+        if key not in self.features:
+            options = self.options
+            table = load_labelled(
+                self.data.config, self.data.split, options.max_rows(self.data.split),
+                bank.class_labels,
+            )  # fmt: skip
+            embedded = embed_images(
+                BankQueries(self.model, bank.encoder), table, options.batch_size,
+                options.num_workers, self.accelerator,
+            )  # fmt: skip
+            self.features[key] = LabelledFeatures(
+                embedded.features,
+                table.labels()[embedded.rows],
+                table.class_names,
+                table.source,
+                dict(embedded.skipped),
+            )
+        source = (
+            f"{self.data.train_split} split, the method's memory bank ({len(bank.labels)} rows)"
+        )
+        memory = LabelledFeatures(bank.features, bank.labels, bank.class_labels, source, {})
+        return memory, self.features[key]
 
     def pairs(self, split: str) -> tuple[PairTable, EmbeddedImages]:
         """An image-text split and its image features, computed once per run."""
@@ -206,9 +236,38 @@ def _probe_record(bank: LabelledFeatures, queries: LabelledFeatures) -> dict[str
     }
 
 
+class BankQueries(EvalModel):
+    """A model's preprocessing with a memory bank's encoder: queries in the bank's space."""
+
+    family = "memory-bank"
+    has_text = False
+
+    def __init__(self, model: EvalModel, encoder: nn.Module) -> None:
+        super().__init__(model.spec, model.device)
+        self.model, self.encoder = model, encoder
+
+    @classmethod
+    def matches(cls, spec: str) -> bool:
+        return False
+
+    @classmethod
+    def load(cls, spec: str, device: torch.device) -> EvalModel:
+        raise TypeError("BankQueries wraps a training method's knn_bank(); it is not loaded")
+
+    def image_transform(self) -> Any:
+        return self.model.image_transform()
+
+    @torch.no_grad()
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        return self.encoder(pixels.to(self.device))
+
+
 @TASKS.register("knn", "weighted kNN on frozen image features (train split as the bank)")
 def knn(run: TaskRun) -> dict[str, float]:
-    bank, queries = run.bank_and_queries()
+    if run.knn_bank is not None:  # a method's memory bank (instdisc, pirl): its head's space
+        bank, queries = run.memory_bank_and_queries(run.knn_bank)
+    else:
+        bank, queries = run.bank_and_queries()
     metrics = knn_metrics(
         bank.features,
         bank.labels,

@@ -73,7 +73,10 @@ def evaluate_during_training(
     device = next(method.parameters()).device
     model = MmcontrastAdapter("training", device, method)
     details = {"step": step, "method": cfg.method}
-    run = TaskRun(model, data, options, output_dir, details, accelerator=accelerator)
+    run = TaskRun(
+        model, data, options, output_dir, details, accelerator=accelerator,
+        knn_bank=method.knn_bank(),
+    )  # fmt: skip
     metrics: dict[str, float] = {}
     with torch.no_grad():
         for task in tasks:

@@ -11,10 +11,12 @@ encoder they train (``init_logit_scale``, ``init_logit_bias``).
 from mmcontrast.losses.barlow_twins import BarlowTwinsLoss
 from mmcontrast.losses.clip import ClipLoss
 from mmcontrast.losses.contrastive import ContrastiveLoss
+from mmcontrast.losses.dino import DINOLoss, update_center
 from mmcontrast.losses.distill import ClipDistillLoss, FeatureDistillLoss, RelationalDistillLoss
 from mmcontrast.losses.hard_negatives import NegClipLoss
 from mmcontrast.losses.infonce import InfoNCELoss
 from mmcontrast.losses.multi_positive import SigLipMultiPositiveLoss, UniClLoss
+from mmcontrast.losses.nce import NCELoss
 from mmcontrast.losses.negative_cosine import NegativeCosineLoss
 from mmcontrast.losses.npair import NPairLoss
 from mmcontrast.losses.ntxent import NTXentLoss
@@ -22,14 +24,17 @@ from mmcontrast.losses.siglip import SigLipLoss
 from mmcontrast.losses.supcon import SupConLoss
 from mmcontrast.losses.swav import SwAVLoss, sinkhorn
 from mmcontrast.losses.triplet import TripletLoss
+from mmcontrast.losses.vicreg import VICRegLoss
 
 __all__ = [
     "BarlowTwinsLoss",
     "ClipDistillLoss",
     "ClipLoss",
     "ContrastiveLoss",
+    "DINOLoss",
     "FeatureDistillLoss",
     "InfoNCELoss",
+    "NCELoss",
     "NPairLoss",
     "NTXentLoss",
     "NegClipLoss",
@@ -41,5 +46,7 @@ __all__ = [
     "SwAVLoss",
     "TripletLoss",
     "UniClLoss",
+    "VICRegLoss",
     "sinkhorn",
+    "update_center",
 ]

@@ -8,6 +8,8 @@ optimiser step. It declares what the layers above it read:
 * :meth:`Method.trained_model`: what it trains for others to use (export, evaluation): a
   :class:`~mmcontrast.models.DualEncoder` or a vision backbone (a ``Tower``);
 * :meth:`Method.eval_tasks`: the evaluation tasks run on the held-out split;
+* :meth:`Method.knn_bank`: for a ``knn`` task, labelled training features the method
+  already holds (a memory bank) and the encoder that maps queries into their space;
 * :meth:`Method.zero_shot_classes`: for a ``zeroshot`` task, the classes, their prompt names
   and templates the method trained with (FLYP), so evaluation prompts as training did;
 * :meth:`Method.loss_is_global`: whether its loss gathers every process's samples, which sets
@@ -32,6 +34,7 @@ from torch.utils.data import Dataset
 from mmcontrast.config import Config
 from mmcontrast.data.teacher_cache import TeacherRequest
 from mmcontrast.models.dual_encoder import DualEncoder
+from mmcontrast.models.memory_bank import KnnBank
 from mmcontrast.models.tower import Tower
 from mmcontrast.registry import LOSSES, METHODS
 
@@ -69,6 +72,13 @@ class Method(nn.Module):
         """Evaluation tasks (``mmcontrast list tasks``) run on the held-out split during and
         after training. Default: none."""
         return ()
+
+    def knn_bank(self) -> KnnBank | None:
+        """Labelled features of the training split that the method kept while it trained
+        (a memory bank), for the ``knn`` task: queries go through ``KnnBank.encoder`` and are
+        scored against ``KnnBank.features``, and the training split is not embedded again.
+        Default: None (the task embeds the training split with ``trained_model()``)."""
+        return None
 
     def zero_shot_classes(self) -> ZeroShotClasses | None:
         """The classes a ``zeroshot`` evaluation task scores, named and prompted as the method
@@ -143,6 +153,11 @@ class Method(nn.Module):
             if lr is not None:
                 rates[f"model.{name}."] = lr
         return rates
+
+    def fixed_lr_prefixes(self) -> tuple[str, ...]:
+        """Parameter-name prefixes whose learning rate stays at its base value while the
+        schedule warms up and decays the rest (SimSiam's predictor). Default: none."""
+        return ()
 
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Hook for state updated outside back-propagation (EMA targets, queues)."""

@@ -1,6 +1,7 @@
 """The shared base of the vision recipes: backbone, multi-view data, kNN / linear probe.
 
-A vision method (SimCLR, MoCo, BYOL, SwAV, Barlow Twins, SupCon) is a backbone from any
+A vision method (SimCLR, MoCo, BYOL, SimSiam, SwAV, DINO, Barlow Twins, VICReg, SupCon) is a
+backbone from any
 tower source plus its own heads and loss. This base builds the backbone, reads the
 method's ``method_args`` into its dataclass (unknown keys name the nearest valid one) and
 serves augmented views of a labelled image table. Its trained model is the backbone, and
@@ -39,7 +40,7 @@ class VisionMethod(Method):
 
     args_class: ClassVar[type]
     loss_name: ClassVar[str]
-    uses_local_views: ClassVar[bool] = False  # multi-crop (SwAV)
+    uses_local_views: ClassVar[bool] = False  # multi-crop (SwAV, DINO)
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -55,7 +56,7 @@ class VisionMethod(Method):
         if cfg.augment.local_views and not self.uses_local_views:
             raise ValueError(
                 f"augment.local_views = {cfg.augment.local_views}: method {cfg.method!r} uses "
-                "two views; multi-crop is for swav (set augment.local_views: 0)"
+                "two views; multi-crop is for swav and dino (set augment.local_views: 0)"
             )
         if cfg.model.init_from:
             raise ValueError(

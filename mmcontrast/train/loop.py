@@ -138,7 +138,7 @@ def train(
     if chunks:
         check_grad_cache_support(method, accelerator)
     dataset, collate = method.train_data()
-    optimizer = build_optimizer(method, cfg.train, method.lr_prefixes())
+    optimizer = build_optimizer(method, cfg.train, method.lr_prefixes(), method.fixed_lr_prefixes())
     streamed = isinstance(dataset, StreamedPairs)
     if streamed and not cfg.train.max_steps:
         raise ValueError("streamed data (data.streaming) has no length: set train.max_steps")
@@ -287,7 +287,7 @@ def train(
                     record = {
                         "step": state.step,
                         "loss": loss,
-                        "lr": max(scheduler.get_last_lr()),  # the fastest group's (heads, usually)
+                        "lr": _scheduled_lr(scheduler, optimizer),
                         "pairs_per_s": samples_per_step
                         * (state.step - tic_step)
                         / max(toc - tic, 1e-9),
@@ -384,6 +384,15 @@ def train(
         )
     accelerator.end_training()
     return summary
+
+
+def _scheduled_lr(scheduler: Any, optimizer: torch.optim.Optimizer) -> float:
+    """The logged rate: the fastest scheduled group's (heads, usually), not a fixed one."""
+    rates = scheduler.get_last_lr()
+    moving = [
+        r for r, g in zip(rates, optimizer.param_groups, strict=True) if not g.get("fixed_lr")
+    ]
+    return max(moving or rates)
 
 
 def samples_per_batch(batch_size: int, dataset: Any) -> int:

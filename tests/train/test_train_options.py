@@ -191,3 +191,30 @@ def test_sgd_with_a_parameter_whose_first_gradient_comes_later(fused: bool) -> N
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     assert not torch.equal(late.weight, before)
+
+
+def test_fixed_lr_groups_keep_their_rate_through_the_schedule() -> None:
+    """``Method.fixed_lr_prefixes`` (SimSiam's predictor): warm-up and decay pass them by."""
+    from mmcontrast.config import TrainConfig
+    from mmcontrast.train.optim import build_optimizer, cosine_schedule
+
+    model = nn.ModuleDict({"backbone": nn.Linear(4, 4), "predictor": nn.Linear(4, 4)})
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, weight_decay=0.0, fused_optimizer=False)
+    optimizer = build_optimizer(model, cfg, fixed_lr_prefixes=("predictor.",))
+    fixed = [g["fixed_lr"] if "fixed_lr" in g else False for g in optimizer.param_groups]
+    in_fixed = {
+        id(p) for g, f in zip(optimizer.param_groups, fixed, strict=True) if f for p in g["params"]
+    }
+    assert in_fixed == {id(p) for p in model["predictor"].parameters()}
+    scheduler = cosine_schedule(optimizer, warmup_steps=2, total_steps=10)
+    rates = []
+    for _ in range(9):
+        rates.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    for i, f in enumerate(fixed):
+        column = [r[i] for r in rates]
+        if f:
+            assert column == [0.1] * 9
+        else:
+            assert column[0] < 0.1 and column[2] == pytest.approx(0.1) and column[-1] < 0.02
