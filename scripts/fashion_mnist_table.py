@@ -30,6 +30,7 @@ from mmcontrast.eval.training import evaluate_during_training
 from mmcontrast.methods import build_method
 
 ROOT = Path(__file__).resolve().parents[1]
+RANDOM_INIT = "random init (resnet_small)"
 METHODS = [
     "simclr", "moco-v2", "moco-v3", "byol", "simsiam", "swav", "dino", "barlow-twins", "vicreg",
     "supcon", "instdisc", "pirl",
@@ -96,13 +97,28 @@ def raw_pixels() -> dict[str, float]:
     return metrics
 
 
-def table(rows: dict[str, dict[str, float]]) -> str:
-    header = "| encoder | " + " | ".join(name for _, name in COLUMNS) + " | training |"
-    lines = [header, "|" + " --- |" * (len(COLUMNS) + 2)]
+def table(rows: dict[str, dict[str, float]], minutes: bool = True) -> str:
+    """A markdown table; with a raw-pixels row, each encoder's kNN top-1 (k=20) against it
+    (and against the random encoder's) in two more columns."""
+    pixels = rows.get("raw pixels", {}).get("knn20_acc1")
+    random = rows.get(RANDOM_INIT, {}).get("knn20_acc1")
+    names = [name for _, name in COLUMNS]
+    if pixels is not None and random is not None:
+        names += ["kNN k=20 vs random init", "beats raw pixels (kNN k=20)"]
+    header = "| encoder | " + " | ".join(names) + (" | training |" if minutes else " |")
+    lines = [header, "|" + " --- |" * (len(names) + 1 + minutes)]
     for name, row in rows.items():
         cells = [f"{row[key]:.3f}" if key in row else "-" for key, _ in COLUMNS]
-        minutes = f"{row['train_minutes']:.1f} min" if "train_minutes" in row else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {minutes} |")
+        if len(names) > len(COLUMNS):
+            own = name in (RANDOM_INIT, "raw pixels")
+            knn = row.get("knn20_acc1")
+            cells += ["-", "-"] if own or knn is None else [
+                f"{100 * (knn - random):+.1f} points", "yes" if knn > pixels else "no"
+            ]  # fmt: skip
+        line = f"| {name} | " + " | ".join(cells) + " |"
+        if minutes:
+            line += f" {row['train_minutes']:.1f} min |" if "train_minutes" in row else " - |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -131,7 +147,7 @@ def main() -> None:
             rows[method]["train_minutes"] = float(minutes_file.read_text())
         print(f"{method}: {rows[method]}", flush=True)
     if not args.no_baselines:
-        rows["random init (resnet_small)"] = random_init()
+        rows[RANDOM_INIT] = random_init()
         rows["raw pixels"] = raw_pixels()
     text = table(rows)
     print(text)
