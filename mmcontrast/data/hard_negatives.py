@@ -76,13 +76,7 @@ def check_negatives_column(table: PairTable, column: str) -> None:
     Raises:
         ValueError: The column is missing or holds something other than text.
     """
-    names = list(table.dataset.features or {}) or list(table.dataset.column_names or [])
-    head = column.split(".")[0]
-    if column not in names and head not in names:
-        raise ValueError(
-            f"data.hard_negatives_column {column!r} not found in {table.source} (columns: "
-            f"{', '.join(names)})"
-        )
+    table.require_column("data.hard_negatives_column", column)
     feature = (table.dataset.features or {}).get(column)
     typed = isinstance(feature, datasets.Value) or getattr(feature, "feature", None) is not None
     if typed and not _is_text(feature):

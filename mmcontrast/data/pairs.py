@@ -63,30 +63,35 @@ class PairTable:
         """The split's columns (a field of one, ``json.lang``, is read through its column)."""
         return list(self.dataset.features or {}) or list(self.dataset.column_names or [])
 
-    def check_id_column(self) -> None:
-        """Raise a clear error when ``id_column`` is set but the split has no such column."""
-        if self.id_column is None:
+    def require_column(self, key: str, column: str | None, fix: str = "") -> None:
+        """Raise a clear error when the setting ``key`` names a ``column`` (or a field of one,
+        ``json.lang``) the split lacks; ``fix`` says what to do. Nothing when it is None."""
+        if column is None:
             return
         names = self.column_names()
-        if self.id_column not in names and self.id_column.split(".")[0] not in names:
+        if column not in names and column.split(".")[0] not in names:
             raise ValueError(
-                f"data.id_column {self.id_column!r} not found in {self.source} (columns: "
-                f"{', '.join(names)}); name the column holding each row's image id or label, "
-                "or unset data.id_column to make every row its own positive"
+                f"{key} {column!r} not found in {self.source} (columns: {', '.join(names)})"
+                + (f"; {fix}" if fix else "")
             )
+
+    def check_id_column(self) -> None:
+        """Raise a clear error when ``id_column`` is set but the split has no such column."""
+        self.require_column(
+            "data.id_column",
+            self.id_column,
+            "name the column holding each row's image id or label, or unset data.id_column to "
+            "make every row its own positive",
+        )
 
     def check_group_column(self) -> None:
         """Raise a clear error when ``group_column`` is set but the split has no such column."""
-        if self.group_column is None:
-            return
-        names = self.column_names()
-        if self.group_column not in names and self.group_column.split(".")[0] not in names:
-            raise ValueError(
-                f"data.group_column {self.group_column!r} not found in {self.source} (columns: "
-                f"{', '.join(names)}); name the column holding each row's group (e.g. its "
-                "captions' language), or unset data.group_column (--group-column) to score the "
-                "split as a whole only"
-            )
+        self.require_column(
+            "data.group_column",
+            self.group_column,
+            "name the column holding each row's group (e.g. its captions' language), or unset "
+            "data.group_column (--group-column) to score the split as a whole only",
+        )
 
     def row_value(self, row: dict[str, Any], column: str) -> Any:
         """The value of ``column`` (or of a field inside one, ``json.lang``) in a row already
