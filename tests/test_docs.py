@@ -34,6 +34,7 @@ BENCH_SCRIPTS = [
     "bench_search.py",
     "bench_embed.py",
     "bench_distill_demo.py",
+    "bench_finetune.py",
 ]
 
 

@@ -234,6 +234,12 @@ def negatives_of(hard: HardNegatives | None, row: dict[str, Any]) -> Negatives |
     return lambda caption: hard.draw(caption, from_column)
 
 
+def flatten_pairs(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pairs of ``samples`` in batch order: a group (``{"group": [...]}``, several
+    captions of one image) gives each of its pairs."""
+    return [pair for s in samples for pair in s.get("group", [s])]
+
+
 class ImageTextCollator:
     """Stacks pixels, tokenises captions, stacks class labels where samples have them
     (``batch["labels"]``) and pair ids (``batch["ids"]``), flattens groups of pairs
@@ -248,7 +254,7 @@ class ImageTextCollator:
         self.tokenizer = tokenizer
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        samples = [pair for s in samples for pair in s.get("group", [s])]
+        samples = flatten_pairs(samples)
         good = [s for s in samples if "skip" not in s]
         batch: dict[str, Any] = {"skipped": Skips.of_samples(samples)}
         if good:

@@ -18,6 +18,13 @@ one epoch) helps until the embeddings spread and that Z is too large. The defaul
 estimate: the loss falls from the start, and on small Fashion-MNIST runs ``first_batch``
 collapsed while ``never``, ``filled_bank`` and the full softmax learned alike. A fixed Z is a
 buffer, so a resumed run uses the constant of the run it continues.
+
+The bank's rows start as random unit vectors (``method_args.bank_init: random``, the papers'),
+so through the first epoch every image's positive is noise and the encoder learns nothing
+useful until each row has been written once. ``first_visit`` writes a row with its image's
+embedding from the first batch that holds it, before that batch is scored
+(:meth:`MemoryBank.fill_unwritten`): the first epoch's positives are then real. Short runs
+gain most; on a few epochs of Fashion-MNIST it lifted both methods' kNN accuracy.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ from mmcontrast.models.memory_bank import KnnBank, MemoryBank
 # When NCE's constant Z is fixed: never (each batch's own estimate), Wu et al.'s first batch
 # (a bank of random rows), or the first batch once every row holds an embedding (one epoch)
 FIX_Z = ("never", "first_batch", "filled_bank")
+# What a row holds before its image is first seen: a random unit vector (the papers), or,
+# with first_visit, the image's own embedding from the batch that first holds it
+BANK_INIT = ("random", "first_visit")
 
 
 class IndexedSamples(Dataset):
@@ -89,13 +99,18 @@ class MemoryBankMethod(VisionMethod):
         temperature: float,
         softmax: bool,
         fix_z: str,
+        bank_init: str = "random",
     ) -> None:
         """The bank (sized by :meth:`train_data` or a loaded state), the loss and Z."""
         if num_negatives < 1:
             raise ValueError(f"method_args.num_negatives must be >= 1, got {num_negatives}")
         if fix_z not in FIX_Z:
             raise ValueError(f"method_args.fix_z must be one of {', '.join(FIX_Z)}; got {fix_z!r}")
-        self.fix_z = fix_z
+        if bank_init not in BANK_INIT:
+            raise ValueError(
+                f"method_args.bank_init must be one of {', '.join(BANK_INIT)}; got {bank_init!r}"
+            )
+        self.fix_z, self.bank_init = fix_z, bank_init
         self.num_negatives, self.shared_negatives = num_negatives, shared_negatives
         self.bank = MemoryBank(0, dim, momentum, seed=self.cfg.train.seed)
         estimator = "softmax" if softmax else "nce"
@@ -134,6 +149,12 @@ class MemoryBankMethod(VisionMethod):
         if self.shared_negatives:
             return self.bank.sample(1, self.num_negatives, shared=True)[0]
         return self.bank.sample(batch_size, self.num_negatives)
+
+    def fill_new_rows(self, rows: Tensor, embedding: Tensor) -> None:
+        """With ``bank_init: first_visit``, rows not yet written take ``embedding`` [B, D]
+        before the batch is scored (every process calls it)."""
+        if self.bank_init == "first_visit":
+            self.bank.fill_unwritten(rows, embedding)
 
     def nce(self, term: int, query: Tensor, rows: Tensor, negatives: Tensor | None) -> Tensor:
         """Loss term ``term`` of ``query`` [B, D] against the bank (rows [B] positives).

@@ -29,8 +29,13 @@ from typing import Any
 from torch import Tensor
 
 from mmcontrast.config import Config
-from mmcontrast.data.image_text import ImageTextCollator, ImageTextDataset, SeededSamples
-from mmcontrast.data.pairs import PairTable, load_pairs
+from mmcontrast.data.image_text import (
+    ImageTextCollator,
+    ImageTextDataset,
+    SeededSamples,
+    flatten_pairs,
+)
+from mmcontrast.data.pairs import PairTable
 from mmcontrast.data.skips import indexed_skip
 from mmcontrast.data.teacher_cache import (
     TeacherEmbeddings,
@@ -95,24 +100,12 @@ class Distill(ImageTextContrastive):
         return super().loss_from_embeddings(embeddings)
 
     def train_data(self) -> tuple[SeededSamples, Callable[[list[Any]], dict[str, Any]]]:
-        data = self.cfg.data
-        if data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
-            load_pairs(data, data.eval_split, 1).check_group_column()  # fail now, not later
-        table = load_pairs(data, data.train_split, data.max_train_samples)
-        self.check_columns(table)
+        self.check_eval_split()
+        table = self.train_table()
         teacher = self._teacher(table)
         self.teacher_logit_scale = teacher.logit_scale
-        features, bad = self.locked_features(table)
-        dataset = TeacherRowsDataset(
-            table,
-            self.image_transform(train=True),
-            seed=self.cfg.train.seed,
-            vision_features=features,
-            bad_rows=bad,
-            captions_per_image=data.captions_per_image,
-            with_ids=self.uses_ids,
-            hard_negatives=self.hard_negatives,
-            teacher_readable=teacher.readable.tolist(),
+        dataset = self.pair_dataset(
+            table, TeacherRowsDataset, teacher_readable=teacher.readable.tolist()
         )
         return dataset, TeacherCollator(ImageTextCollator(self.model.text.tokenizer()), teacher)
 
@@ -162,9 +155,8 @@ class TeacherCollator:
         self.collate, self.teacher = collate, teacher
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        pairs = [pair for s in samples for pair in s.get("group", [s])]
-        good = [p for p in pairs if "skip" not in p]
-        batch = self.collate([{k: v for k, v in p.items() if k != "row"} for p in pairs])
+        batch = self.collate(samples)  # it reads only the keys it knows, not "row"
+        good = [p for p in flatten_pairs(samples) if "skip" not in p]
         if good:
             rows = [p["row"] for p in good]
             texts = self.teacher.text_rows([p["caption"] for p in good])

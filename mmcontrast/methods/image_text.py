@@ -204,17 +204,36 @@ class ImageTextContrastive(Method):
         self,
     ) -> tuple[SeededSamples | StreamedPairs, Callable[[list[Any]], dict[str, Any]]]:
         collate = ImageTextCollator(self.model.text.tokenizer())
-        if self.cfg.data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
-            eval_rows = load_pairs(self.cfg.data, self.cfg.data.eval_split, 1)
-            eval_rows.check_group_column()  # fail now, not after training
+        self.check_eval_split()
         if self.cfg.data.streaming:
             return self._streamed_data(), collate
-        table = load_pairs(
-            self.cfg.data, self.cfg.data.train_split, self.cfg.data.max_train_samples
-        )
+        return self.pair_dataset(self.train_table()), collate
+
+    def check_eval_split(self) -> None:
+        """The evaluation split has the group column the settings name: fail before
+        training, not after it."""
+        data = self.cfg.data
+        if data.eval_split and (self.cfg.eval.at_end or self.cfg.eval.every):
+            load_pairs(data, data.eval_split, 1).check_group_column()
+
+    def train_table(self) -> PairTable:
+        """The training split's rows, with the columns the settings name checked."""
+        data = self.cfg.data
+        table = load_pairs(data, data.train_split, data.max_train_samples)
         self.check_columns(table)
+        return table
+
+    def pair_dataset(
+        self,
+        table: PairTable,
+        dataset_class: type[ImageTextDataset] = ImageTextDataset,
+        **extra: Any,
+    ) -> ImageTextDataset:
+        """The training dataset of ``table``'s pairs as the settings ask (augmentation,
+        cached locked features, several captions per image, ids, hard negatives);
+        ``dataset_class`` and ``extra`` keyword arguments for a subclass's own."""
         features, bad = self.locked_features(table)
-        dataset = ImageTextDataset(
+        return dataset_class(
             table,
             self.image_transform(train=True),
             seed=self.cfg.train.seed,
@@ -223,8 +242,8 @@ class ImageTextContrastive(Method):
             captions_per_image=self.cfg.data.captions_per_image,
             with_ids=self.uses_ids,
             hard_negatives=self.hard_negatives,
+            **extra,
         )
-        return dataset, collate
 
     def check_columns(self, table: PairTable) -> None:
         """The training split has the id and hard-negative columns the settings name."""

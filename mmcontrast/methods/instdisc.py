@@ -36,6 +36,7 @@ class InstDiscArgs:
     bank_momentum: float = 0.5  # m: entry <- normalise(m * entry + (1 - m) * embedding)
     full_softmax: bool = False  # the exact softmax over every bank entry instead of NCE
     fix_z: str = "never"  # NCE's Z: each batch's; first_batch (Wu et al.), filled_bank
+    bank_init: str = "random"  # rows before first seen: random (papers) or first_visit
 
 
 @METHODS.register(
@@ -57,11 +58,13 @@ class InstDisc(MemoryBankMethod):
             a.temperature,
             a.full_softmax,
             a.fix_z,
+            a.bank_init,
         )
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         rows = self.rows(batch)
         embedding = self.head(self.backbone(pixel_values=batch["views"][0]))
+        self.fill_new_rows(rows, embedding)
         loss = self.nce(0, embedding, rows, self.negatives(rows.shape[0]))
         self.bank.update(rows, embedding)
         return {"loss": loss}

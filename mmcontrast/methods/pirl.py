@@ -54,6 +54,7 @@ class PirlArgs:
     patch_size: int | None = None  # resize tiles to this side (None: as cut)
     full_softmax: bool = False  # the exact softmax over every bank entry instead of NCE
     fix_z: str = "never"  # NCE's Z: each batch's; first_batch (Wu et al.), filled_bank
+    bank_init: str = "random"  # rows before first seen: random (papers) or first_visit
 
 
 @METHODS.register("pirl", "PIRL: jigsaw-invariant embeddings, memory bank, NCE (Misra 2020)")
@@ -80,6 +81,7 @@ class Pirl(MemoryBankMethod):
             a.temperature,
             a.full_softmax,
             a.fix_z,
+            a.bank_init,
         )
         self.jigsaw_calls: Tensor
         self.register_buffer("jigsaw_calls", torch.zeros((), dtype=torch.long))
@@ -101,6 +103,7 @@ class Pirl(MemoryBankMethod):
         image, transformed = batch["views"][:2]
         f = self.image_head(self.backbone(pixel_values=image))
         g = self.jigsaw_embedding(transformed)
+        self.fill_new_rows(rows, f)
         negatives = self.negatives(rows.shape[0])
         jigsaw_loss = self.nce(0, g, rows, negatives)
         image_loss = self.nce(1, f, rows, negatives)

@@ -10,7 +10,8 @@ paper writes ``m_i <- f_i``)::
     m_i <- normalise(m * m_i + (1 - m) * normalise(f_i))
 
 The bank starts as random unit vectors (Gaussian rows, normalised; seeded) and negatives
-are drawn uniformly from all N rows.
+are drawn uniformly from all N rows. :meth:`MemoryBank.fill_unwritten` instead sets rows
+never written to given features as they are (a row's first visit).
 
 Memory: ``N x D x 4`` bytes (float32) on every process, since each keeps the whole bank;
 ``D = 128`` gives 512 MB per million images (ImageNet-1k's 1,281,167: 656 MB), plus 9
@@ -133,9 +134,29 @@ class MemoryBank(nn.Module):
 
         Every process must call it (it all-gathers); ``features`` carry no gradient here.
         """
+        indices, features = self._gathered(indices, features)
+        features = F.normalize(features, dim=1)
+        mixed = self.momentum * self.features[indices] + (1 - self.momentum) * features
+        self.features[indices] = F.normalize(mixed, dim=1)
+        self.written[indices] = True
+
+    @torch.no_grad()
+    def fill_unwritten(self, indices: Tensor, features: Tensor) -> None:
+        """Rows ``indices`` never written take ``features`` (normalised) as they are; rows
+        already written stay. Called before a batch is scored, a row's first positive is
+        then the image's own current embedding rather than a random vector. Every process
+        must call it (it all-gathers)."""
+        indices, features = self._gathered(indices, features)
+        new = ~self.written[indices]
+        self.features[indices[new]] = F.normalize(features[new], dim=1)
+        self.written[indices[new]] = True
+
+    def _gathered(self, indices: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Every process's (index, feature) pairs, in rank order, checked, each index once
+        (its last occurrence)."""
         if indices.shape[0] != features.shape[0] or features.shape[-1] != self.dim:
             raise ValueError(
-                f"update needs indices [B] and features [B, {self.dim}], got "
+                f"a bank update needs indices [B] and features [B, {self.dim}], got "
                 f"{tuple(indices.shape)} and {tuple(features.shape)}"
             )
         indices = distributed.gather(indices.to(self.features.device, torch.long))
@@ -146,10 +167,7 @@ class MemoryBank(nn.Module):
                 "the training split is not the one the bank was sized for"
             )
         keep = last_occurrence(indices)
-        indices, features = indices[keep], F.normalize(features[keep], dim=1)
-        mixed = self.momentum * self.features[indices] + (1 - self.momentum) * features
-        self.features[indices] = F.normalize(mixed, dim=1)
-        self.written[indices] = True
+        return indices[keep], features[keep]
 
     @torch.no_grad()
     def sample(self, batch: int, count: int, shared: bool = False) -> Tensor:

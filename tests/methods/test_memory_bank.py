@@ -53,6 +53,20 @@ def test_momentum_zero_replaces_and_a_repeated_index_takes_its_last_feature() ->
     assert bank.features[2].tolist() == [0.0, -1.0] and bank.features[0].tolist() == [0.0, 1.0]
 
 
+def test_fill_unwritten_sets_new_rows_and_keeps_written_ones() -> None:
+    bank = MemoryBank(5, 2, momentum=0.5, seed=0)
+    bank.update(torch.tensor([1]), torch.tensor([[0.0, 2.0]]))
+    before = bank.features.clone()
+    features = torch.tensor([[3.0, 4.0], [5.0, 0.0], [0.0, -2.0], [-1.0, 0.0]])
+    bank.fill_unwritten(torch.tensor([3, 1, 4, 3]), features)
+    assert bank.features[3].tolist() == [-1.0, 0.0]  # a repeated new row: its last feature
+    assert bank.features[4].tolist() == [0.0, -1.0]
+    assert torch.equal(bank.features[[0, 1, 2]], before[[0, 1, 2]])  # written or not given
+    assert bank.written.tolist() == [False, True, False, True, True]
+    bank.update(torch.tensor([4]), torch.tensor([[0.0, -7.0]]))  # momentum from its own row
+    assert bank.features[4].tolist() == [0.0, -1.0]
+
+
 def test_starts_as_seeded_random_unit_vectors() -> None:
     a, b, c = MemoryBank(50, 16, seed=1), MemoryBank(50, 16, seed=1), MemoryBank(50, 16, seed=2)
     assert torch.equal(a.features, b.features) and not torch.equal(a.features, c.features)
@@ -113,6 +127,8 @@ def test_the_module_example_runs() -> None:
 ROWS = torch.tensor([0, 3, 5, 3, 7, 0, 9, 2])  # 3 and 0 twice, once on each process
 FEATURES = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
 SECOND = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+NEW_ROWS = torch.tensor([1, 4, 3, 6, 8, 1, 0, 4])  # 1 and 4 on both processes; 3 and 0 written
+THIRD = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
 
 
 def _bank_worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -129,6 +145,7 @@ def _bank_worker(rank: int, init_file: str, out_dir: str) -> None:
         bank = MemoryBank(10, 4, momentum=0.5, seed=0)
         bank.update(ROWS[mine], FEATURES[mine])
         bank.update(ROWS.flip(0)[mine], SECOND[mine])
+        bank.fill_unwritten(NEW_ROWS[mine], THIRD[mine])
         loss_fn = NCELoss(0.1)
         negatives = torch.arange(10).repeat(8, 1)
         log_z = loss_fn.estimate_log_z(FEATURES[mine], bank.features, ROWS[mine], negatives[mine])
@@ -155,12 +172,13 @@ def test_two_processes_keep_equal_banks_equal_to_one_process(two_banks: list[dic
     one = MemoryBank(10, 4, momentum=0.5, seed=0)
     one.update(ROWS, FEATURES)
     one.update(ROWS.flip(0), SECOND)
+    one.fill_unwritten(NEW_ROWS, THIRD)
     assert two_banks[0]["world"] == WORLD
     for result in two_banks:
         for name, value in one.state_dict().items():
             if name != "draws":
                 assert torch.equal(result["state"][name], value), name
-    assert int(one.written.sum()) == 6  # rows 0, 2, 3, 5, 7, 9
+    assert int(one.written.sum()) == 10  # rows 0, 2, 3, 5, 7, 9, then 1, 4, 6, 8 filled
     # each process draws its own negatives, unless shared by the batch
     assert not torch.equal(two_banks[0]["own"], two_banks[1]["own"])
     assert torch.equal(two_banks[0]["shared"], two_banks[1]["shared"])

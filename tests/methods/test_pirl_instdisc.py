@@ -157,6 +157,37 @@ def test_one_step(name: str, extra: tuple[str, ...], labelled_dir: Path, tmp_pat
         assert {"jigsaw_loss", "image_loss"} <= set(out) and int(method.jigsaw_calls) == 1
 
 
+@pytest.mark.parametrize("name", ["instdisc", "pirl"])
+def test_first_visit_rows_start_as_their_images_embedding(
+    name: str, labelled_dir: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    method = build(name, labelled_dir, tmp_path, "method_args.bank_init=first_visit")
+    dataset, collate = method.train_data()
+    random_rows = method.bank.features.clone()
+    batch = collate([dataset[i] for i in range(8)])
+    method.eval()  # the same embedding twice: no batch statistics, no dropout
+    out = method(batch)
+    head = method.knn_encoder()
+    with torch.no_grad():
+        embedding = torch.nn.functional.normalize(head(batch["views"][0]), dim=1)
+    # filled before scoring, then moved towards the same embedding: the embedding itself
+    torch.testing.assert_close(method.bank.features[:8], embedding, rtol=1e-5, atol=1e-6)
+    assert torch.equal(method.bank.features[8:], random_rows[8:])
+    # the same model, bank and draws with random rows scores another loss: the positive
+    # scored above was the image's own embedding, not the random row
+    torch.manual_seed(0)
+    paper = build(name, labelled_dir, tmp_path)
+    paper.train_data()
+    assert torch.equal(paper.bank.features, random_rows)
+    paper.eval()
+    assert not torch.allclose(paper(batch)["loss"], out["loss"])
+    second = method(batch)  # written rows keep their momentum update
+    assert torch.isfinite(second["loss"])
+    with pytest.raises(ValueError, match="bank_init"):
+        build(name, labelled_dir, tmp_path, "method_args.bank_init=zeros")
+
+
 def test_z_is_fixed_once_the_bank_is_full_or_follows_each_batch(
     labelled_dir: Path, tmp_path: Path
 ) -> None:
