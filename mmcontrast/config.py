@@ -185,6 +185,8 @@ class TrainConfig:
     lr: float = 5e-4
     momentum: float = 0.9  # sgd and lars
     weight_decay: float = 0.1
+    # weight decay along a cosine from weight_decay to this at the last step (DINO); None = fixed
+    weight_decay_end: float | None = None
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     fused_optimizer: bool = True  # adamw / sgd: torch's fused kernels (same update, faster)
@@ -565,6 +567,9 @@ RANGES: dict[tuple[str, str], Range] = {
     ("TrainConfig", "lr"): Range(0, low_open=True, meaning="the base learning rate"),
     ("TrainConfig", "momentum"): Range(0, 1, high_open=True, meaning="sgd / lars momentum"),
     ("TrainConfig", "weight_decay"): Range(0, meaning="decoupled weight decay; 0 = none"),
+    ("TrainConfig", "weight_decay_end"): Range(
+        0, meaning="the weight decay the cosine schedule ends at; null = constant"
+    ),
     ("TrainConfig", "betas"): Range(0, 1, high_open=True, meaning="AdamW's moment decay rates"),
     ("TrainConfig", "eps"): Range(0, low_open=True, meaning="AdamW's denominator term"),
     ("TrainConfig", "warmup_steps"): Range(0, meaning="optimiser steps of linear warm-up"),

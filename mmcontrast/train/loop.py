@@ -82,7 +82,7 @@ from mmcontrast.train.grad_cache import (
     micro_batches_per_batch,
 )
 from mmcontrast.train.hooks import Evaluate, TrainHooks
-from mmcontrast.train.optim import build_optimizer, cosine_schedule
+from mmcontrast.train.optim import build_optimizer, cosine_schedule, weight_decay_schedule
 from mmcontrast.train.preemption import StopSignals
 from mmcontrast.train.progress import Progress
 from mmcontrast.train.resume_checks import check_resume, explained_load_errors
@@ -163,6 +163,9 @@ def train(
     scheduler = cosine_schedule(
         optimizer, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio
     )
+    decay = None  # the weight decay's schedule, if any: set from the step before each step
+    if cfg.train.weight_decay_end is not None:
+        decay = weight_decay_schedule(optimizer, total_steps, cfg.train.weight_decay_end)
     # stepped by us once per optimiser step; checkpoints keep its position as JSON
     # (save_schedule), not through register_for_checkpointing, which pickles it
     unwrapped: Method = accelerator.unwrap_model(
@@ -197,6 +200,8 @@ def train(
         save_config(cfg, output_dir / "config.yaml")  # a fresh run's histories: _claim_output_dir
     accelerator.init_trackers("mmcontrast", config=_flat_config(cfg))
 
+    if decay is not None:
+        decay(state.step)  # the first step's rate (a resumed run: its step's)
     loss_factor = _loss_factor(accelerator.num_processes, unwrapped)
     stop_at = min(total_steps, cfg.train.stop_at_step or total_steps)
     history: list[dict[str, float]] = []
@@ -277,6 +282,7 @@ def train(
                 nonfinite.in_a_row = 0
                 scheduler.step()
                 state.step += 1
+                weight_decay = decay(state.step) if decay is not None else None
                 unwrapped.after_optimizer_step(state.step, total_steps)
                 if ema is not None:
                     ema.update(state.step)
@@ -293,6 +299,8 @@ def train(
                         / max(toc - tic, 1e-9),
                         **{k: float(v) for k, v in last_scalars.items()},
                     }
+                    if weight_decay is not None:  # the rate the next step uses
+                        record["weight_decay"] = weight_decay
                     if nonfinite.total:
                         record["nonfinite_skipped"] = nonfinite.total
                     history.append(record)

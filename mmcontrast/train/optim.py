@@ -148,3 +148,37 @@ def cosine_schedule(
         constant if g.get("fixed_lr") else factor for g in optimizer.param_groups
     ]
     return LambdaLR(optimizer, factors)
+
+
+def weight_decay_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, end: float
+) -> Callable[[int], float]:
+    """DINO's cosine weight-decay schedule (Caron et al. 2021: 0.04 to 0.4 for ViTs): each
+    group with weight decay goes from its own rate at step 0 to ``end`` at ``total_steps``
+    along a half cosine, ``end + (wd - end) * (1 + cos(pi * step / total_steps)) / 2``;
+    groups without (biases, norms, the logit scale) stay at 0.
+
+    Returns ``apply(step)``, which sets every group's rate for optimiser step ``step``
+    (0-based) and returns the scheduled rate. The rates depend on the step alone, so a
+    resumed run sets them again from its step.
+    """
+    if end < 0:
+        raise ValueError(f"train.weight_decay_end must be >= 0, got {end}")
+    if end == 0 and isinstance(optimizer, Lars):
+        raise ValueError(
+            "train.weight_decay_end: 0 with train.optimizer lars would turn LARS's adaptation "
+            "off at the last step (it adapts only parameters with weight decay): use a small "
+            "positive end, e.g. 1e-6"
+        )
+    bases = [float(g["weight_decay"]) for g in optimizer.param_groups]
+    start = max(bases)
+
+    def apply(step: int) -> float:
+        progress = min(1.0, step / max(1, total_steps))
+        weight = 0.5 * (1 + math.cos(math.pi * progress))
+        for group, base in zip(optimizer.param_groups, bases, strict=True):
+            if base > 0:
+                group["weight_decay"] = end + (base - end) * weight
+        return end + (start - end) * weight
+
+    return apply

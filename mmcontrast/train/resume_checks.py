@@ -115,6 +115,7 @@ def resume_keys(cfg: Config) -> dict[str, str]:
         "train.optimizer": "the checkpoint's optimiser state is this optimiser's",
         "train.lr": _OPTIMISER,
         "train.weight_decay": _OPTIMISER,
+        "train.weight_decay_end": "it shapes the weight-decay schedule",
         "model.vision.lr": _OPTIMISER,
         "model.text.lr": _OPTIMISER,
         "model.vision.lr_decay": _OPTIMISER,

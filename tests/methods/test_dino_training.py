@@ -230,11 +230,14 @@ def test_the_fashion_mnist_recipe_trains_a_few_steps(labelled_dir: Path, tmp_pat
 @pytest.mark.slow
 def test_resume_is_exact_with_teacher_and_center(labelled_dir: Path, tmp_path: Path) -> None:
     """Stop mid-epoch and resume: same losses and weights, the teacher and center included,
-    with the last layer unfrozen and the teacher temperature warming up across the stop."""
+    with the last layer unfrozen, the teacher temperature warming up and the weight decay
+    following its cosine across the stop."""
     common = [
         *overrides(labelled_dir, tmp_path),
         "method_args.freeze_last_layer_steps=4",
         "method_args.warmup_teacher_temperature_steps=6",
+        "train.weight_decay=0.04",
+        "train.weight_decay_end=0.4",
         "train.epochs=2",  # 32 images / batch 8 = 4 steps per epoch
         "train.checkpoint_every=3",
         "train.log_every=1",
@@ -245,6 +248,10 @@ def test_resume_is_exact_with_teacher_and_center(labelled_dir: Path, tmp_path: P
     losses = [h["loss"] for h in full["history"]]
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     assert [h["loss"] for h in first["history"] + second["history"]] == losses
+    decays = [h["weight_decay"] for h in full["history"]]  # the rate of the step after each
+    expected = [0.4 - 0.36 * (1 + math.cos(math.pi * s / 8)) / 2 for s in range(1, 9)]
+    assert decays == pytest.approx(expected, rel=1e-6)
+    assert [h["weight_decay"] for h in first["history"] + second["history"]] == decays
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -218,3 +218,28 @@ def test_fixed_lr_groups_keep_their_rate_through_the_schedule() -> None:
             assert column == [0.1] * 9
         else:
             assert column[0] < 0.1 and column[2] == pytest.approx(0.1) and column[-1] < 0.02
+
+
+def test_weight_decay_follows_a_cosine_to_its_end() -> None:
+    """``train.weight_decay_end`` (DINO): groups with weight decay go from their rate to the
+    end along a half cosine; biases and norms stay at 0; LARS refuses an end of 0."""
+    from mmcontrast.config import TrainConfig
+    from mmcontrast.train.optim import build_optimizer, weight_decay_schedule
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    cfg = TrainConfig(optimizer="adamw", lr=0.1, weight_decay=0.04, fused_optimizer=False)
+    optimizer = build_optimizer(model, cfg)
+    decays = sorted(g["weight_decay"] for g in optimizer.param_groups)
+    assert decays == [0.0, 0.04]
+    apply = weight_decay_schedule(optimizer, total_steps=10, end=0.4)
+    for step, value in [(0, 0.04), (5, 0.22), (10, 0.4), (12, 0.4)]:
+        assert apply(step) == pytest.approx(value)
+        assert sorted(g["weight_decay"] for g in optimizer.param_groups) == pytest.approx(
+            [0.0, value]
+        )
+    assert apply(3) < apply(4) < apply(7)  # rises monotonically
+    lars = build_optimizer(model, TrainConfig(optimizer="lars", lr=0.1, weight_decay=1e-4))
+    with pytest.raises(ValueError, match="lars"):
+        weight_decay_schedule(lars, total_steps=10, end=0.0)
+    with pytest.raises(ValueError, match="weight_decay_end"):
+        weight_decay_schedule(optimizer, total_steps=10, end=-1.0)
