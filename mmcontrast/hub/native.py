@@ -33,6 +33,7 @@ from transformers import PreTrainedModel, TimmWrapperImageProcessor
 
 from mmcontrast.config import ModelConfig, TowerConfig, save_config
 from mmcontrast.hub.clip_processor import CAPTIONS
+from mmcontrast.hub.download import HubDownloadError, download_snapshot
 from mmcontrast.hub.open_clip_export import open_clip_config
 from mmcontrast.hub.transformers_export import TOLERANCE, image_processor, timm_data_config
 from mmcontrast.methods import Method, load_trained
@@ -283,18 +284,11 @@ def from_pretrained(name_or_path: str | Path, revision: str | None = None) -> nn
     """
     folder = Path(name_or_path)
     if not folder.is_dir():
-        folder = _download(str(name_or_path), revision)
+        hint = "pass the folder `mmcontrast export` wrote"
+        try:
+            folder = download_snapshot(str(name_or_path), revision, hint)
+        except HubDownloadError as err:
+            raise HubDownloadError(
+                f"{str(name_or_path)!r} is not a local directory; {err}"
+            ) from None
     return load_trained(folder).trained_model().eval()
-
-
-def _download(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision))
-    except Exception as err:  # network, missing repo, offline mode: one clear message
-        raise FileNotFoundError(
-            f"{repo_id!r} is not a local directory and could not be fetched from the Hugging "
-            f"Face Hub ({type(err).__name__}); check the name and the network, or pass the "
-            "folder `mmcontrast export` wrote"
-        ) from None

@@ -30,18 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import constants, snapshot_download
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from mmcontrast.eval.adapters.base import split_family
+from mmcontrast.hub.download import download_snapshot
 from mmcontrast.models.locations import local_path_reason
 from mmcontrast.search.embed_store import MANIFEST
 
@@ -108,7 +101,8 @@ def locate_collection(
             f"{text} is neither an existing folder nor a Hub repo id (OWNER/NAME with letters, "
             "digits, '-', '_' or '.'): pass a collection folder, a model folder or a repo id"
         ) from None
-    snapshot = _download(repo_id, revision)
+    hint = "pass a local model or collection folder"
+    snapshot = download_snapshot(repo_id, revision, hint)
     return Located(_collection_in(snapshot, collection, repo_id), aliases=(repo_id,))
 
 
@@ -190,44 +184,3 @@ def _collection_in(path: Path, collection: str | None, shown: str) -> Path:
             f"{', '.join(names)}: pass one of these"
         )
     return path / SEARCH_DIR / collection
-
-
-def _download(repo_id: str, revision: str | None) -> Path:
-    """The local snapshot of the model repository ``repo_id`` (the whole repository: the
-    model and its collections), from the Hub or, offline, from the cache."""
-    try:
-        return Path(snapshot_download(repo_id, revision=revision))
-    except Exception as error:  # every failure gets a message that says what to do
-        message = _explain_download_error(error, repo_id, revision)
-    raise ValueError(message)  # outside ``except``: the HTTP error is not chained
-
-
-def _explain_download_error(error: BaseException, repo_id: str, revision: str | None) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    if isinstance(error, GatedRepoError):
-        return (
-            f"{repo_id} is gated: accept its conditions on the Hub and log in (HF_TOKEN or "
-            "`hf auth login`)"
-        )
-    if isinstance(error, RepositoryNotFoundError):
-        return (
-            f"no model repository {repo_id} on the Hub, or it is private: check the repo id, "
-            "and log in (HF_TOKEN or `hf auth login`) for a private one"
-        )
-    if isinstance(error, RevisionNotFoundError):
-        return f"{repo_id} has no revision {revision!r}: pass a branch, tag or commit it has"
-    if isinstance(error, LocalEntryNotFoundError):
-        if constants.HF_HUB_OFFLINE:
-            return (
-                f"HF_HUB_OFFLINE is set and {repo_id} is not in the local Hub cache: unset it "
-                "to download the repository, or pass a local model or collection folder"
-            )
-        return (
-            f"cannot reach the Hugging Face Hub to download {repo_id}, and it is not in the "
-            f"local cache ({detail}): check the network (HF_ENDPOINT, proxy settings), or "
-            "pass a local model or collection folder"
-        )
-    if isinstance(error, HfHubHTTPError):
-        return f"the Hub refused to send {repo_id} ({detail}): try again later"
-    return f"downloading {repo_id} failed ({detail})"

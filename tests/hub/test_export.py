@@ -321,9 +321,13 @@ def test_cli_export_then_dry_run_push(
     assert "--dry-run" in err
 
 
-def test_from_pretrained_unknown_name_is_clear() -> None:
-    with pytest.raises(FileNotFoundError, match="not a local directory"):
+def test_from_pretrained_unknown_name_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network here either way
+    with pytest.raises(FileNotFoundError, match="not a local directory; HF_HUB_OFFLINE") as info:
         mmcontrast.from_pretrained("nobody/no-such-model-here")
+    assert "`mmcontrast export` wrote" in str(info.value) and info.value.__cause__ is None
 
 
 class RecordingHub:

@@ -23,8 +23,9 @@ from PIL import Image
 
 from mmcontrast.cli import main
 from mmcontrast.eval.adapters import load_eval_model
+from mmcontrast.hub import download
 from mmcontrast.hub.push import push_folder
-from mmcontrast.search import locate, share
+from mmcontrast.search import share
 from mmcontrast.search.index import build_index
 from mmcontrast.search.searcher import Hit, Searcher
 from mmcontrast.search.share import add_collection
@@ -148,7 +149,7 @@ def test_a_hub_repo_id_downloads_the_model_and_its_index(
         calls.append((repo_id, kwargs))
         return str(snapshot)
 
-    monkeypatch.setattr(locate, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(download, "snapshot_download", snapshot_download)
     searcher = Searcher.from_pretrained(REPO, device="cpu")
     assert searcher.folder == snapshot / "search" / "shapes"
     assert Path(searcher.model.spec) == snapshot.resolve()
@@ -175,13 +176,13 @@ def test_hub_failures_say_what_to_do(
     def missing(repo_id: str, **kwargs: Any) -> str:
         raise RepositoryNotFoundError("404 Client Error: Repository Not Found", response=response)
 
-    monkeypatch.setattr(locate, "snapshot_download", missing)
+    monkeypatch.setattr(download, "snapshot_download", missing)
     with pytest.raises(ValueError, match="no model repository alice/none on the Hub") as info:
         Searcher.from_pretrained("alice/none")
     assert info.value.__cause__ is None and info.value.__context__ is None
 
     plain = save_clip(tmp_path / "plain", tokenizer_dir)  # a model repo without a collection
-    monkeypatch.setattr(locate, "snapshot_download", lambda repo_id, **kwargs: str(plain))
+    monkeypatch.setattr(download, "snapshot_download", lambda repo_id, **kwargs: str(plain))
     with pytest.raises(ValueError, match="no collection in search/.*share-index"):
         Searcher.from_pretrained("alice/plain")
     with pytest.raises(ValueError, match="embed a collection into it first"):
