@@ -167,7 +167,7 @@ def worker(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     """The real ``train`` loop from ``init_from`` with one mode's options, on one pre-made
     batch; per-step times from its history."""
     import torch
-    from torch.utils.data import Dataset
+    from bench_premade import PremadeBatch  # scripts/bench_premade.py
 
     from mmcontrast.config import Config, from_dict
     from mmcontrast.models.tower import resolved_preprocess
@@ -181,22 +181,6 @@ def worker(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     after_imports = rss_mib()
     recorded: dict[str, Any] = {}
     batch_size = spec["batch_size"]
-
-    class PremadeBatch(Dataset):
-        """Indices whose collate returns one batch made up front, so the loader builds no
-        samples; the loop still moves the batch to the device at every step."""
-
-        def __init__(self, batch: dict[str, torch.Tensor]) -> None:
-            self.batch = batch
-
-        def __len__(self) -> int:
-            return batch_size * spec["total_steps"]
-
-        def __getitem__(self, i: int) -> int:
-            return i
-
-        def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-            return dict(self.batch)  # a new dict: the loop pops keys from it
 
     @METHODS.register("bench_premade_finetune", "image_text on one batch (bench_finetune.py)")
     class PremadeFinetune(METHODS.get("image_text")):  # type: ignore[misc]
@@ -222,7 +206,7 @@ def worker(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
             batch = {"pixel_values": pixels, **tokens}
             if cuda:  # pinned once: the loader's pinning is then a no-op, as with a pin thread
                 batch = {k: v.pin_memory() for k, v in batch.items()}
-            dataset = PremadeBatch(batch)
+            dataset = PremadeBatch(batch, batch_size * spec["total_steps"])
             return dataset, dataset.collate
 
         def after_optimizer_step(self, step: int, total_steps: int) -> None:

@@ -156,7 +156,7 @@ def open_clip_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def mmcontrast_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """The real ``train`` loop with a clip method whose training data is one pre-made batch."""
     import torch
-    from torch.utils.data import Dataset
+    from bench_premade import PremadeBatch  # scripts/bench_premade.py
 
     from mmcontrast.config import Config, from_dict
     from mmcontrast.models.tower import resolved_preprocess
@@ -167,27 +167,6 @@ def mmcontrast_worker(spec: dict[str, Any]) -> dict[str, Any]:
     after_imports = rss_mib()
     recorded: dict[str, Any] = {}
 
-    class PremadeBatch(Dataset):
-        """Indices whose collate returns one batch made up front: like open_clip's step time,
-        the loader builds no samples. The loop still moves the batch to the device."""
-
-        def __init__(self, image_size: int, length: int, vocab: int) -> None:
-            gen = torch.Generator().manual_seed(OPTIM["seed"])
-            batch = spec["batch_size"]
-            self.batch = {
-                "pixel_values": torch.randn(batch, 3, image_size, image_size, generator=gen),
-                "input_ids": torch.randint(1, vocab, (batch, length), generator=gen),
-            }
-
-        def __len__(self) -> int:
-            return spec["batch_size"] * spec["total_steps"]
-
-        def __getitem__(self, i: int) -> int:
-            return i
-
-        def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-            return dict(self.batch)  # a new dict: the loop pops keys from it
-
     @METHODS.register("bench_synthetic_clip", "clip on one random batch (scripts/bench_train.py)")
     class SyntheticClip(METHODS.get("image_text")):  # type: ignore[misc]
         def __init__(self, cfg: Config) -> None:
@@ -196,10 +175,15 @@ def mmcontrast_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
         def train_data(self) -> tuple[PremadeBatch, Callable[[list[int]], dict[str, Any]]]:
             text = self.model.text
+            size = resolved_preprocess(self.model.vision).size
+            length = getattr(text, "context_length", 77)
+            vocab = getattr(text.model, "vocab_size", 49408)
+            gen = torch.Generator().manual_seed(OPTIM["seed"])
+            batch = spec["batch_size"]
+            pixels = torch.randn(batch, 3, size, size, generator=gen)
+            ids = torch.randint(1, vocab, (batch, length), generator=gen)
             dataset = PremadeBatch(
-                image_size=resolved_preprocess(self.model.vision).size,
-                length=getattr(text, "context_length", 77),
-                vocab=getattr(text.model, "vocab_size", 49408),
+                {"pixel_values": pixels, "input_ids": ids}, batch * spec["total_steps"]
             )
             return dataset, dataset.collate
 
