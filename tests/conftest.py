@@ -50,6 +50,18 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def labelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An imagefolder of coloured shapes labelled by shape: train 32 images, test 16."""
+    from mmcontrast.data.imagefolder import write_imagefolder
+
+    root = tmp_path_factory.mktemp("labelled")
+    rows = [{"image": draw(c, s), "label": s} for c in COLOURS for s in SHAPES]
+    write_imagefolder(rows * 2, root, "train")
+    write_imagefolder(rows, root, "test")
+    return root
+
+
 @pytest.fixture()
 def tiny_run(shapes_dir: Path, tokenizer_dir: Path, tmp_path: Path) -> list[str]:
     return tiny_overrides(shapes_dir, tokenizer_dir, tmp_path / "run")

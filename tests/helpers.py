@@ -283,6 +283,21 @@ def tiny_overrides(data: Path, tokenizer: Path, output: Path) -> list[str]:
     ]
 
 
+def tiny_vision_overrides(data: Path, output: Path) -> list[str]:
+    """A vision method's run on a tiny CNN at 16 px over the labelled shapes in ``data``
+    (the ``labelled_dir`` fixture) into ``output``: batch 8, nothing printed or tracked."""
+    return [
+        "model.vision.source=builtin",
+        "model.vision.name=tiny_cnn",
+        "model.vision.image_size=16",
+        f"data.path={data}",
+        f"train.output_dir={output}",
+        "train.batch_size=8",
+        "train.progress_bar=false",
+        "train.trackers=[]",
+    ]
+
+
 def train_stopped_and_resumed(
     recipe: Path | None,
     overrides: list[str],

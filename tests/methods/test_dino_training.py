@@ -17,6 +17,7 @@ from helpers import (
     assert_same_weights,
     draw,
     run_result,
+    tiny_vision_overrides,
     train_in_one_process,
     train_stopped_and_resumed,
     train_worker,
@@ -38,32 +39,13 @@ SMALL_HEAD = [
 ]
 
 
-@pytest.fixture(scope="module")
-def labelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Coloured shapes labelled by shape: train 32 images, test 16."""
-    from mmcontrast.data.imagefolder import write_imagefolder
-
-    root = tmp_path_factory.mktemp("labelled")
-    rows = [{"image": draw(c, s), "label": s} for c in COLOURS for s in SHAPES]
-    write_imagefolder(rows * 2, root, "train")
-    write_imagefolder(rows, root, "test")
-    return root
-
-
 def overrides(data: Path, output: Path, *extra: str) -> list[str]:
     return [
         "method=dino",
         *SMALL_HEAD,
         "method_args.freeze_last_layer_steps=0",
         "augment.local_views=2",
-        "model.vision.source=builtin",
-        "model.vision.name=tiny_cnn",
-        "model.vision.image_size=16",
-        f"data.path={data}",
-        f"train.output_dir={output}",
-        "train.batch_size=8",
-        "train.progress_bar=false",
-        "train.trackers=[]",
+        *tiny_vision_overrides(data, output),
         "eval.knn_k=[3]",
         "eval.batch_size=16",
         *extra,

@@ -14,11 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from helpers import (
-    COLOURS,
-    SHAPES,
     WORLD,
-    draw,
     run_result,
+    tiny_vision_overrides,
     train_in_one_process,
     train_stopped_and_resumed,
     train_worker,
@@ -192,30 +190,12 @@ def test_two_processes_keep_equal_banks_equal_to_one_process(two_banks: list[dic
 # ------------------------------------------------------------------ training with a bank
 
 
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmcontrast.data.imagefolder import write_imagefolder
-
-    root = tmp_path_factory.mktemp("labelled")
-    rows = [{"image": draw(c, s), "label": s} for c in COLOURS for s in SHAPES]
-    write_imagefolder(rows * 2, root, "train")
-    write_imagefolder(rows, root, "test")
-    return root
-
-
 def instdisc_run(data: Path, output: Path, *extra: str) -> list[str]:
     return [
         "method=instdisc",
         "method_args.out_dim=16",
         "method_args.num_negatives=12",
-        "model.vision.source=builtin",
-        "model.vision.name=tiny_cnn",
-        "model.vision.image_size=16",
-        f"data.path={data}",
-        f"train.output_dir={output}",
-        "train.batch_size=8",
-        "train.progress_bar=false",
-        "train.trackers=[]",
+        *tiny_vision_overrides(data, output),
         "train.log_every=1",
         "eval.at_end=false",
         "eval.views_png=false",
@@ -224,11 +204,11 @@ def instdisc_run(data: Path, output: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_resume_is_exact_with_the_bank(labelled: Path, tmp_path: Path) -> None:
+def test_resume_is_exact_with_the_bank(labelled_dir: Path, tmp_path: Path) -> None:
     """Stop mid-epoch 2 (the bank full, Z just fixed) and resume: same losses, same weights,
     bank, draws and Z."""
     common = instdisc_run(
-        labelled,
+        labelled_dir,
         tmp_path,
         "train.epochs=2",
         "train.checkpoint_every=3",
@@ -283,9 +263,9 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def trained_on_two(labelled: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_on_two(labelled_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("two_processes")
-    cases = {name: (None, vit_run(labelled, 4, *extra)) for name, extra in CASES.items()}
+    cases = {name: (None, vit_run(labelled_dir, 4, *extra)) for name, extra in CASES.items()}
     mp.spawn(train_worker, args=(cases, str(root)), nprocs=WORLD, join=True)
     return root
 
@@ -293,12 +273,12 @@ def trained_on_two(labelled: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_processes_train_as_one_with_the_whole_batch(
-    case: str, trained_on_two: Path, labelled: Path, tmp_path: Path
+    case: str, trained_on_two: Path, labelled_dir: Path, tmp_path: Path
 ) -> None:
     """The banks gather both processes' rows; with negatives shared by the batch (or none:
     the full softmax) and the jigsaw drawn for the whole batch, losses and weights, bank
     included, equal one process with batch 2B."""
-    losses, weights = train_in_one_process(None, vit_run(labelled, 8, *CASES[case]), tmp_path)
+    losses, weights = train_in_one_process(None, vit_run(labelled_dir, 8, *CASES[case]), tmp_path)
     got_losses, got_weights = run_result(trained_on_two / case)
     assert len(losses) == 3 and got_losses == pytest.approx(losses, abs=1e-5, rel=1e-5)
     assert bool(got_weights["bank.written"].all())  # rank 0's bank holds rank 1's rows

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import COLOURS, RECIPES, SHAPES, draw, train_stopped_and_resumed
+from helpers import RECIPES, tiny_vision_overrides, train_stopped_and_resumed
 from safetensors.torch import load_file
 
 from mmcontrast.config import load_recipe
@@ -87,18 +87,6 @@ def test_jigsaw_refuses_bad_settings() -> None:
 # ------------------------------------------------------------------ the methods
 
 
-@pytest.fixture(scope="module")
-def labelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Coloured shapes labelled by shape: train 32 images, test 16."""
-    from mmcontrast.data.imagefolder import write_imagefolder
-
-    root = tmp_path_factory.mktemp("labelled")
-    rows = [{"image": draw(c, s), "label": s} for c in COLOURS for s in SHAPES]
-    write_imagefolder(rows * 2, root, "train")
-    write_imagefolder(rows, root, "test")
-    return root
-
-
 SMALL = {
     "instdisc": ["method_args.out_dim=16", "method_args.num_negatives=12"],
     "pirl": ["method_args.out_dim=16", "method_args.patch_dim=8", "method_args.num_negatives=12"],
@@ -109,14 +97,7 @@ def overrides(method: str, data: Path, output: Path, *extra: str) -> list[str]:
     return [
         f"method={method}",
         *SMALL[method],
-        "model.vision.source=builtin",
-        "model.vision.name=tiny_cnn",
-        "model.vision.image_size=16",
-        f"data.path={data}",
-        f"train.output_dir={output}",
-        "train.batch_size=8",
-        "train.progress_bar=false",
-        "train.trackers=[]",
+        *tiny_vision_overrides(data, output),
         "train.log_every=1",
         "eval.knn_k=[3]",
         "eval.batch_size=16",

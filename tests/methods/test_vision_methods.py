@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import COLOURS, RECIPES, SHAPES, draw, train_stopped_and_resumed
+from helpers import RECIPES, tiny_vision_overrides, train_stopped_and_resumed
 from safetensors.torch import load_file
 
 from mmcontrast.config import ConfigError, load_recipe
-from mmcontrast.data.imagefolder import write_imagefolder
 from mmcontrast.methods import build_method
 from mmcontrast.models.momentum import cosine_momentum, ema_update, frozen_copy
 from mmcontrast.pipeline import train
@@ -34,28 +33,11 @@ SMALL_HEADS = {
 }
 
 
-@pytest.fixture(scope="session")
-def labelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Coloured shapes labelled by shape: train 32 images, test 16."""
-    root = tmp_path_factory.mktemp("labelled")
-    rows = [{"image": draw(c, s), "label": s} for c in COLOURS for s in SHAPES]
-    write_imagefolder(rows * 2, root, "train")
-    write_imagefolder(rows, root, "test")
-    return root
-
-
 def overrides(method: str, data: Path, output: Path) -> list[str]:
     return [
         f"method={method}",
         *SMALL_HEADS[method],
-        "model.vision.source=builtin",
-        "model.vision.name=tiny_cnn",
-        "model.vision.image_size=16",
-        f"data.path={data}",
-        f"train.output_dir={output}",
-        "train.batch_size=8",
-        "train.progress_bar=false",
-        "train.trackers=[]",
+        *tiny_vision_overrides(data, output),
         "eval.knn_k=[3]",
         "eval.batch_size=16",
     ]
