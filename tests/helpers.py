@@ -1,5 +1,5 @@
 """What tests share besides fixtures: paths, tiny tower configs, drawn images, run overrides,
-and the helpers of the multi-process training tests. Fixtures live in ``conftest.py``.
+and the helpers of the multi-process tests. Fixtures live in ``conftest.py``.
 
 ``tests/`` is on ``sys.path`` (``pythonpath`` in pyproject.toml): ``from helpers import ...``
 works from every sub-folder, and ``mp.spawn`` workers defined here can be unpickled.
@@ -14,11 +14,12 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
@@ -482,3 +483,33 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     for key in a:
         atol = 1e-5 * max(1.0, float(b[key].abs().max()))  # SGD steps grow some weights to ~10
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+# ------------------------------------------------------------------ jobs in gloo processes
+# (the 2-process tests of losses/ and methods/)
+
+
+def _gloo_worker(rank: int, root: Path, world: int, job: Callable[[int], Any]) -> None:
+    """``mp.spawn`` target of :func:`run_in_gloo_processes`: ``job(rank)`` saved to
+    ``root/rank<rank>.pt``, inside a gloo process group of ``world`` processes."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{root / 'init'}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
+    try:
+        torch.set_num_threads(1)  # tiny tensors: more threads only wait for each other
+        torch.save(job(rank), root / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_in_gloo_processes(job: Callable[[int], Any], root: Path, world: int = WORLD) -> list[Any]:
+    """``job(rank)`` in ``world`` real gloo processes (one thread each, a file rendezvous in
+    ``root``); what each returned, by rank. ``job`` must be picklable: a module-level function
+    (``functools.partial`` of one for arguments)."""
+    mp.spawn(_gloo_worker, args=(Path(root), world, job), nprocs=world, join=True)
+    # the jobs' own results (dicts, tuples): not only tensors
+    return [torch.load(Path(root) / f"rank{r}.pt", weights_only=False) for r in range(world)]

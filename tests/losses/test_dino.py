@@ -3,14 +3,12 @@ gradient, the constant teacher, and the center update (in 1 and in 2 real proces
 
 from __future__ import annotations
 
-import datetime
 import math
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import run_in_gloo_processes
 from torch import Tensor
 
 from mmcontrast import distributed
@@ -173,29 +171,18 @@ def test_bad_center_momentum_is_a_value_error(momentum: float) -> None:
 SIZES = (3, 5)  # rows per process: unequal, so the mean must count rows, not processes
 
 
-def _center_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=2,
-        timeout=datetime.timedelta(seconds=120),
-    )
-    try:
-        assert distributed.world_size() == 2
-        start = sum(SIZES[:rank])
-        rows = [t[start : start + SIZES[rank]] for t in (randn(1, 8, 6), randn(2, 8, 6))]
-        torch.save(update_center(randn(0, 6), rows, 0.9), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _center_job(rank: int) -> Tensor:
+    assert distributed.world_size() == 2
+    start = sum(SIZES[:rank])
+    rows = [t[start : start + SIZES[rank]] for t in (randn(1, 8, 6), randn(2, 8, 6))]
+    return update_center(randn(0, 6), rows, 0.9)
 
 
 @pytest.mark.slow
 def test_two_processes_center_on_the_global_batch_mean(tmp_path: Path) -> None:
-    mp.spawn(_center_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    centers = run_in_gloo_processes(_center_job, tmp_path, world=2)
     whole = update_center(randn(0, 6), [randn(1, 8, 6), randn(2, 8, 6)], 0.9)
-    for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+    for got in centers:
         torch.testing.assert_close(got, whole, rtol=0, atol=1e-12)
     local = update_center(randn(0, 6), [randn(1, 8, 6)[:3], randn(2, 8, 6)[:3]], 0.9)
     assert (local - whole).abs().max() > 1e-3  # one process's rows alone: another center

@@ -8,22 +8,17 @@ the gradients summed over processes, which is what an all-reduce of gradients su
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import WORLD, run_in_gloo_processes
 from torch import Tensor
 
 from mmcontrast import distributed, losses
-
-WORLD = 2
 
 
 def _randn(seed: int, *shape: int) -> Tensor:
@@ -256,34 +251,22 @@ def run_case(case: Case, dtype: torch.dtype, start: int, stop: int, gather: bool
     }
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=120),
-    )
-    try:
-        torch.set_num_threads(1)
-        assert distributed.world_size() == WORLD and distributed.rank() == rank
-        results = {}
-        for dtype in (torch.float64, torch.float32):
-            for case in CASES:
-                start = sum(case.sizes[:rank])
-                results[(case.id, str(dtype))] = run_case(
-                    case, dtype, start, start + case.sizes[rank], gather=True
-                )
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _job(rank: int) -> dict[tuple[str, str], dict[str, Any]]:
+    assert distributed.world_size() == WORLD and distributed.rank() == rank
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        for case in CASES:
+            start = sum(case.sizes[:rank])
+            results[(case.id, str(dtype))] = run_case(
+                case, dtype, start, start + case.sizes[rank], gather=True
+            )
+    return results
 
 
 @pytest.fixture(scope="module")
 def per_process(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     root = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(str(root / "init"), str(root)), nprocs=WORLD, join=True)
-    return [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_in_gloo_processes(_job, root)
 
 
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-5}

@@ -4,23 +4,18 @@ CLIP's loss without negatives, its gradients, its errors, and 2 real gloo proces
 
 from __future__ import annotations
 
-import datetime
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import WORLD, run_in_gloo_processes
 from torch import Tensor
 
 from mmcontrast import distributed
 from mmcontrast.losses import ClipLoss, NegClipLoss
 from mmcontrast.registry import LOSSES
-
-WORLD = 2
 
 
 def _batch(n: int = 6, m: int = 3, d: int = 8, seed: int = 0) -> dict[str, Tensor]:
@@ -120,29 +115,20 @@ def _run(batch: dict[str, Tensor], start: int, stop: int, gather: bool) -> dict[
     return {"value": loss.detach(), "grads": [rows[k].grad for k in keys], "scale": scale.grad}
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-        timeout=datetime.timedelta(seconds=120),
-    )  # fmt: skip
-    try:
-        torch.set_num_threads(1)
-        assert distributed.world_size() == WORLD
-        results = {}
-        for name, sizes in SIZES.items():
-            batch = _batch(n=sum(sizes), seed=len(name))
-            start = sum(sizes[:rank])
-            results[name] = _run(batch, start, start + sizes[rank], gather=True)
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _job(rank: int) -> dict[str, dict[str, Any]]:
+    assert distributed.world_size() == WORLD
+    results = {}
+    for name, sizes in SIZES.items():
+        batch = _batch(n=sum(sizes), seed=len(name))
+        start = sum(sizes[:rank])
+        results[name] = _run(batch, start, start + sizes[rank], gather=True)
+    return results
 
 
 @pytest.fixture(scope="module")
 def per_process(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     root = tmp_path_factory.mktemp("negclip_dist")
-    mp.spawn(_worker, args=(str(root / "init"), str(root)), nprocs=WORLD, join=True)
-    return [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_in_gloo_processes(_job, root)
 
 
 @pytest.mark.slow

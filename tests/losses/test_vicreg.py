@@ -3,15 +3,12 @@ analytic cases, its gradient, bad arguments, and 2 real processes against 1."""
 
 from __future__ import annotations
 
-import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import WORLD, run_in_gloo_processes
 from torch import Tensor
 
 from mmcontrast import distributed
@@ -216,7 +213,6 @@ def test_registered_as_vicreg() -> None:
 
 # ------------------------------------------------------------------ two processes
 
-WORLD = 2
 SIZES = {"equal": (4, 4), "unequal": (3, 5), "empty-rank": (0, 8)}
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5}
 
@@ -232,32 +228,20 @@ def run(sizes: tuple[int, int], start: int, stop: int, dtype: torch.dtype) -> di
     return {"value": loss.detach(), "grad_a": z_a.grad, "grad_b": z_b.grad}
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=120),
-    )
-    try:
-        torch.set_num_threads(1)
-        assert distributed.world_size() == WORLD
-        results = {}
-        for name, sizes in SIZES.items():
-            start = sum(sizes[:rank])
-            for dtype in TOLERANCE:
-                results[(name, str(dtype))] = run(sizes, start, start + sizes[rank], dtype)
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _job(rank: int) -> dict[Any, dict[str, Tensor]]:
+    assert distributed.world_size() == WORLD
+    results = {}
+    for name, sizes in SIZES.items():
+        start = sum(sizes[:rank])
+        for dtype in TOLERANCE:
+            results[(name, str(dtype))] = run(sizes, start, start + sizes[rank], dtype)
+    return results
 
 
 @pytest.fixture(scope="module")
 def per_process(tmp_path_factory: pytest.TempPathFactory) -> list[dict[Any, dict[str, Tensor]]]:
     root = tmp_path_factory.mktemp("vicreg_dist")
-    mp.spawn(_worker, args=(str(root / "init"), str(root)), nprocs=WORLD, join=True)
-    return [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_in_gloo_processes(_job, root)
 
 
 @pytest.mark.slow

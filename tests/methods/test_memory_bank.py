@@ -3,18 +3,17 @@ equal banks, equal to 1 process with the whole batch; training resumes exactly w
 
 from __future__ import annotations
 
-import datetime
 import doctest
 import math
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from helpers import (
     WORLD,
+    run_in_gloo_processes,
     run_result,
     tiny_vision_overrides,
     train_in_one_process,
@@ -129,41 +128,28 @@ NEW_ROWS = torch.tensor([1, 4, 3, 6, 8, 1, 0, 4])  # 1 and 4 on both processes; 
 THIRD = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
 
 
-def _bank_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=120),
-    )
-    try:
-        torch.set_num_threads(1)
-        mine = slice(4 * rank, 4 * rank + 4)
-        bank = MemoryBank(10, 4, momentum=0.5, seed=0)
-        bank.update(ROWS[mine], FEATURES[mine])
-        bank.update(ROWS.flip(0)[mine], SECOND[mine])
-        bank.fill_unwritten(NEW_ROWS[mine], THIRD[mine])
-        loss_fn = NCELoss(0.1)
-        negatives = torch.arange(10).repeat(8, 1)
-        log_z = loss_fn.estimate_log_z(FEATURES[mine], bank.features, ROWS[mine], negatives[mine])
-        result = {
-            "state": bank.state_dict(),
-            "own": bank.sample(2, 3),
-            "shared": bank.sample(2, 3, shared=True),
-            "log_z": log_z,
-            "world": distributed.world_size(),
-        }
-        torch.save(result, Path(out_dir) / f"bank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _bank_job(rank: int) -> dict:
+    mine = slice(4 * rank, 4 * rank + 4)
+    bank = MemoryBank(10, 4, momentum=0.5, seed=0)
+    bank.update(ROWS[mine], FEATURES[mine])
+    bank.update(ROWS.flip(0)[mine], SECOND[mine])
+    bank.fill_unwritten(NEW_ROWS[mine], THIRD[mine])
+    loss_fn = NCELoss(0.1)
+    negatives = torch.arange(10).repeat(8, 1)
+    log_z = loss_fn.estimate_log_z(FEATURES[mine], bank.features, ROWS[mine], negatives[mine])
+    return {
+        "state": bank.state_dict(),
+        "own": bank.sample(2, 3),
+        "shared": bank.sample(2, 3, shared=True),
+        "log_z": log_z,
+        "world": distributed.world_size(),
+    }
 
 
 @pytest.fixture(scope="module")
 def two_banks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     root = tmp_path_factory.mktemp("banks")
-    mp.spawn(_bank_worker, args=(str(root / "init"), str(root)), nprocs=WORLD, join=True)
-    return [torch.load(root / f"bank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_in_gloo_processes(_bank_job, root)
 
 
 def test_two_processes_keep_equal_banks_equal_to_one_process(two_banks: list[dict]) -> None:

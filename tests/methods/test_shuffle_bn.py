@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import WORLD, run_in_gloo_processes
 from torch import nn
 
 from mmcontrast import distributed
 
-WORLD, BATCH = 2, 6
+BATCH = 6  # rows per process
 
 
 def network() -> nn.Module:
@@ -25,31 +21,21 @@ def inputs() -> torch.Tensor:
     return torch.randn(WORLD * BATCH, 4, generator=torch.Generator().manual_seed(1))
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-        timeout=datetime.timedelta(seconds=60),
-    )  # fmt: skip
-    try:
-        model, x = network().train(), inputs()[rank * BATCH : (rank + 1) * BATCH]
-        torch.manual_seed(10 + rank)  # rank 0's generator draws the permutation
-        shuffled = distributed.shuffled_forward(model, x)
-        evaluated = distributed.shuffled_forward(network().eval(), x)
-        torch.manual_seed(10)
-        expected_order = torch.randperm(WORLD * BATCH)  # what rank 0 drew
-        torch.save(
-            {"train": shuffled, "eval": evaluated, "order": expected_order},
-            Path(out_dir) / f"rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
+def _job(rank: int) -> dict[str, torch.Tensor]:
+    assert distributed.world_size() == WORLD
+    model, x = network().train(), inputs()[rank * BATCH : (rank + 1) * BATCH]
+    torch.manual_seed(10 + rank)  # rank 0's generator draws the permutation
+    shuffled = distributed.shuffled_forward(model, x)
+    evaluated = distributed.shuffled_forward(network().eval(), x)
+    torch.manual_seed(10)
+    expected_order = torch.randperm(WORLD * BATCH)  # what rank 0 drew
+    return {"train": shuffled, "eval": evaluated, "order": expected_order}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     root = tmp_path_factory.mktemp("shuffle_bn")
-    mp.spawn(_worker, args=(str(root / "init"), str(root)), nprocs=WORLD, join=True)
-    return [torch.load(root / f"rank{r}.pt") for r in range(WORLD)]
+    return run_in_gloo_processes(_job, root)
 
 
 @pytest.mark.slow
