@@ -93,29 +93,14 @@ class TaskRun:
     def memory_bank_and_queries(self, bank: KnnBank) -> tuple[LabelledFeatures, LabelledFeatures]:
         """The method's memory bank as the kNN bank, and the scored split embedded into its
         space by the bank's encoder (computed once per run; the train split is not embedded)."""
-        key = (f"memory bank: {self.data.split}", tuple(bank.class_labels))
-        if key not in self.features:
-            options = self.options
-            table = load_labelled(
-                self.data.config, self.data.split, options.max_rows(self.data.split),
-                bank.class_labels,
-            )  # fmt: skip
-            embedded = embed_images(
-                BankQueries(self.model, bank.encoder), table, options.batch_size,
-                options.num_workers, self.accelerator,
-            )  # fmt: skip
-            self.features[key] = LabelledFeatures(
-                embedded.features,
-                table.labels()[embedded.rows],
-                table.class_names,
-                table.source,
-                dict(embedded.skipped),
-            )
+        queries = self.labelled_features(
+            self.data.split, bank.class_labels, BankQueries(self.model, bank.encoder), "memory bank"
+        )
         source = (
             f"{self.data.train_split} split, the method's memory bank ({len(bank.labels)} rows)"
         )
         memory = LabelledFeatures(bank.features, bank.labels, bank.class_labels, source, {})
-        return memory, self.features[key]
+        return memory, queries
 
     def pairs(self, split: str) -> tuple[PairTable, EmbeddedImages]:
         """An image-text split and its image features, computed once per run."""
@@ -129,15 +114,24 @@ class TaskRun:
             self.pair_features[split] = (table, images)
         return self.pair_features[split]
 
-    def labelled_features(self, split: str, class_labels: list[str] | None) -> LabelledFeatures:
-        """Image features and labels of a labelled split, computed once per run."""
-        key = (split, tuple(class_labels) if class_labels is not None else None)
+    def labelled_features(
+        self,
+        split: str,
+        class_labels: list[str] | None,
+        model: EvalModel | None = None,
+        space: str = "",
+    ) -> LabelledFeatures:
+        """Image features and labels of a labelled split, computed once per run; by ``model``
+        instead of the run's (another embedding space, cached under the name ``space``)."""
+        name = f"{space}: {split}" if space else split
+        key = (name, tuple(class_labels) if class_labels is not None else None)
         if key not in self.features:
             options = self.options
             table = load_labelled(self.data.config, split, options.max_rows(split), class_labels)
             embedded = embed_images(
-                self.model, table, options.batch_size, options.num_workers, self.accelerator
-            )
+                model or self.model, table, options.batch_size, options.num_workers,
+                self.accelerator,
+            )  # fmt: skip
             self.features[key] = LabelledFeatures(
                 embedded.features,
                 table.labels()[embedded.rows],

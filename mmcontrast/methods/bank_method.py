@@ -30,12 +30,14 @@ gain most; on a few epochs of Fashion-MNIST it lifted both methods' kNN accuracy
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from mmcontrast.config import Config
 from mmcontrast.losses.nce import NCELoss
 from mmcontrast.methods.vision import VisionMethod
 from mmcontrast.models.memory_bank import KnnBank, MemoryBank
@@ -46,6 +48,20 @@ FIX_Z = ("never", "first_batch", "filled_bank")
 # What a row holds before its image is first seen: a random unit vector (the papers), or,
 # with first_visit, the image's own embedding from the batch that first holds it
 BANK_INIT = ("random", "first_visit")
+
+
+@dataclass
+class BankArgs:
+    """The ``method_args`` every memory-bank method takes (its own add to them)."""
+
+    out_dim: int = 128  # the embedding the bank stores: its rows' size
+    num_negatives: int = 4096  # K, drawn uniformly from the bank per image
+    shared_negatives: bool = False  # one draw of K for the whole batch (a matrix product)
+    temperature: float = 0.07
+    bank_momentum: float = 0.5  # m: entry <- normalise(m * entry + (1 - m) * embedding)
+    full_softmax: bool = False  # the exact softmax over every bank entry instead of NCE
+    fix_z: str = "never"  # NCE's Z: each batch's; first_batch (Wu et al.), filled_bank
+    bank_init: str = "random"  # rows before first seen: random (papers) or first_visit
 
 
 class IndexedSamples(Dataset):
@@ -85,36 +101,32 @@ class IndexedCollator:
 
 
 class MemoryBankMethod(VisionMethod):
-    """A vision method with a memory bank and NCE terms: subclasses call
-    :meth:`build_bank` in ``__init__`` and define ``forward`` and :meth:`knn_encoder`."""
+    """A vision method with a memory bank and NCE terms, from ``method_args`` of a
+    :class:`BankArgs` subclass; subclasses define ``forward`` and :meth:`knn_encoder`."""
 
     nce_terms: ClassVar[int] = 1  # loss terms, each with its own Z
 
-    def build_bank(
-        self,
-        dim: int,
-        momentum: float,
-        num_negatives: int,
-        shared_negatives: bool,
-        temperature: float,
-        softmax: bool,
-        fix_z: str,
-        bank_init: str = "random",
-    ) -> None:
+    def __init__(self, cfg: Config) -> None:
         """The bank (sized by :meth:`train_data` or a loaded state), the loss and Z."""
-        if num_negatives < 1:
-            raise ValueError(f"method_args.num_negatives must be >= 1, got {num_negatives}")
-        if fix_z not in FIX_Z:
-            raise ValueError(f"method_args.fix_z must be one of {', '.join(FIX_Z)}; got {fix_z!r}")
-        if bank_init not in BANK_INIT:
+        super().__init__(cfg)
+        a: BankArgs = self.args
+        if a.num_negatives < 1:
+            raise ValueError(f"method_args.num_negatives must be >= 1, got {a.num_negatives}")
+        if a.fix_z not in FIX_Z:
             raise ValueError(
-                f"method_args.bank_init must be one of {', '.join(BANK_INIT)}; got {bank_init!r}"
+                f"method_args.fix_z must be one of {', '.join(FIX_Z)}; got {a.fix_z!r}"
             )
-        self.fix_z, self.bank_init = fix_z, bank_init
-        self.num_negatives, self.shared_negatives = num_negatives, shared_negatives
-        self.bank = MemoryBank(0, dim, momentum, seed=self.cfg.train.seed)
-        estimator = "softmax" if softmax else "nce"
-        self.loss_fn = cast(NCELoss, self.build_loss(temperature=temperature, estimator=estimator))
+        if a.bank_init not in BANK_INIT:
+            raise ValueError(
+                f"method_args.bank_init must be one of {', '.join(BANK_INIT)}; got {a.bank_init!r}"
+            )
+        self.fix_z, self.bank_init = a.fix_z, a.bank_init
+        self.num_negatives, self.shared_negatives = a.num_negatives, a.shared_negatives
+        self.bank = MemoryBank(0, a.out_dim, a.bank_momentum, seed=self.cfg.train.seed)
+        estimator = "softmax" if a.full_softmax else "nce"
+        self.loss_fn = cast(
+            NCELoss, self.build_loss(temperature=a.temperature, estimator=estimator)
+        )
         self.log_z: Tensor
         self.log_z_ready: Tensor
         self.register_buffer("log_z", torch.zeros(self.nce_terms))

@@ -16,50 +16,26 @@ Reference:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from mmcontrast.config import Config
-from mmcontrast.methods.bank_method import MemoryBankMethod
+from mmcontrast.methods.bank_method import BankArgs, MemoryBankMethod
 from mmcontrast.models.heads import Projected
 from mmcontrast.registry import METHODS
-
-
-@dataclass
-class InstDiscArgs:
-    out_dim: int = 128  # the linear head and the bank's rows
-    num_negatives: int = 4096  # K, drawn uniformly from the bank per image
-    shared_negatives: bool = False  # one draw of K for the whole batch (a matrix product)
-    temperature: float = 0.07
-    bank_momentum: float = 0.5  # m: entry <- normalise(m * entry + (1 - m) * embedding)
-    full_softmax: bool = False  # the exact softmax over every bank entry instead of NCE
-    fix_z: str = "never"  # NCE's Z: each batch's; first_batch (Wu et al.), filled_bank
-    bank_init: str = "random"  # rows before first seen: random (papers) or first_visit
 
 
 @METHODS.register(
     "instdisc", "Instance discrimination: memory bank, NCE, 4096 negatives (Wu et al. 2018)"
 )
 class InstDisc(MemoryBankMethod):
-    args_class = InstDiscArgs
+    args_class = BankArgs  # the paper's K = 4096
     loss_name = "nce"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        a = self.args
-        self.head = nn.Linear(self.backbone.width, a.out_dim)
-        self.build_bank(
-            a.out_dim,
-            a.bank_momentum,
-            a.num_negatives,
-            a.shared_negatives,
-            a.temperature,
-            a.full_softmax,
-            a.fix_z,
-            a.bank_init,
-        )
+        self.head = nn.Linear(self.backbone.width, self.args.out_dim)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         rows = self.rows(batch)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from mmcontrast import distributed
 from mmcontrast.config import Config
-from mmcontrast.methods.bank_method import MemoryBankMethod
+from mmcontrast.methods.bank_method import BankArgs, MemoryBankMethod
 from mmcontrast.methods.pirl_jigsaw import PAPER_TILE_FRACTION, Jigsaw
 from mmcontrast.models.heads import Projected
 from mmcontrast.models.memory_bank import counter_generator
@@ -41,20 +41,13 @@ from mmcontrast.registry import METHODS
 
 
 @dataclass
-class PirlArgs:
-    out_dim: int = 128  # heads f and g, and the bank's rows
-    patch_dim: int = 128  # g's per-tile linear layer
-    num_negatives: int = 32000  # drawn uniformly from the bank per image
-    shared_negatives: bool = False  # one draw of K for the whole batch (a matrix product)
-    temperature: float = 0.07
-    bank_momentum: float = 0.5  # m: entry <- normalise(m * entry + (1 - m) * f(v_I))
+class PirlArgs(BankArgs):
+    num_negatives: int = 32000  # the paper's, drawn uniformly from the bank per image
+    patch_dim: int = 128  # g's per-tile linear layer (out_dim: heads f and g, the bank's rows)
     loss_weight: float = 0.5  # lambda: the jigsaw term's weight, 1 - lambda the image's
     grid: int = 3  # tiles per side
     tile_fraction: float = PAPER_TILE_FRACTION  # tile side / cell side (64 / 85)
     patch_size: int | None = None  # resize tiles to this side (None: as cut)
-    full_softmax: bool = False  # the exact softmax over every bank entry instead of NCE
-    fix_z: str = "never"  # NCE's Z: each batch's; first_batch (Wu et al.), filled_bank
-    bank_init: str = "random"  # rows before first seen: random (papers) or first_visit
 
 
 @METHODS.register("pirl", "PIRL: jigsaw-invariant embeddings, memory bank, NCE (Misra 2020)")
@@ -73,16 +66,6 @@ class Pirl(MemoryBankMethod):
         self.image_head = nn.Linear(width, a.out_dim)  # f
         self.patch_head = nn.Linear(width, a.patch_dim)  # g, per tile
         self.jigsaw_head = nn.Linear(tiles * a.patch_dim, a.out_dim)  # g, the concatenation
-        self.build_bank(
-            a.out_dim,
-            a.bank_momentum,
-            a.num_negatives,
-            a.shared_negatives,
-            a.temperature,
-            a.full_softmax,
-            a.fix_z,
-            a.bank_init,
-        )
         self.jigsaw_calls: Tensor
         self.register_buffer("jigsaw_calls", torch.zeros((), dtype=torch.long))
 

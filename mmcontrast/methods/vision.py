@@ -1,12 +1,11 @@
 """The shared base of the vision recipes: backbone, multi-view data, kNN / linear probe.
 
-A vision method (SimCLR, MoCo, BYOL, SimSiam, SwAV, DINO, Barlow Twins, VICReg, SupCon) is a
-backbone from any
-tower source plus its own heads and loss. This base builds the backbone, reads the
-method's ``method_args`` into its dataclass (unknown keys name the nearest valid one) and
-serves augmented views of a labelled image table. Its trained model is the backbone, and
-its evaluation tasks are weighted kNN and (``eval.linear_probe``) a linear probe on the
-backbone's frozen features.
+A vision method (SimCLR, MoCo, BYOL, SimSiam, SwAV, DINO, Barlow Twins, VICReg, SupCon,
+instance discrimination, PIRL) is a backbone from any tower source plus its own heads and
+loss. This base builds the backbone, reads the method's ``method_args`` into its dataclass
+(unknown keys name the nearest valid one) and serves augmented views of a labelled image
+table. Its trained model is the backbone, and its evaluation tasks are weighted kNN and
+(``eval.linear_probe``) a linear probe on the backbone's frozen features.
 """
 
 from __future__ import annotations
