@@ -62,6 +62,19 @@ def labelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def labelled_16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An imagefolder of coloured shapes labelled by shape: train only, each shape and colour
+    once (16 images)."""
+    from mmcontrast.data.imagefolder import write_imagefolder
+
+    root = tmp_path_factory.mktemp("labelled16")
+    write_imagefolder(
+        [{"image": draw(c, s), "label": s} for c in COLOURS for s in SHAPES], root, "train"
+    )
+    return root
+
+
 @pytest.fixture()
 def tiny_run(shapes_dir: Path, tokenizer_dir: Path, tmp_path: Path) -> list[str]:
     return tiny_overrides(shapes_dir, tokenizer_dir, tmp_path / "run")

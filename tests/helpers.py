@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import json
+import math
 import os
 import struct
 from collections.abc import Callable
@@ -321,6 +322,31 @@ def train_stopped_and_resumed(
     return full, first, second
 
 
+def assert_resume_is_exact(
+    overrides: list[str], root: Path
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Train a vision run (``overrides``, on the ``labelled_dir`` fixture: 32 images, batch 8)
+    for 2 epochs straight through, and stopped at step 5 then resumed: both give the same 8
+    finite losses and bit-identical final weights. Returns the straight run's history and
+    weights, for a test's own checks of its method's state."""
+    steps = [
+        "train.epochs=2",  # 4 steps per epoch
+        "train.checkpoint_every=3",
+        "train.log_every=1",
+        "eval.at_end=false",
+        "eval.views_png=false",
+    ]
+    full, first, second = train_stopped_and_resumed(None, [*overrides, *steps], root)
+    losses = [h["loss"] for h in full["history"]]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    resumed = first["history"] + second["history"]
+    assert [h["loss"] for h in resumed] == losses
+    a = load_file(str(root / "full" / "model.safetensors"))
+    b = load_file(str(root / "split" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return full["history"], a
+
+
 # ------------------------------------------------------------------ model.init_from
 # (models/test_init_from*.py, models/test_lora.py, methods/test_wise_ft.py, hub/test_export_sources.py)
 
@@ -504,6 +530,20 @@ def _gloo_worker(rank: int, root: Path, world: int, job: Callable[[int], Any]) -
         torch.save(job(rank), root / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def run_shares(rank: int, cases: list[Any], run_case: Callable[..., Any]) -> dict[Any, Any]:
+    """In a 2-process job: ``run_case(case, dtype, start, stop, gather=True)`` on this
+    process's share of each case (its ``sizes[rank]`` rows after the lower ranks'), in float64
+    and float32; the results by ``(case.id, str(dtype))``."""
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        for case in cases:
+            start = sum(case.sizes[:rank])
+            results[(case.id, str(dtype))] = run_case(
+                case, dtype, start, start + case.sizes[rank], gather=True
+            )
+    return results
 
 
 def run_in_gloo_processes(job: Callable[[int], Any], root: Path, world: int = WORLD) -> list[Any]:

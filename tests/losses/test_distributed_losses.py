@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import WORLD, run_in_gloo_processes
+from helpers import WORLD, run_in_gloo_processes, run_shares
 from torch import Tensor
 
 from mmcontrast import distributed, losses
@@ -253,14 +253,7 @@ def run_case(case: Case, dtype: torch.dtype, start: int, stop: int, gather: bool
 
 def _job(rank: int) -> dict[tuple[str, str], dict[str, Any]]:
     assert distributed.world_size() == WORLD and distributed.rank() == rank
-    results = {}
-    for dtype in (torch.float64, torch.float32):
-        for case in CASES:
-            start = sum(case.sizes[:rank])
-            results[(case.id, str(dtype))] = run_case(
-                case, dtype, start, start + case.sizes[rank], gather=True
-            )
-    return results
+    return run_shares(rank, CASES, run_case)
 
 
 @pytest.fixture(scope="module")

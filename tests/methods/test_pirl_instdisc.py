@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import RECIPES, tiny_vision_overrides, train_stopped_and_resumed
-from safetensors.torch import load_file
+from helpers import (
+    RECIPES,
+    assert_resume_is_exact,
+    tiny_vision_overrides,
+)
 
 from mmcontrast.config import load_recipe
 from mmcontrast.methods import build_method, load_trained, pirl_jigsaw
@@ -233,20 +236,7 @@ def test_a_few_training_steps_then_evaluation_on_the_bank(
 @pytest.mark.slow
 def test_pirl_resume_is_exact(labelled_dir: Path, tmp_path: Path) -> None:
     """Stop mid-epoch 2 and resume: same losses and weights; bank, draws, jigsaw calls, Z."""
-    common = [
-        *overrides("pirl", labelled_dir, tmp_path),
-        "train.epochs=2",  # 32 images / batch 8 = 4 steps per epoch
-        "train.checkpoint_every=3",
-        "eval.at_end=false",
-        "eval.views_png=false",
-    ]
-    full, first, second = train_stopped_and_resumed(None, common, tmp_path)
-    losses = [h["loss"] for h in full["history"]]
-    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
-    assert [h["loss"] for h in first["history"] + second["history"]] == losses
-    a = load_file(str(tmp_path / "full" / "model.safetensors"))
-    b = load_file(str(tmp_path / "split" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, a = assert_resume_is_exact(overrides("pirl", labelled_dir, tmp_path), tmp_path)
     assert int(a["jigsaw_calls"]) == 8 and int(a["bank.draws"]) == 8
 
 

@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import RECIPES, tiny_vision_overrides, train_stopped_and_resumed
-from safetensors.torch import load_file
+from helpers import (
+    RECIPES,
+    assert_resume_is_exact,
+    tiny_vision_overrides,
+)
 from torch import nn
 
 from mmcontrast.config import load_recipe
@@ -145,19 +148,5 @@ def test_a_few_steps_of_the_loop(name: str, labelled_dir: Path, tmp_path: Path) 
 @pytest.mark.parametrize("name", ["simsiam", "vicreg"])
 def test_resume_is_exact(name: str, labelled_dir: Path, tmp_path: Path) -> None:
     """Stop mid-epoch and resume: the same losses and weights, BatchNorm statistics included."""
-    common = [
-        *overrides(name, labelled_dir, tmp_path),
-        "train.epochs=2",  # 32 images / batch 8 = 4 steps per epoch
-        "train.checkpoint_every=3",
-        "train.log_every=1",
-        "eval.at_end=false",
-        "eval.views_png=false",
-    ]
-    full, first, second = train_stopped_and_resumed(None, common, tmp_path)
-    losses = [h["loss"] for h in full["history"]]
-    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
-    assert [h["loss"] for h in first["history"] + second["history"]] == losses
-    a = load_file(str(tmp_path / "full" / "model.safetensors"))
-    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    _, a = assert_resume_is_exact(overrides(name, labelled_dir, tmp_path), tmp_path)
     assert any("running_mean" in k for k in a)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -19,14 +19,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers import (
-    COLOURS,
     QUICKSTART,
-    SHAPES,
     WORLD,
     Case,
     assert_same_weights,
     clip_run,
-    draw,
     run_result,
     train_in_one_process,
     train_worker,
@@ -39,7 +36,7 @@ VIT = (
 )
 
 
-def simclr_run(labelled: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
+def simclr_run(labelled_16: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
     """SimCLR (NT-Xent) on a tiny ViT, no BatchNorm anywhere, SGD without clipping."""
     return [
         "method=simclr",
@@ -51,7 +48,7 @@ def simclr_run(labelled: Path, batch: int, extra: tuple[str, ...] = ()) -> list[
         "model.vision.pretrained=false",
         f"model.vision.config_overrides={VIT}",
         "model.vision.image_size=16",
-        f"data.path={labelled}",
+        f"data.path={labelled_16}",
         "data.max_train_samples=16",
         f"train.batch_size={batch}",
         "train.max_steps=3",
@@ -67,18 +64,7 @@ def simclr_run(labelled: Path, batch: int, extra: tuple[str, ...] = ()) -> list[
     ]
 
 
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmcontrast.data.imagefolder import write_imagefolder
-
-    root = tmp_path_factory.mktemp("labelled")
-    write_imagefolder(
-        [{"image": draw(c, s), "label": s} for c in COLOURS for s in SHAPES], root, "train"
-    )
-    return root
-
-
-def _cases(shapes: Path, tokenizer: Path, labelled: Path) -> dict[str, Case]:
+def _cases(shapes: Path, tokenizer: Path, labelled_16: Path) -> dict[str, Case]:
     """Runs made on 2 processes (batch B each); ``*-local`` and ``*-no-factor`` must differ."""
     accumulate = ("loss.name=siglip", "train.gradient_accumulation_steps=2", "train.max_steps=2")
     local = ("loss.gather_distributed=false",)
@@ -93,18 +79,21 @@ def _cases(shapes: Path, tokenizer: Path, labelled: Path) -> dict[str, Case]:
             QUICKSTART,
             clip_run(shapes, tokenizer, B, (*two_captions[1:], "loss.name=siglip_multi")),
         ),
-        "simclr": (None, simclr_run(labelled, B)),
-        "simclr-local": (None, simclr_run(labelled, B, local)),
-        "simclr-no-factor": (None, simclr_run(labelled, B)),
+        "simclr": (None, simclr_run(labelled_16, B)),
+        "simclr-local": (None, simclr_run(labelled_16, B, local)),
+        "simclr-no-factor": (None, simclr_run(labelled_16, B)),
     }
 
 
 @pytest.fixture(scope="module")
 def two_processes(
-    shapes_dir: Path, tokenizer_dir: Path, labelled: Path, tmp_path_factory: pytest.TempPathFactory
+    shapes_dir: Path,
+    tokenizer_dir: Path,
+    labelled_16: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     root = tmp_path_factory.mktemp("two_processes")
-    cases = _cases(shapes_dir, tokenizer_dir, labelled)
+    cases = _cases(shapes_dir, tokenizer_dir, labelled_16)
     mp.spawn(train_worker, args=(cases, str(root)), nprocs=WORLD, join=True)
     return root
 
@@ -121,11 +110,11 @@ def test_image_text_two_processes_equal_one_process_with_twice_the_batch(
     two_processes: Path,
     shapes_dir: Path,
     tokenizer_dir: Path,
-    labelled: Path,
+    labelled_16: Path,
     tmp_path: Path,
     case: str,
 ) -> None:
-    recipe, overrides = _cases(shapes_dir, tokenizer_dir, labelled)[case]
+    recipe, overrides = _cases(shapes_dir, tokenizer_dir, labelled_16)[case]
     losses, weights = train_in_one_process(
         recipe, [*overrides, f"train.batch_size={2 * B}"], tmp_path
     )
@@ -141,9 +130,9 @@ def test_image_text_two_processes_equal_one_process_with_twice_the_batch(
 
 @pytest.mark.slow
 def test_simclr_two_processes_equal_one_process_with_twice_the_batch(
-    two_processes: Path, labelled: Path, tmp_path: Path
+    two_processes: Path, labelled_16: Path, tmp_path: Path
 ) -> None:
-    losses, weights = train_in_one_process(None, simclr_run(labelled, 2 * B), tmp_path)
+    losses, weights = train_in_one_process(None, simclr_run(labelled_16, 2 * B), tmp_path)
     got_losses, got_weights = run_result(two_processes / "simclr")
     assert len(set(losses)) == len(losses) == 3
     assert got_losses == pytest.approx(losses, abs=1e-5, rel=1e-5)
