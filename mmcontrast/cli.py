@@ -18,7 +18,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 import traceback
@@ -87,6 +89,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_matrix_elements=args.max_matrix_elements,
         pictures=not args.no_pictures,
     )
+    given = {"ks": args.ks, "knn_k": args.knn_k, "knn_temperature": args.knn_temperature}
+    options = dataclasses.replace(
+        options,
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None},
+    )
     class_names = None
     if args.class_names:
         lines = Path(args.class_names).read_text().splitlines()
@@ -107,6 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         },
         class_names=class_names,
         device=args.device,
+        run_settings=[k for k, v in given.items() if v is None],
     )
     return 0
 
@@ -278,6 +286,26 @@ def _task_name(name: str) -> str:
     return name
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (number > 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmcontrast", description="Contrastive representation learning toolkit."
@@ -372,6 +400,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the data's own, else openai_imagenet)",
     )
     p.add_argument("--class-names", help="text file, one prompt name per class in label order")
+    p.add_argument(
+        "--ks",
+        type=_positive_int,
+        nargs="+",
+        metavar="K",
+        help="retrieval recall@k cutoffs (default: a run's eval.ks, else 1 5 10)",
+    )
+    p.add_argument(
+        "--knn-k",
+        type=_positive_int,
+        nargs="+",
+        metavar="K",
+        help="kNN neighbours (default: a run's eval.knn_k, else 20 200)",
+    )
+    p.add_argument(
+        "--knn-temperature",
+        type=_positive_float,
+        metavar="T",
+        help="kNN vote temperature (default: a run's eval.knn_temperature, else 0.07)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images or texts per batch")
     p.add_argument("--num-workers", type=int, default=0, help="image decoding processes")
     p.add_argument("--max-samples", type=int, help="score only the first N rows of each split")

@@ -49,7 +49,12 @@ def resolve_num_classes(num_classes: int | None, *labels: Tensor) -> int:
     return num_classes
 
 
-def true_class_ranks(scores: Tensor, labels: Tensor, ties: TieRule = "pessimistic") -> Tensor:
+def true_class_ranks(
+    scores: Tensor,
+    labels: Tensor,
+    ties: TieRule = "pessimistic",
+    same_class: Tensor | None = None,
+) -> Tensor:
     """Counts, for every sample, the other classes ranked ahead of its true class.
 
     A sample is correct at top-k iff its rank is ``< k``; rank 0 is a correct
@@ -61,6 +66,11 @@ def true_class_ranks(scores: Tensor, labels: Tensor, ties: TieRule = "pessimisti
         ties: ``"pessimistic"`` (default) counts every other class whose score is
             ``>=`` the true class's score; ``"optimistic"`` only those strictly
             greater.
+        same_class: Optional ``[C]`` integer ids: classes with the same id are
+            copies of one class (a class name listed twice gives two identical
+            zero-shot classifiers, which tie on every sample). A tie between
+            copies goes to the lower index, as ``argmax`` breaks it; ties with
+            other classes follow ``ties``.
 
     Returns:
         Long tensor ``[N]`` on the device of ``scores``.
@@ -78,9 +88,19 @@ def true_class_ranks(scores: Tensor, labels: Tensor, ties: TieRule = "pessimisti
         raise ValueError("scores contain NaN")
     labels = labels.to(device=scores.device, dtype=torch.long)
     true = scores.gather(1, labels[:, None])  # the very numbers in `scores`, so no rounding issue
-    if ties == "pessimistic":
+    if ties == "optimistic":
+        return (scores > true).sum(1)
+    if same_class is None:
         return (scores >= true).sum(1) - 1  # the true class itself is counted once
-    return (scores > true).sum(1)
+    if same_class.shape != (scores.shape[1],):
+        raise ValueError(
+            f"same_class must have shape [{scores.shape[1]}], got {tuple(same_class.shape)}"
+        )
+    same_class = same_class.to(scores.device)
+    classes = torch.arange(scores.shape[1], device=scores.device)
+    copy = same_class[None, :] == same_class[labels][:, None]
+    later_copy = copy & (classes[None, :] > labels[:, None])
+    return (scores > true).sum(1) + ((scores == true) & ~later_copy).sum(1) - 1
 
 
 @torch.no_grad()

@@ -46,15 +46,26 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, at any depth, as None (JSON's null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 def write_result(
     output_dir: str | Path, task: str, metrics: dict[str, float], details: dict[str, Any]
 ) -> Path:
     """``OUTPUT/TASK.json``: ``{"task", **details, "metrics"}`` (non-finite values as null)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
     path = output_dir / f"{task}.json"
-    path.write_text(json.dumps({"task": task, **details, "metrics": clean}, indent=2, default=str))
+    record = {"task": task, **details, "metrics": finite(metrics)}
+    path.write_text(json.dumps(record, indent=2, default=str))
     return path
 
 

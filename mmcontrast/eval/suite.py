@@ -18,7 +18,7 @@ from mmcontrast.eval.adapters import load_eval_model
 from mmcontrast.eval.adapters.base import EvalModel
 from mmcontrast.eval.adapters.mmcontrast_run import MmcontrastAdapter
 from mmcontrast.eval.data import EvalData, resolve_data
-from mmcontrast.eval.report import comparison_table, format_metrics, versions
+from mmcontrast.eval.report import comparison_table, finite, format_metrics, versions
 from mmcontrast.eval.tasks import TASKS, EvalOptions, TaskRun
 
 CLASSIFICATION_DATA = ("emoji-category", "emoji-subcategory", "fashion_mnist", "fashion-mnist")
@@ -61,6 +61,21 @@ def model_data(
     return resolved
 
 
+RUN_SETTINGS = ("ks", "knn_k", "knn_temperature")  # EvalOptions a run's recipe sets (eval.*)
+
+
+def run_options(model: EvalModel, options: EvalOptions, names: Sequence[str]) -> EvalOptions:
+    """``options`` with the settings ``names`` taken from an mmcontrast run's ``eval``
+    section, so a run is scored as it was during training (other models: unchanged)."""
+    if not isinstance(model, MmcontrastAdapter):
+        return options
+    recipe = model.method.cfg.eval
+    values = {name: getattr(recipe, name) for name in names}
+    return dataclasses.replace(
+        options, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    )
+
+
 def slug(spec: str) -> str:
     """A folder name for a model spec: ``runs/quickstart`` -> ``runs_quickstart``."""
     return re.sub(r"[^\w.-]+", "_", spec.strip("/")).strip("_") or "model"
@@ -77,13 +92,19 @@ def evaluate_models(
     columns: dict[str, str | None] | None = None,
     class_names: list[str] | None = None,
     device: str | None = None,
+    run_settings: Sequence[str] = RUN_SETTINGS,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Scores every model on every task; returns ``{model: {task: metrics}}``.
 
     With one model, results go to ``output_dir`` (default: an mmcontrast run's ``eval``
     folder, else ``eval_results``); with several, to one subfolder per model, plus
-    ``comparison.md`` and ``comparison.json`` in ``output_dir``.
+    ``comparison.md`` and ``comparison.json`` in ``output_dir``. The ``options`` named in
+    ``run_settings`` (recall cutoffs, kNN k and temperature) come from an mmcontrast run's
+    recipe when scoring one; pass ``()`` to use ``options`` as given for every model.
     """
+    unknown = sorted(set(run_settings) - set(RUN_SETTINGS))
+    if unknown:
+        raise ValueError(f"run_settings {unknown}: choose among {list(RUN_SETTINGS)}")
     options = options or EvalOptions()
     for task in tasks or []:
         TASKS.get(task)  # unknown task names fail before any model loads
@@ -97,13 +118,14 @@ def evaluate_models(
         model.spec = spec
         eval_data = model_data(model, data, split, train_split, columns or {}, class_names)
         folder = output_dir / slug(spec) if len(models) > 1 else output_dir
+        model_options = run_options(model, options, run_settings)
         details: dict[str, Any] = {
             "model": model.describe(),
             "eval_data": eval_data.describe(),
-            "options": dataclasses.asdict(options),
+            "options": dataclasses.asdict(model_options),
             "versions": versions(),
         }
-        run = TaskRun(model, eval_data, options, folder, details)
+        run = TaskRun(model, eval_data, model_options, folder, details)
         results[spec] = {}
         for task in tasks or default_tasks(model, eval_data):
             metrics = TASKS.get(task)(run)
@@ -114,7 +136,7 @@ def evaluate_models(
         table = comparison_table(results)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "comparison.md").write_text(table + "\n")
-        (output_dir / "comparison.json").write_text(json.dumps(results, indent=2))
+        (output_dir / "comparison.json").write_text(json.dumps(finite(results), indent=2))
         print(table)
     print(f"results in {output_dir}")
     return results

@@ -19,6 +19,8 @@ training processes.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +43,8 @@ from mmcontrast.eval.swap_test import evaluate_swaps
 from mmcontrast.eval.zero_shot import build_zero_shot_classifier, zero_shot_evaluate
 from mmcontrast.models.memory_bank import KnnBank
 from mmcontrast.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 TASKS = Registry("evaluation task")  # the tasks below register themselves
 
@@ -193,6 +197,14 @@ def zeroshot(run: TaskRun) -> dict[str, float]:
     if len(names) != len(images.class_labels):
         raise ValueError(
             f"{len(names)} class names for {len(images.class_labels)} classes in {images.source}"
+        )
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        logger.warning(
+            "class names listed more than once: %s. Their classifiers are identical, so the "
+            "first copy wins every image of either at top-1, as CLIP_benchmark's argmax "
+            "decides; give each class a distinct name to tell them apart",
+            ", ".join(map(repr, repeated)),
         )
     templates = run.options.templates or run.data.templates
     classifier = build_zero_shot_classifier(

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from mmcontrast.eval.plots import DPI, shorten
+from mmcontrast.eval.report import finite
 from mmcontrast.eval.training import evaluate_during_training
 from mmcontrast.methods.wise_ft import alpha_folder, check_alpha, load_wise_ft
 
@@ -222,10 +223,6 @@ def _cell(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
-    return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
-
-
 def _write_json(path: Path, result: WiseFTResult, run: Path, start: str) -> None:
     record: dict[str, Any] = {
         "method": f"WiSE-FT ({PAPER}): (1 - alpha) * start + alpha * fine-tuned",
@@ -235,7 +232,7 @@ def _write_json(path: Path, result: WiseFTResult, run: Path, start: str) -> None
         "headline": result.headline,
         "alphas": result.alphas,
         "rows": [
-            {"alpha": alpha, "folder": alpha_folder(alpha), "metrics": _finite(metrics)}
+            {"alpha": alpha, "folder": alpha_folder(alpha), "metrics": finite(metrics)}
             for alpha, metrics in zip(result.alphas, result.metrics, strict=True)
         ],
     }

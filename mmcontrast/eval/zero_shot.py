@@ -284,7 +284,10 @@ def zero_shot_evaluate(
     :func:`~mmcontrast.eval.classification.confusion_matrix`; note that
     ``argmax`` breaks exact ties towards the lowest class index, while the
     metrics use the pessimistic tie rule, so under ties the confusion matrix
-    diagonal can exceed the counted hits.
+    diagonal can exceed the counted hits. One exception: classes whose
+    classifier rows are identical (a class name listed twice, as ``missile`` and
+    ``sunglasses`` are in the usual ImageNet list) tie on every image, and that
+    tie goes to the first of them, as CLIP_benchmark's ``argmax`` gives it.
 
     Args:
         image_features: Image embeddings ``[N, D]``, N >= 1.
@@ -315,10 +318,11 @@ def zero_shot_evaluate(
         raise ValueError("need at least one image")
     _check_labels(labels, n, num_classes)
     labels = labels.to(image_features.device)
+    copies = torch.unique(classifier, dim=0, return_inverse=True)[1]  # same id: identical rows
     ranks, predictions = [], []
     for start in range(0, n, rows):
         logits = chunk(start)
-        ranks.append(true_class_ranks(logits, labels[start : start + rows]))
+        ranks.append(true_class_ranks(logits, labels[start : start + rows], same_class=copies))
         predictions.append(logits.argmax(1))
     metrics = _metrics_from_ranks(torch.cat(ranks), labels, num_classes, ks)
     return metrics, torch.cat(predictions)

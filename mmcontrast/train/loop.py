@@ -703,7 +703,8 @@ def _evaluate(
         method.train(was_training)
     if main and metrics:
         with open(output_dir / "eval_history.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+            finite = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+            f.write(json.dumps({"step": step, **finite}) + "\n")  # NaN (acc5 of 3 classes): null
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
     accelerator.wait_for_everyone()
     return metrics

@@ -230,8 +230,13 @@ def test_cli_compares_models_on_all_tasks(
     assert main([*args, "--templates", "photo"]) == 0
     printed = capsys.readouterr().out
     assert "| model |" in printed
-    comparison = json.loads((out / "comparison.json").read_text())
+
+    def strict(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    comparison = json.loads((out / "comparison.json").read_text(), parse_constant=strict)
     assert list(comparison) == models
+    assert comparison[models[0]]["zeroshot"]["acc5"] is None  # 4 classes: NaN, written as null
     for folder in [out / p.name for p in out.iterdir() if p.is_dir()]:
         for task in ["retrieval", "zeroshot", "knn", "linear"]:
             record = json.loads((folder / f"{task}.json").read_text())

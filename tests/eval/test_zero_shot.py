@@ -144,6 +144,34 @@ def test_chunked_metrics_and_logits_equal_unchunked() -> None:
         zero_shot_evaluate(images[:0], labels[:0], classes)
 
 
+def test_a_class_name_listed_twice_gives_its_images_to_the_first_copy() -> None:
+    """ImageNet's usual class list names 'missile' and 'sunglasses' twice: identical
+    classifier rows tie on every image, and CLIP_benchmark's argmax gives the tie to the
+    first copy. Ties between different classes still count against the model."""
+    gen = torch.Generator().manual_seed(3)
+    classes = torch.randn(6, 32, generator=gen)
+    classes[5] = classes[4]
+    labels = torch.arange(6).repeat(20)
+    images = classes[labels] + 0.3 * torch.randn(120, 32, generator=gen)
+    metrics, pred = zero_shot_evaluate(images, labels, classes)
+    logits = zero_shot_logits(images, classes)
+    argmax = logits.argmax(1)  # CLIP_benchmark's top-1 prediction
+    assert torch.equal(pred, argmax) and not (argmax == 5).any()
+    expected_acc1 = (argmax == labels).double().mean().item()
+    assert (argmax[labels == 4] == 4).all()  # the copies' images are easy...
+    assert metrics["acc1"] == pytest.approx(expected_acc1) and expected_acc1 <= 100 / 120
+    assert metrics["acc1"] > 95 / 120  # ...so only class 5's images are lost
+    per_class = [(argmax[labels == c] == c).double().mean().item() for c in range(6)]
+    assert metrics["mean_per_class_recall"] == pytest.approx(sum(per_class) / 6)
+    # the pessimistic rule from logits alone loses both copies' images
+    assert zero_shot_metrics(logits, labels)["acc1"] <= expected_acc1 - 20 / 120
+    # distinct classes that tie (cosine 0 to both) still lose the tie
+    tied, _ = zero_shot_evaluate(
+        torch.eye(3)[:1].expand(4, 3), torch.tensor([0, 1, 0, 1]), torch.eye(3)[1:]
+    )
+    assert tied["acc1"] == 0.0
+
+
 def _vector(text: str, dim: int = 12) -> torch.Tensor:
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
     return torch.randn(dim, generator=torch.Generator().manual_seed(seed)) * 3.0

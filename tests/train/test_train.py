@@ -27,6 +27,7 @@ def test_train_smoke_then_eval(tiny_run: list[str], capsys: pytest.CaptureFixtur
         "train.max_steps=3",
         "train.trackers=[tensorboard]",
         "model.vision.weights=null",
+        "eval.ks=[1, 3]",
     ]
     assert cli(["train", QUICKSTART], overrides) == 0
     run = Path(load_recipe(QUICKSTART, overrides).train.output_dir)
@@ -41,7 +42,8 @@ def test_train_smoke_then_eval(tiny_run: list[str], capsys: pytest.CaptureFixtur
     assert list(run.glob("mmcontrast/events.out.tfevents.*")), "tensorboard logs"
     record = json.loads((run / "eval" / "retrieval.json").read_text())
     assert record["num_images"] == 16 and record["num_texts"] == 32
-    assert {"image_retrieval_recall@1", "text_retrieval_recall@10"} <= set(record["metrics"])
+    assert {"image_retrieval_recall@1", "text_retrieval_recall@3"} <= set(record["metrics"])
+    assert "text_retrieval_recall@10" not in record["metrics"]
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3]
     assert all(h["pairs_per_s"] > 0 and "lr" in h and "logit_scale" in h for h in history)
@@ -53,6 +55,14 @@ def test_train_smoke_then_eval(tiny_run: list[str], capsys: pytest.CaptureFixtur
         record["metrics"]
     )  # reloaded weights give the same numbers
     assert "text->image" in capsys.readouterr().out
+    assert again["options"]["ks"] == [1, 3]  # the run's eval.ks, not the CLI's 1 5 10
+
+    assert main(["eval", "--model", str(run), "--output", str(run / "k2"), "--ks", "2"]) == 0
+    chosen = json.loads((run / "k2" / "retrieval.json").read_text())["metrics"]
+    assert "image_retrieval_recall@2" in chosen and "image_retrieval_recall@3" not in chosen
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(run), "--knn-temperature", "0"])
+    assert "expected a positive number, got '0'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
