@@ -18,7 +18,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -81,19 +80,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mmcontrast.eval.tasks import EvalOptions
 
     set_max_image_pixels(args.max_image_pixels)
+    defaults = EvalOptions()
     options = EvalOptions(
         batch_size=args.batch_size,
         num_workers=args.num_workers,
+        ks=tuple(args.ks or defaults.ks),
         templates=args.templates,
+        knn_k=tuple(args.knn_k or defaults.knn_k),
+        knn_temperature=args.knn_temperature or defaults.knn_temperature,
         max_samples=args.max_samples,
         max_matrix_elements=args.max_matrix_elements,
         pictures=not args.no_pictures,
     )
     given = {"ks": args.ks, "knn_k": args.knn_k, "knn_temperature": args.knn_temperature}
-    options = dataclasses.replace(
-        options,
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None},
-    )
     class_names = None
     if args.class_names:
         lines = Path(args.class_names).read_text().splitlines()

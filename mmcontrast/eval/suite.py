@@ -70,10 +70,11 @@ def run_options(model: EvalModel, options: EvalOptions, names: Sequence[str]) ->
     if not isinstance(model, MmcontrastAdapter):
         return options
     recipe = model.method.cfg.eval
-    values = {name: getattr(recipe, name) for name in names}
-    return dataclasses.replace(
-        options, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    )
+    values: dict[str, Any] = {}
+    for name in names:
+        value = getattr(recipe, name)
+        values[name] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(options, **values)
 
 
 def slug(spec: str) -> str:
