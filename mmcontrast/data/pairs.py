@@ -25,7 +25,9 @@ line (``metadata.py``).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +135,32 @@ class PairTable:
                 )
             values.append(value)
         return values
+
+    def image_keys(self, rows: list[int]) -> list[Hashable | None]:
+        """Who each of ``rows``' images is: its file path, or a digest of its bytes (None when
+        neither is known, as for a decoded picture). Rows with equal keys hold one image, as
+        a table with one caption per row (COCO's five rows per image) has.
+
+        The column is read once, undecoded.
+        """
+        column = self.dataset.select_columns([self.image_column])
+        feature = (column.features or {}).get(self.image_column)
+        if isinstance(feature, datasets.Image) and feature.decode:
+            column = column.cast_column(self.image_column, datasets.Image(decode=False))
+        cells = column[self.image_column]
+        keys: list[Hashable | None] = []
+        for row in rows:
+            value = cells[row]
+            if isinstance(value, dict):  # datasets.Image undecoded: {"bytes", "path"}
+                value = value.get("bytes") or value.get("path")
+            if isinstance(value, bytes | bytearray):
+                keys.append(("bytes", hashlib.sha256(value).hexdigest()))
+            elif isinstance(value, str) and value:
+                path = self.base_dir / value if self.base_dir is not None else Path(value)
+                keys.append(("path", os.path.normpath(path)))
+            else:
+                keys.append(None)
+        return keys
 
     def __len__(self) -> int:
         return len(self.dataset)

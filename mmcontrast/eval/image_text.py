@@ -49,6 +49,7 @@ class EmbeddedPairs:
     rows: list[int]  # table row of each embedded image
     skipped: Counter = field(default_factory=Counter)
     groups: list[Hashable | None] | None = None  # group_column value of each image, if set
+    merged_rows: int = 0  # rows whose image an earlier row holds: their captions joined it
 
 
 @torch.no_grad()
@@ -61,23 +62,48 @@ def embed_pairs(
     images: EmbeddedImages | None = None,
 ) -> EmbeddedPairs:
     """Embed every readable image of ``table`` (unless ``images`` holds them already) and
-    all of its captions; with the table's ``group_column``, read each image's group."""
+    all of its captions; with the table's ``group_column``, read each image's group.
+
+    Rows that hold the same image (the same file, or the same bytes) and the same group are
+    one gallery image with all their captions, as CLIP_benchmark's datasets list an image
+    once: a table with one caption per row would otherwise set an image's copies against
+    each other, and its copies tie, which counts against every query."""
     table.check_group_column()  # before the images are embedded
     if images is None:
         images = embed_images(model, table, batch_size, num_workers, accelerator)
+    groups = table.group_values(images.rows) if table.group_column is not None else None
+    keys = table.image_keys(images.rows)
+    first: dict[Hashable, int] = {}  # (image, group) -> its gallery position
+    kept: list[int] = []  # positions in `images` of the gallery images
     captions, owners = [], []
     for position, row in enumerate(images.rows):
+        group = None if groups is None else groups[position]
+        key = None if keys[position] is None else (keys[position], group)
+        if key is None or key not in first:
+            if key is not None:
+                first[key] = len(kept)
+            kept.append(position)
+        owner = len(kept) - 1 if key is None else first[key]
         for caption in table.captions(row):
             captions.append(caption)
-            owners.append(position)
+            owners.append(owner)
+    if len(kept) < len(images.rows):
+        logger.info(
+            "%d rows of %s repeat an earlier row's image: scored as one image with all its "
+            "captions (%d images)",
+            len(images.rows) - len(kept),
+            table.source,
+            len(kept),
+        )
     return EmbeddedPairs(
-        image_features=images.features,
+        image_features=images.features[kept],
         text_features=embed_texts(model, captions, batch_size),
         text_to_image=torch.tensor(owners, dtype=torch.long),
         captions=captions,
-        rows=images.rows,
+        rows=[images.rows[i] for i in kept],
         skipped=images.skipped,
-        groups=table.group_values(images.rows) if table.group_column is not None else None,
+        groups=None if groups is None else [groups[i] for i in kept],
+        merged_rows=len(images.rows) - len(kept),
     )
 
 
@@ -135,6 +161,7 @@ def evaluate_retrieval(
             "num_images": len(embedded.rows),
             "num_texts": len(embedded.captions),
             "skipped": dict(embedded.skipped),
+            "rows_repeating_an_image": embedded.merged_rows,
             "duplicate_captions": repeats.captions,
         }
         if repeats.captions:

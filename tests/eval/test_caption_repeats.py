@@ -120,3 +120,63 @@ def test_retrieval_warns_once_and_records_repeats(
     assert result["duplicate_captions"] == 2
     assert result["max_recall"]["text_retrieval_recall@1"] == pytest.approx(1 / 3)
     assert "repeat across images" in (tmp_path / "out" / "retrieval.txt").read_text()
+
+
+def test_rows_repeating_an_image_are_one_image_with_all_their_captions(tmp_path: Path) -> None:
+    """One caption per row, an image on several rows (COCO's layout): scored as CLIP_benchmark
+    scores one row per image with a list of captions, not as copies that tie and lose."""
+    shapes = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("red", "square")]
+    captions = [[f"a {c} {s}", f"the {s} is {c}"] for c, s in shapes]
+    listed = [
+        {"image": draw(c, s), "file_name": f"{c}_{s}.png", "text": texts}
+        for (c, s), texts in zip(shapes, captions, strict=True)
+    ]
+    split = write_imagefolder(listed, tmp_path / "listed", "test")
+    rows = [
+        {"file_name": f"../../listed/test/{c}_{s}.png", "text": text}
+        for (c, s), texts in zip(shapes, captions, strict=True)
+        for text in texts
+    ]
+    (tmp_path / "rows" / "test").mkdir(parents=True)
+    (tmp_path / "rows" / "test" / "metadata.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in rows)
+    )
+    model = _Colours("colours", torch.device("cpu"))
+    expected = evaluate_retrieval(
+        model, load_pairs(DataConfig(path=str(split.parent)), "test"), ks=(1, 2), grid_queries=0
+    )
+    one_per_row = load_pairs(DataConfig(path=str(tmp_path / "rows")), "test")
+    assert len(one_per_row) == 8
+    got = evaluate_retrieval(model, one_per_row, ks=(1, 2), output_dir=tmp_path / "out")
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert expected["image_retrieval_recall@1"] > 0
+    # scored as 8 images instead, each caption's image would tie with its copy and lose
+    copies = torch.randn(4, 3).repeat_interleave(2, 0)
+    as_rows = retrieval_metrics(copies, copies, torch.arange(8), ks=(1,))
+    assert as_rows["image_retrieval_recall@1"] == 0.0
+    result = json.loads((tmp_path / "out" / "retrieval.json").read_text())
+    assert (result["num_images"], result["num_texts"]) == (4, 8)
+    assert result["rows_repeating_an_image"] == 4
+    keys = one_per_row.image_keys(list(range(8)))
+    assert keys[0] == keys[1] != keys[2] and None not in keys
+
+
+def test_image_keys_from_bytes_and_groups_keep_copies_apart() -> None:
+    """An undecoded datasets.Image column is keyed by its bytes (paths inside parquet files can
+    repeat for different pictures); a per-language table keeps one image per language."""
+    import io
+
+    import datasets
+
+    from mmcontrast.data.pairs import PairTable
+
+    def png(colour: str) -> bytes:
+        buffer = io.BytesIO()
+        draw(colour, "circle").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    images = [{"bytes": png(c), "path": "image.png"} for c in ("red", "blue", "red")]
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    data = datasets.Dataset.from_dict({"image": images, "text": ["a", "b", "c"]}, features)
+    keys = PairTable(data, "image", "text").image_keys([0, 1, 2])
+    assert keys[0] == keys[2] != keys[1]
