@@ -18,6 +18,7 @@ interrupted embedding resume shard by shard.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -180,11 +181,21 @@ def _identity(kind: str, config: DataConfig, split: str, rows: int, caption: str
     }
 
 
+def _metadata_digest(identity: dict[str, Any], source: str) -> dict[str, Any]:
+    """``identity`` with the SHA-256 of the metadata file ``source`` names, when it is one (an
+    edited metadata file with as many rows is other data)."""
+    path = Path(source)
+    if path.name in METADATA_FILES and path.is_file():
+        identity["metadata"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return identity
+
+
 def _pairs(config: DataConfig, split: str) -> TableCollection:
     table = load_pairs(config, split)
     kind = "webdataset" if is_webdataset(config.path) else "pairs"
     identity = _identity(kind, config, split, len(table), table.caption_column)
     identity["image_column"] = table.image_column
+    _metadata_digest(identity, table.source)
     return TableCollection(table.source, identity, True, table.skipped, table)
 
 
@@ -222,7 +233,7 @@ def _images_only(
         dataset = dataset.cast_column(column, datasets.Image(decode=False))
     table = PairTable(dataset, column, "", base_dir=base_dir, source=source)
     config.image_column = column
-    identity = _identity("images", config, split, len(table), None)
+    identity = _metadata_digest(_identity("images", config, split, len(table), None), source)
     return TableCollection(source, identity, False, Skips(), table)
 
 
@@ -247,10 +258,15 @@ def _file_collection(folder: Path, split: str | None) -> FileCollection:
             if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
         )
     files.sort()
+    listing = hashlib.sha256()  # a file added, removed, renamed or rewritten changes it
+    for name in files:
+        stat = (root / name).stat()
+        listing.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     identity = {
         "kind": "folder",
         "path": str(root.resolve()),
         "split": split,
         "rows": len(files),
+        "files": listing.hexdigest(),
     }
     return FileCollection(str(root), identity, False, Skips(), root, files)

@@ -187,6 +187,12 @@ def test_plain_folder_of_images(model: EvalModel, tmp_path: Path) -> None:
     torch.testing.assert_close(torch.from_numpy(np.array(images)), expected, rtol=1e-4, atol=1e-5)
     assert manifest["data"]["kind"] == "folder" and manifest["text_emb"] is False
 
+    # the same number of files, one of them another: other data, not a finished collection
+    (folder / "z.png").unlink()
+    draw("green", "star").save(folder / "y.png")
+    with pytest.raises(ValueError, match=r"different data .*--output"):
+        embed_collection(model, folder, tmp_path / "out", progress=False)
+
 
 def test_metadata_without_captions(model: EvalModel, tmp_path: Path) -> None:
     folder = tmp_path / "folder"
@@ -199,6 +205,10 @@ def test_metadata_without_captions(model: EvalModel, tmp_path: Path) -> None:
     assert summary.count == 2
     _, texts, metadata, _ = read_embeddings(tmp_path / "out")
     assert texts is None and metadata["image_path"].to_pylist() == ["a.png", "b.png"]
+    # an edited metadata file with as many rows is other data
+    (folder / "metadata.jsonl").write_text("\n".join(reversed(lines)) + "\n")
+    with pytest.raises(ValueError, match=r"different data"):
+        embed_collection(model, folder, tmp_path / "out", progress=False)
 
 
 def test_unreadable_image_skipped_and_named(
