@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcontrast.cli_search import add_search_commands
+from mmcontrast.cli_serve import positive_int
 from mmcontrast.config import ConfigError, DataConfig, load_recipe
 from mmcontrast.cpu_allocator import reuse_freed_memory
 from mmcontrast.logs import configure_logging
@@ -285,16 +286,6 @@ def _task_name(name: str) -> str:
     return name
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
-    return number
-
-
 def _positive_float(value: str) -> float:
     try:
         number = float(value)
@@ -401,14 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", help="text file, one prompt name per class in label order")
     p.add_argument(
         "--ks",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         metavar="K",
         help="retrieval recall@k cutoffs (default: a run's eval.ks, else 1 5 10)",
     )
     p.add_argument(
         "--knn-k",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         metavar="K",
         help="kNN neighbours (default: a run's eval.knn_k, else 20 200)",

@@ -8,7 +8,7 @@ A collection goes from images to answers in three commands::
 
 ``embed`` writes embeddings and metadata in clip-retrieval's layout (resumable),
 ``index`` builds the nearest-neighbour index beside them, ``search`` answers a text or an
-image query (:class:`mmcontrast.search.Searcher` in Python) and ``serve`` answers them on a
+image query (:class:`mmcontrast.search.searcher.Searcher` in Python) and ``serve`` answers them on a
 local web page (``cli_serve.py``). To share the index with its
 model, ``share-index`` copies it into the model folder, which ``mmcontrast push`` uploads::
 
@@ -24,7 +24,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mmcontrast.cli_serve import add_collection_argument, add_model_options, add_serve_command
+from mmcontrast.cli_serve import (
+    add_collection_argument,
+    add_model_options,
+    add_serve_command,
+    positive_int,
+)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -90,7 +95,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.query is not None:
         check_text_query(args.query)
     searcher = Searcher.from_pretrained(
-        args.folder, device=args.device, collection=args.collection, revision=args.revision
+        args.folder,
+        args.model,
+        device=args.device,
+        collection=args.collection,
+        revision=args.revision,
     )
     if args.image is not None:
         hits = searcher.search_image(args.image, k=args.k)
@@ -167,7 +176,7 @@ def add_search_commands(sub: Any) -> None:
     add_collection_argument(p)
     p.add_argument("query", nargs="?", help="the text to search for")
     p.add_argument("--image", help="search with this image instead of a text")
-    p.add_argument("-k", type=_positive_int, default=10, help="results to show (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="results to show (default 10)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_model_options(p)
     p.set_defaults(func=cmd_search)
@@ -191,14 +200,3 @@ def add_search_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_share_index)
 
     add_serve_command(sub)
-
-
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (checked before any model loads)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value

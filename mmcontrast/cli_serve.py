@@ -28,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         collection=args.collection,
         revision=args.revision,
         images=args.images,
+        model=args.model,
         announce=lambda line: print(line, flush=True),  # a log file sees the URL at once
     )
     return 0
@@ -43,7 +44,13 @@ def add_collection_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    """``--device``, ``--collection`` and ``--revision`` of ``search`` and ``serve``."""
+    """``--model``, ``--device``, ``--collection`` and ``--revision`` of ``search`` and
+    ``serve``."""
+    p.add_argument(
+        "--model",
+        metavar="DIR",
+        help="where the model that embedded the collection is now, if its folder moved",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
         "--collection", help="which collection of a model with several (its search/NAME)"
@@ -70,7 +77,7 @@ def add_serve_command(sub: Any) -> None:
     p.add_argument(
         "--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)"
     )
-    p.add_argument("-k", type=int, default=12, help="results per query (default 12)")
+    p.add_argument("-k", type=positive_int, default=12, help="results per query (default 12)")
     p.add_argument("--open", action="store_true", help="open the page in the web browser")
     add_model_options(p)
     p.add_argument(
@@ -81,3 +88,14 @@ def add_serve_command(sub: Any) -> None:
         "included), optional otherwise (the data moved since it was embedded)",
     )
     p.set_defaults(func=cmd_serve)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (checked before any model loads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

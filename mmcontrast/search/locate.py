@@ -143,6 +143,13 @@ def recorded_model(folder: str | Path, manifest: dict[str, Any]) -> str:
     return f"{family}:{root}" if family else root
 
 
+def model_folder_gone(spec: str) -> bool:
+    """Whether ``spec`` names a local model folder by its absolute path (as a collection
+    records a local model) and nothing is there any more."""
+    path = Path(split_family(spec)[1])
+    return path.is_absolute() and not path.exists()
+
+
 def same_model(spec: str, recorded: str) -> bool:
     """Whether two model specs name the same model (local paths compared resolved; a family
     prefix on one of them only is ignored)."""

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,16 @@ from mmcontrast.data.images import BadSample, load_image
 from mmcontrast.eval.adapters import EvalModel, load_eval_model
 from mmcontrast.search.embed_store import INDEX_DIR, embeddings_fingerprint, read_metadata
 from mmcontrast.search.index import IndexInfo, load_index, search
-from mmcontrast.search.locate import locate_collection, recorded_model, same_model
+from mmcontrast.search.locate import (
+    locate_collection,
+    model_folder_gone,
+    recorded_model,
+    same_model,
+)
 
 __all__ = ["INDEX_DIR", "Hit", "Searcher"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,7 +96,8 @@ class Searcher:
                 or the Hub id of a model repository holding one (downloaded with its model).
             model: The model to embed queries with; by default the one recorded in the
                 collection (for a shared collection, the model folder holding it). Another
-                model is refused: its embeddings are not comparable.
+                model is refused: its embeddings are not comparable. When the recorded model
+                folder no longer exists, this names where it went (taken on trust, warned).
             device: Where the model runs (default: CUDA if available).
             collection: Which collection of a model folder's ``search/`` (when it has several).
             revision: Branch, tag or commit of a Hub repository.
@@ -104,10 +113,24 @@ class Searcher:
         rows = embedded.metadata.to_pylist()
         check_index(folder, info, embedded.manifest, len(rows))
         recorded = recorded_model(folder, embedded.manifest)
+        gone = model_folder_gone(recorded)
         if model is None or (isinstance(model, str) and model in located.aliases):
+            if gone:
+                raise ValueError(
+                    f"{folder} was embedded with {recorded}, which is no longer there (moved "
+                    "or deleted): pass the model's new place (--model DIR on the command line, "
+                    "model=DIR in Python); to keep a collection with its model, share it into "
+                    "the model folder (mmcontrast share-index COLLECTION MODEL)"
+                )
             model = load_eval_model(recorded, device)
         name = model if isinstance(model, str) else model.spec
-        if name not in located.aliases and not same_model(name, recorded):
+        if gone and name not in located.aliases:
+            logger.warning(
+                "%s was embedded with %s, which is no longer there: querying with %s, taken "
+                "to be the same model moved (another model's embeddings are not comparable)",
+                folder, recorded, name,
+            )  # fmt: skip
+        elif name not in located.aliases and not same_model(name, recorded):
             raise ValueError(
                 f"{folder} was embedded with {recorded}, not {name}: embeddings of another "
                 "model are not comparable; query it with the model it was embedded with, or "

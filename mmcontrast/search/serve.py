@@ -290,6 +290,7 @@ def serve(
     collection: str | None = None,
     revision: str | None = None,
     images: str | Path | None = None,
+    model: str | None = None,
 ) -> None:
     """Serve the search page of ``folder`` until interrupted (Ctrl-C: ``KeyboardInterrupt``).
 
@@ -310,6 +311,7 @@ def serve(
         images: The data the collection was embedded from, for its thumbnails: needed for a
             shared collection (whose data is never read from the name its manifest records),
             optional otherwise (data moved since it was embedded).
+        model: Where the collection's model folder went, when it moved since embedding.
 
     Raises:
         ValueError: A bad port, host, ``k``, ``images`` or collection folder.
@@ -325,7 +327,7 @@ def serve(
             )  # fmt: skip
         server.app = SearchApp(
             Searcher.from_pretrained(
-                folder, device=device, collection=collection, revision=revision
+                folder, model, device=device, collection=collection, revision=revision
             ),
             k,
             images,

@@ -179,3 +179,27 @@ def test_a_damaged_collection_is_named_on_the_command_line(
     assert main(["index", str(copy)]) == 2
     err = capsys.readouterr().err
     assert "img_emb_0000.npy cannot be read" in err and "rerun the same `mmcontrast embed`" in err
+
+
+def test_a_moved_model_folder_is_named_and_found_again_with_model(
+    collection: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A collection records its model's absolute path: once the folder moves, search says so
+    and takes the new place from --model (model= in Python)."""
+    clip = collection.parent / "clip"
+    before = Searcher.from_pretrained(collection).search_text("a red circle", k=5)
+    moved = tmp_path / "moved-clip"
+    shutil.move(clip, moved)
+    try:
+        assert main(["search", str(collection), "a red circle", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "is no longer there" in err and "--model DIR" in err and "share-index" in err
+        argv = ["search", str(collection), "a red circle", "-k", "5", "--json"]
+        assert main([*argv, "--model", str(moved), "--device", "cpu"]) == 0
+        hits = json.loads(capsys.readouterr().out)
+        assert [h["image_path"] for h in hits] == [h.image_path for h in before]
+    finally:
+        shutil.move(moved, clip)
+    with pytest.raises(SystemExit):  # checked before the model loads
+        main(["serve", str(collection), "-k", "0"])
+    assert "must be at least 1, got 0" in capsys.readouterr().err
