@@ -44,6 +44,7 @@ from mmcontrast.logs import interactive
 from mmcontrast.methods.base import Method
 from mmcontrast.methods.init_source import open_init_source
 from mmcontrast.models.dual_encoder import DualEncoder, build_dual_encoder
+from mmcontrast.models.locations import absolute_source
 from mmcontrast.models.tower import resolved_preprocess
 from mmcontrast.registry import LOSSES, METHODS
 
@@ -65,6 +66,8 @@ class ImageTextContrastive(Method):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         cfg = self.cfg
+        if cfg.model.init_from:  # saved with the run: it must find the source from anywhere
+            cfg.model.init_from = absolute_source(cfg.model.init_from)
         source = open_init_source(cfg.model.init_from) if cfg.model.init_from else None
         cfg.loss.name = cfg.loss.name or (source.loss if source else "clip")
         loss_cls = LOSSES.get(cfg.loss.name)  # an unknown name fails here, with the nearest one

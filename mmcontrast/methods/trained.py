@@ -175,7 +175,18 @@ def load_trained(folder: str | Path) -> Method:
             value = getattr(tower, attr)
             if value and (folder / value).exists():
                 setattr(tower, attr, str(folder / value))
-    method = build_method(cfg)
+    try:
+        method = build_method(cfg)
+    except ValueError as err:
+        if not (cfg.model.init_from and str(err).startswith("model.init_from")):
+            raise
+        raise ValueError(
+            f"{folder} was fine-tuned from {cfg.model.init_from} (model.init_from in its "
+            "config.yaml), which it needs for its architecture, tokenizer and preprocessing "
+            f"(its weights are in {WEIGHTS_FILE}); that source cannot be read now: put it "
+            "back, or set model.init_from in config.yaml to where it is now. "
+            f"The error was: {err}"
+        ) from None
     load_weights(method, folder)
     if (folder / EMA_FILE).is_file():  # a checkpoint of a run with an EMA: the average is the model
         load_ema(method.trained_model(), folder / EMA_FILE)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["check_local_name", "local_path_reason"]
+__all__ = ["absolute_source", "check_local_name", "local_path_reason"]
 
 _PATH_STARTS = ("/", "./", "../", "~")
 
@@ -58,3 +58,26 @@ def check_local_name(name: str) -> None:
         f"{name}: no such folder; {reason}, so it is a local path, not a Hub id{hint} "
         "(a Hub id has the form ORG/NAME; pass an existing folder)"
     )
+
+
+_PATH_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth")
+
+
+def absolute_source(name: str) -> str:
+    """``name`` with the local paths in it made absolute, so a run that records it (its
+    ``model.init_from``) still finds them from another working directory. Hub ids, tags and
+    names of nothing local are kept as written; in ``open_clip:A[:B]`` each part that is an
+    existing path (``local-dir:DIR``, a config or weights file) is resolved.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    prefix, sep, rest = name.partition(":")
+    if prefix != "open_clip" or not sep:
+        return name
+    parts = rest.split(":")
+    for i, part in enumerate(parts):
+        candidate = Path(part).expanduser()
+        if ("/" in part or part.endswith(_PATH_SUFFIXES)) and candidate.exists():
+            parts[i] = str(candidate.resolve())
+    return f"{prefix}:{':'.join(parts)}"

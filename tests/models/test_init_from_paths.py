@@ -1,0 +1,69 @@
+"""A run fine-tuned with ``model.init_from`` records its source by absolute path, so it loads
+from any working directory; a source moved away since is named with what to do."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import save_clip
+
+from mmcontrast.config import load_recipe
+from mmcontrast.methods.trained import load_trained
+from mmcontrast.models.locations import absolute_source
+from mmcontrast.pipeline import train
+
+
+def test_absolute_source_resolves_local_paths_only(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "clip").mkdir(parents=True)
+    (tmp_path / "oc.json").write_text("{}")
+    assert absolute_source("models/clip") == str(tmp_path / "models" / "clip")
+    assert absolute_source("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+    assert absolute_source("open_clip:ViT-B-32:laion2b_s34b_b79k") == (
+        "open_clip:ViT-B-32:laion2b_s34b_b79k"
+    )
+    assert absolute_source("open_clip:local-dir:models/clip") == (
+        f"open_clip:local-dir:{tmp_path / 'models' / 'clip'}"
+    )
+    assert absolute_source("open_clip:oc.json:missing.safetensors") == (
+        f"open_clip:{tmp_path / 'oc.json'}:missing.safetensors"
+    )
+
+
+def test_a_run_from_a_relative_source_loads_anywhere_and_names_a_moved_one(
+    tokenizer_dir: Path, shapes_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    save_clip(tmp_path / "models" / "clip", tokenizer_dir)
+    run = tmp_path / "run"
+    overrides = [
+        "model.init_from=models/clip",
+        f"data.path={shapes_dir}",
+        f"train.output_dir={run}",
+        "train.batch_size=8",
+        "train.max_steps=1",
+        "train.progress_bar=false",
+        "train.trackers=[]",
+        "eval.at_start=false",
+        "eval.at_end=false",
+    ]
+    train(load_recipe(None, overrides))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["init_from"] == str(tmp_path / "models" / "clip")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_trained(run).cfg.model.init_from == str(tmp_path / "models" / "clip")
+
+    shutil.move(tmp_path / "models", tmp_path / "moved")
+    with pytest.raises(
+        ValueError,
+        match=r"was fine-tuned from .*put it back, or set "
+        r"model.init_from in config.yaml",
+    ) as info:
+        load_trained(run)
+    assert "model.safetensors" in str(info.value)
