@@ -90,7 +90,8 @@ def comparison_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def headline_keys(task: str, metrics: dict[str, float]) -> list[str]:
     """The metrics worth a column: recalls for retrieval, the accuracies of the swap
-    test, accuracies and recall otherwise."""
+    test, accuracies and recall otherwise (``NAME/TASK``: a recipe's named ``eval.tasks``)."""
+    task = task.rsplit("/", 1)[-1]
     if task == "retrieval":
         return [k for k in metrics if "_recall@" in k]
     if task == "swaps":

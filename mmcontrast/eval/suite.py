@@ -20,14 +20,20 @@ from mmcontrast.eval.adapters.mmcontrast_run import MmcontrastAdapter
 from mmcontrast.eval.data import EvalData, resolve_data
 from mmcontrast.eval.report import comparison_table, finite, format_metrics, versions
 from mmcontrast.eval.tasks import TASKS, EvalOptions, TaskRun
+from mmcontrast.eval.training import extra_tasks
 
 CLASSIFICATION_DATA = ("emoji-category", "emoji-subcategory", "fashion_mnist", "fashion-mnist")
 
 
-def default_tasks(model: EvalModel, data: EvalData) -> list[str]:
-    """What a model is usually scored on: its own run's evaluation, else by data kind."""
+def default_tasks(model: EvalModel, data: EvalData, own_data: bool = False) -> list[str]:
+    """What a model is usually scored on: a run's own evaluation (on its own data, or any
+    data for a vision run), else by data kind."""
+    if isinstance(model, MmcontrastAdapter) and (own_data or not model.has_text):
+        own = list(model.method.eval_tasks())
+        if own:
+            return own
     if not model.has_text:
-        return list(model.method.eval_tasks()) if isinstance(model, MmcontrastAdapter) else ["knn"]
+        return ["knn"]
     if data.name in CLASSIFICATION_DATA:
         return ["zeroshot"]
     return ["retrieval"]
@@ -56,6 +62,11 @@ def model_data(
         base=base if data is None else None,
         **columns,
     )
+    if data is None and isinstance(model, MmcontrastAdapter):
+        classes = model.method.zero_shot_classes()
+        if classes is not None:  # the classes and prompts the method trained with (FLYP)
+            resolved.class_labels, resolved.class_names = classes.labels, classes.names
+            resolved.templates = classes.templates
     if class_names is not None:
         resolved.class_names = class_names
     return resolved
@@ -128,11 +139,22 @@ def evaluate_models(
         }
         run = TaskRun(model, eval_data, model_options, folder, details)
         results[spec] = {}
-        for task in tasks or default_tasks(model, eval_data):
+        for task in tasks or default_tasks(model, eval_data, own_data=data is None):
             metrics = TASKS.get(task)(run)
             results[spec][task] = metrics
             print(f"{spec} | {task} on {eval_data.name} ({eval_data.split}):")
             print(format_metrics(metrics) + "\n")
+        if isinstance(model, MmcontrastAdapter) and data is None and not tasks:
+            for extra in extra_tasks(model.method.cfg):  # the recipe's eval.tasks, as in training
+                extra_options = dataclasses.replace(
+                    model_options, max_samples=extra.max_samples, max_samples_by_split={},
+                    templates=extra.templates or model_options.templates,
+                )  # fmt: skip
+                extra_run = TaskRun(model, extra.data, extra_options, folder / extra.name, details)
+                metrics = TASKS.get(extra.task)(extra_run)
+                results[spec][f"{extra.name}/{extra.task}"] = metrics
+                print(f"{spec} | {extra.name} ({extra.task} on {extra.data.name}):")
+                print(format_metrics(metrics) + "\n")
     if len(results) > 1 or any(len(by_task) > 1 for by_task in results.values()):
         table = comparison_table(results)
         output_dir.mkdir(parents=True, exist_ok=True)

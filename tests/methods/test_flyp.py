@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import COLOURS, SHAPES, draw, save_clip
 
+from mmcontrast.cli import main
 from mmcontrast.config import load_recipe
 from mmcontrast.data.class_prompts import ClassPromptDataset
 from mmcontrast.data.imagefolder import write_imagefolder
@@ -137,6 +138,7 @@ def test_flyp_raises_zero_shot_accuracy(colours_dir: Path, clip_dir: Path, tmp_p
             flyp_overrides(
                 clip_dir, colours_dir, tmp_path / "run", "train.epochs=8", "train.lr=2e-3",
                 "train.warmup_steps=0", "train.weight_decay=0.0",
+                "eval.tasks=[{task: retrieval, data: " + str(colours_dir) + ", name: pairs}]",
             ),
         )
     )  # fmt: skip
@@ -147,6 +149,22 @@ def test_flyp_raises_zero_shot_accuracy(colours_dir: Path, clip_dir: Path, tmp_p
     assert after["acc1"] >= 0.75
     written = json.loads((tmp_path / "run" / "eval" / "zeroshot.json").read_text())
     assert written["templates"] == TEMPLATES and written["class_names"] == sorted(COLOURS)
+
+    # mmcontrast eval --model RUN: the run's own evaluation (its classes, prompts, eval.tasks)
+    again = tmp_path / "again"
+    argv = ["eval", "--model", str(tmp_path / "run"), "--output", str(again), "--no-pictures"]
+    assert main(argv) == 0
+    scored = json.loads((again / "zeroshot.json").read_text())
+    assert scored["templates"] == TEMPLATES
+    assert scored["metrics"].keys() == written["metrics"].keys()
+    for key, value in written["metrics"].items():  # acc5 of 4 classes: null in both
+        assert scored["metrics"][key] == (value and pytest.approx(value, rel=1e-5, abs=1e-6))
+    extra = json.loads((again / "pairs" / "retrieval.json").read_text())["metrics"]
+    assert extra == pytest.approx(
+        {k[len("pairs/") :]: v for k, v in after.items() if k.startswith("pairs/")},
+        rel=1e-5,
+        abs=1e-6,
+    )
 
 
 def test_bad_settings_are_clear(
