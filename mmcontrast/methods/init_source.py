@@ -111,7 +111,7 @@ class RunSource:
         for modality in ("vision", "text"):
             tower = getattr(dual, modality)
             tower.cfg = _tower_cfg(tower, getattr(cfg, modality))
-            apply_training_options(tower, tower.cfg, modality)
+            apply_training_options(tower, tower.cfg, modality, source=self.name)
         if dual.logit_bias is None and logit_bias_if_none is not None:
             dual.logit_bias = nn.Parameter(torch.tensor([float(logit_bias_if_none)]))
         log_scale = float(dual.logit_scale.detach().clamp(max=dual.max_logit_scale))

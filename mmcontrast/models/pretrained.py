@@ -261,5 +261,5 @@ class PretrainedSource:
         if modality == "text":
             cfg.max_length = self.max_text_length()
         tower = HFTower(cfg, modality, model=model, padding=self.family.padding)
-        apply_training_options(tower, cfg, modality)
+        apply_training_options(tower, cfg, modality, source=self.name)
         return tower

@@ -93,8 +93,8 @@ class OpenClipSource:
         bias = getattr(model, "logit_bias", None)
         vision = OpenClipTower(vision_cfg, "vision", model=model)  # first: text drops .visual
         text = OpenClipTower(text_cfg, "text", model=model)
-        apply_training_options(vision, vision_cfg, "vision")
-        apply_training_options(text, text_cfg, "text")
+        apply_training_options(vision, vision_cfg, "vision", source=self.name)
+        apply_training_options(text, text_cfg, "text", source=self.name)
         return DualEncoder(
             vision,
             text,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from mmcontrast.config import TowerConfig
@@ -59,13 +60,22 @@ def build_tower(cfg: TowerConfig, modality: str) -> Tower:
     return apply_training_options(tower, cfg, modality)
 
 
-def apply_training_options(tower: Tower, cfg: TowerConfig, modality: str) -> Tower:
+def apply_training_options(
+    tower: Tower, cfg: TowerConfig, modality: str, source: str | None = None
+) -> Tower:
     """Preprocessing overrides, locking, LoRA adapters and gradient checkpointing of ``cfg``
-    on a built tower."""
+    on a built tower; ``source``: the pretrained model (``model.init_from``) it comes from.
+
+    Raises:
+        ValueError: ``source`` is given and its vision tower cannot take ``cfg.image_size``
+            (a ViT's position embeddings are sized for its own image size).
+    """
     if cfg.stretch_positions is not None:
         _stretch_text(tower, cfg, modality)
     if modality == "vision":
         pre = tower.image_preprocess()  # the recipe's size and normalisation, its resizing
+        if source is not None and cfg.image_size and cfg.image_size != pre.size:
+            _check_image_size(tower, cfg.image_size, pre.size, source)
         tower.preprocess_override = dataclasses.replace(  # type: ignore[assignment]
             pre,
             size=cfg.image_size or pre.size,
@@ -78,6 +88,26 @@ def apply_training_options(tower: Tower, cfg: TowerConfig, modality: str) -> Tow
     if cfg.gradient_checkpointing:
         tower.enable_gradient_checkpointing()
     return tower
+
+
+def _check_image_size(tower: Tower, size: int, native: int, source: str) -> None:
+    """Refuse an image size a pretrained vision tower cannot take, by trying one image."""
+    parameter = next(tower.parameters())
+    probe = torch.zeros(1, 3, size, size, dtype=parameter.dtype, device=parameter.device)
+    was_training = tower.training
+    tower.eval()
+    try:
+        with torch.no_grad():
+            tower(pixel_values=probe)
+    except (RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"model.vision.image_size {size}: the vision tower of {source} takes {native} px "
+            f"images and cannot take {size} px ones ({reason}); leave model.vision.image_size "
+            "unset to keep the source's size"
+        ) from None
+    finally:
+        tower.train(was_training)
 
 
 def _stretch_text(tower: Tower, cfg: TowerConfig, modality: str) -> None:

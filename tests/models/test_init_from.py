@@ -96,10 +96,16 @@ def test_loss_follows_the_source_unless_named(sources: dict[str, Path]) -> None:
 
 
 def test_training_options_apply(sources: dict[str, Path]) -> None:
-    dual = method_from(sources["clip"], "model.vision.lock=true", "model.vision.image_size=48")
+    dual = method_from(
+        sources["clip"], "model.vision.lock=true", "model.vision.image_mean=[0.5, 0.5, 0.5]"
+    )
     assert not any(p.requires_grad for p in dual.model.vision.parameters())
     assert all(p.requires_grad for p in dual.model.text.parameters())
-    assert resolved_preprocess(dual.model.vision).size == 48
+    assert resolved_preprocess(dual.model.vision).mean == [0.5, 0.5, 0.5]
+    # a ViT's position embeddings are sized for its images: another size is refused up front
+    for kind in ("clip", "siglip"):
+        with pytest.raises(ValueError, match=r"image_size 48: the vision tower of .* takes 32 px"):
+            method_from(sources[kind], "model.vision.image_size=48")
 
 
 def test_keys_that_init_from_sets_are_refused(sources: dict[str, Path]) -> None:

@@ -132,11 +132,13 @@ def test_bad_specs_say_what_to_give(root: Path) -> None:
 
 def test_training_options_apply(root: Path) -> None:
     method = method_from(
-        specs(root)["file"][0], "model.text.lock=true", "model.vision.image_size=48"
+        specs(root)["file"][0], "model.text.lock=true", "model.vision.image_std=[0.5, 0.5, 0.5]"
     )
     assert not any(p.requires_grad for p in method.model.text.parameters())
     assert all(p.requires_grad for p in method.model.vision.parameters())
-    assert resolved_preprocess(method.model.vision).size == 48
+    assert resolved_preprocess(method.model.vision).std == [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match=r"image_size 48: the vision tower of .* cannot take"):
+        method_from(specs(root)["file"][0], "model.vision.image_size=48")
 
 
 def test_trains_and_reloads(root: Path, shapes_dir: Path, tmp_path: Path) -> None:
