@@ -203,7 +203,7 @@ class TrainConfig:
     nonfinite_limit: int = 10
     mixed_precision: str = "no"  # no | fp16 | bf16
     log_every: int = 10
-    checkpoint_every: int | None = None  # steps; None = only at the end
+    checkpoint_every: int | None = None  # steps; None = only at stop_at_step and on a signal
     keep_checkpoints: int = 2
     overwrite_output_dir: bool = False  # a fresh run may delete an earlier run's checkpoints
     find_unused_parameters: bool = True  # DDP: needed when a tower has parameters the pooling skips
