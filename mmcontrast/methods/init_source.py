@@ -26,6 +26,7 @@ from mmcontrast.config import ModelConfig, TowerConfig, load_recipe
 from mmcontrast.methods.trained import WEIGHTS_FILE, load_trained, merge_lora
 from mmcontrast.models.dual_encoder import DualEncoder
 from mmcontrast.models.locations import check_local_name
+from mmcontrast.models.open_clip_tower import open_clip_folder
 from mmcontrast.models.pretrained import (
     ACCEPTED,
     TOWER_KEYS,
@@ -54,6 +55,9 @@ def open_init_source(name: str) -> InitSource:
         return OpenClipSource(name)
     if (Path(name) / "config.yaml").is_file():
         return RunSource(name)
+    folder = open_clip_folder(name)  # an open_clip export: open_clip:local-dir:DIR
+    if folder is not None and not (Path(name) / "config.json").is_file():
+        return OpenClipSource(OPEN_CLIP_PREFIX + folder)
     try:
         check_local_name(name)
     except ValueError as err:

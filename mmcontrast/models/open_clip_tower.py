@@ -79,6 +79,15 @@ def open_clip_model_config(name: str) -> dict[str, Any]:
     return dict(config)
 
 
+def open_clip_folder(spec: str) -> str | None:
+    """``local-dir:SPEC`` when ``spec`` is a folder holding an open_clip model (its
+    ``open_clip_config.json``, as ``mmcontrast export`` writes for open_clip runs), else None."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir() and (folder / "open_clip_config.json").is_file():
+        return f"{OPEN_CLIP_SCHEMAS[0]}{spec}"
+    return None
+
+
 def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
     """``"ViT-B-32:laion2b_s34b_b79k"`` -> name and pretrained (a tag or a checkpoint file);
     ``local-dir:``/``hf-hub:`` names bring their weights and stay whole."""

@@ -38,9 +38,11 @@ from safetensors.torch import load_file, save_file
 
 import mmcontrast
 from mmcontrast.config import load_recipe
+from mmcontrast.eval.adapters import load_eval_model
 from mmcontrast.eval.adapters.base import features_of
 from mmcontrast.hub.export import export
 from mmcontrast.methods import load_trained
+from mmcontrast.methods.init_source import open_init_source
 from mmcontrast.models.dual_encoder import DualEncoder
 from mmcontrast.models.tower import resolved_preprocess
 
@@ -244,6 +246,13 @@ def test_open_clip_sources_export_to_open_clip(
     else:
         assert "bias" not in theirs
         assert any("--format transformers" in note for note in result.notes)
+
+    # the export folder as written, no prefix: an eval model and an init_from source
+    evaluated = load_eval_model(str(out), "cpu")
+    assert evaluated.family == "open_clip"
+    with torch.no_grad():
+        assert_close(F.normalize(evaluated.encode_images(pixels()), dim=-1), theirs["image"])
+    assert open_init_source(str(out)).name == f"open_clip:local-dir:{out}"
 
 
 def test_open_clip_card_snippet_runs(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor
 from mmcontrast.eval.adapters.base import MODEL_FAMILIES, EvalModel, PerImage
 from mmcontrast.models.open_clip_tower import (
     OPEN_CLIP_SCHEMAS,
+    open_clip_folder,
     open_clip_model_name,
     parse_open_clip_spec,
 )
@@ -48,7 +49,8 @@ class OpenClipAdapter(EvalModel):
 
         name, _ = parse_open_clip_spec(spec)
         return (
-            name.startswith(OPEN_CLIP_SCHEMAS)
+            open_clip_folder(spec) is not None
+            or name.startswith(OPEN_CLIP_SCHEMAS)
             or name in open_clip.list_models()
             or (name.endswith(".json") and Path(name).is_file())
         )
@@ -57,6 +59,7 @@ class OpenClipAdapter(EvalModel):
     def load(cls, spec: str, device: torch.device) -> EvalModel:
         import open_clip
 
+        spec = open_clip_folder(spec) or spec  # an export folder: local-dir:DIR
         name, pretrained = parse_open_clip_spec(spec)
         name = open_clip_model_name(name)  # a clear error for a missing folder or offline Hub
         schema = name.startswith(OPEN_CLIP_SCHEMAS)
