@@ -62,6 +62,12 @@ class Flyp(ImageTextContrastive):
             raise ValueError(
                 f"FLYP trains with loss 'clip' (same-class captions masked) or 'unicl' "
                 f"(same-class pairs positives), not {self.cfg.loss.name!r}"
+                + (
+                    " (the loss of the model.init_from source, a SigLIP model): set "
+                    "loss.name=clip"
+                    if not cfg.loss.name
+                    else ": set loss.name=clip"
+                )
             )
         args = self.cfg.method_args
         self.templates = check_templates(args.get("templates") or DEFAULT_TEMPLATES)

@@ -167,7 +167,8 @@ def load_wise_ft(run: str | Path, start: str | Path | None = None) -> WiseFT:
         raise ValueError(
             f"WiSE-FT mixes a fine-tuned run with the model it started from, and {run} did not "
             "start from a pretrained model (its config.yaml has no model.init_from): fine-tune "
-            "with model.init_from, or name the starting model with --start"
+            "with model.init_from, or name the starting model (mmcontrast wise-ft --start, "
+            "mmcontrast export --wise-ft-start)"
         )
     method = merge_lora(load_trained(run))
     begin = _start_method(run, recipe, start)

@@ -138,7 +138,13 @@ def apply_lora(module: nn.Module, settings: LoraSettings, where: str) -> list[st
         use_dora=settings.dora,
         bias="none",
     )
-    inject_adapter_in_model(config, module)
+    try:
+        inject_adapter_in_model(config, module)
+    except ValueError as err:  # peft's words, e.g. DoRA on a layer kind it cannot adapt
+        raise ValueError(
+            f"{where}: peft cannot adapt {type(module).__name__} with these settings ({err}); "
+            f"change {where}.dora or {where}.target_modules"
+        ) from None
     if hasattr(module, "peft_config"):  # peft's bookkeeping: nothing here reads it
         del module.peft_config
     for name, param in module.named_parameters():

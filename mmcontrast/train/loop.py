@@ -133,6 +133,7 @@ def train(
     set_max_image_pixels(cfg.data.max_image_pixels)  # before train_data(), which may decode
     method = sync_batchnorm(build_method(cfg), cfg, accelerator.num_processes, accelerator.device)
     cfg = method.cfg  # with the method's defaults, as saved beside checkpoints and weights
+    accelerator.print(trainable_summary(method))
     if cfg.train.allow_tf32 and accelerator.device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     if chunks:
@@ -401,6 +402,22 @@ def _scheduled_lr(scheduler: Any, optimizer: torch.optim.Optimizer) -> float:
         r for r, g in zip(rates, optimizer.param_groups, strict=True) if not g.get("fixed_lr")
     ]
     return max(moving or rates)
+
+
+def trainable_summary(method: nn.Module) -> str:
+    """``trainable parameters: 1,234 of 56,789 (2.17%)``, as peft's
+    ``print_trainable_parameters`` says it (locks, LiT and LoRA adapters counted); buffers
+    (a memory bank, BatchNorm statistics) are not parameters."""
+    total = trainable = 0
+    seen: set[int] = set()
+    for param in method.parameters():  # shared parameters (tied embeddings) once
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    share = 100 * trainable / total if total else 0.0
+    return f"trainable parameters: {trainable:,} of {total:,} ({share:.2f}%)"
 
 
 def samples_per_batch(batch_size: int, dataset: Any) -> int:

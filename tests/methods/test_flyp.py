@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import COLOURS, SHAPES, draw, save_clip
+from helpers import COLOURS, SHAPES, draw, save_clip, save_siglip
 
 from mmcontrast.cli import main
 from mmcontrast.config import load_recipe
@@ -168,7 +168,7 @@ def test_flyp_raises_zero_shot_accuracy(colours_dir: Path, clip_dir: Path, tmp_p
 
 
 def test_bad_settings_are_clear(
-    colours_dir: Path, clip_dir: Path, tmp_path: Path, shapes_dir: Path
+    colours_dir: Path, clip_dir: Path, tmp_path: Path, shapes_dir: Path, tokenizer_dir: Path
 ) -> None:
     with pytest.raises(ValueError, match="not FLYP's"):
         build_method(
@@ -182,6 +182,9 @@ def test_bad_settings_are_clear(
                 None, [*flyp_overrides(clip_dir, colours_dir, tmp_path), "loss.name=siglip"]
             )
         )
+    siglip = save_siglip(tmp_path / "siglip", tokenizer_dir)  # the loss comes from the source
+    with pytest.raises(ValueError, match=r"init_from source, a SigLIP model\): set loss.name=clip"):
+        build_method(load_recipe(None, flyp_overrides(siglip, colours_dir, tmp_path)))
     with pytest.raises(ValueError, match=r"\{c\}"):
         build_method(
             load_recipe(

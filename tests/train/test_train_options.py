@@ -243,3 +243,14 @@ def test_weight_decay_follows_a_cosine_to_its_end() -> None:
         weight_decay_schedule(lars, total_steps=10, end=0.0)
     with pytest.raises(ValueError, match="weight_decay_end"):
         weight_decay_schedule(optimizer, total_steps=10, end=-1.0)
+
+
+def test_trainable_summary_counts_shared_parameters_once() -> None:
+    from torch import nn
+
+    from mmcontrast.train.loop import trainable_summary
+
+    model = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 2))  # 110 + 22 parameters
+    model[0].requires_grad_(False)
+    model.append(model[1])  # the same layer again: counted once
+    assert trainable_summary(model) == "trainable parameters: 22 of 132 (16.67%)"
