@@ -5,8 +5,8 @@ images are resized and cropped); the towers in :mod:`mmcontrast.models` fill it 
 source (a transformers image processor, timm's data config, open_clip's ``preprocess_cfg``),
 and the data side builds transforms from it. The evaluation transform follows timm's
 ``transforms_imagenet_eval`` and open_clip's ``image_transform`` step for step (resize to
-``floor(size / crop_pct)``, then centre crop, or pad for ``longest``), on tensors instead
-of PIL images.
+``floor(size / crop_pct)``, then centre crop, or pad for ``longest``): on the PIL image
+for open_clip towers, as open_clip does, on uint8 tensors otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ INTERPOLATIONS = {  # ImagePreprocess.interpolation -> torchvision's mode
 }
 RESIZES = ("shortest", "longest", "squash")
 CROP_OFFSETS = ("round", "floor")
+BACKENDS = ("tensor", "pil")
 
 
 @dataclass
@@ -55,6 +56,11 @@ class ImagePreprocess:
             224 from 256). 1 resizes straight to ``size``; above 1 pads with zeros.
         fill: The pad colour of "longest", 0-255 per channel (open_clip's ``fill_color``;
             timm pads with the mean colour).
+        backend: What the deterministic resize and crop work on: "tensor" resizes the
+            decoded image as a uint8 tensor (torchvision's kernels, as transformers' default
+            image processors do); "pil" resizes and crops a PIL image before it becomes a
+            tensor, as open_clip's transform does, so the pixels are open_clip's own.
+            Random resized crops (training) always work on tensors.
 
     Raises:
         ValueError: An unknown interpolation, resize or crop offset, a ``crop_pct`` that is
@@ -69,12 +75,14 @@ class ImagePreprocess:
     crop_offset: str = "round"
     crop_pct: float = 1.0
     fill: list[int] = field(default_factory=lambda: [0, 0, 0])
+    backend: str = "tensor"
 
     def __post_init__(self) -> None:
         for name, allowed in (
             ("interpolation", tuple(INTERPOLATIONS)),
             ("resize", RESIZES),
             ("crop_offset", CROP_OFFSETS),
+            ("backend", BACKENDS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -110,7 +118,7 @@ class FloorCenterCrop(v2.Transform):
         self.size = size
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        height, width = inpt.shape[-2:]
+        height, width = v2.functional.get_size(inpt)  # a tensor or a PIL image
         if height < self.size or width < self.size:
             return self._call_kernel(v2.functional.center_crop, inpt, [self.size, self.size])
         top, left = (height - self.size) // 2, (width - self.size) // 2
@@ -129,7 +137,7 @@ class ResizeLongest(v2.Transform):
         self.size, self.interpolation = size, interpolation
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        height, width = inpt.shape[-2:]
+        height, width = v2.functional.get_size(inpt)
         ratio = max(height / self.size, width / self.size)
         new_size = [round(height / ratio), round(width / ratio)]
         return self._call_kernel(
@@ -146,12 +154,12 @@ class PadToSize(v2.Transform):
         self.size, self.fill = size, list(fill)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        height, width = inpt.shape[-2:]
+        height, width = v2.functional.get_size(inpt)
         dw, dh = max(self.size - width, 0), max(self.size - height, 0)
         if not (dw or dh):
             return inpt
-        scale = 1 / 255 if inpt.is_floating_point() else 1
-        fill = [v * scale for v in self.fill]
+        floating = isinstance(inpt, torch.Tensor) and inpt.is_floating_point()
+        fill: list[float] | list[int] = [v / 255 for v in self.fill] if floating else self.fill
         padding = [dw // 2, dh // 2, (dw + 1) // 2, (dh + 1) // 2]  # left, top, right, bottom
         return self._call_kernel(v2.functional.pad, inpt, padding, fill=fill)
 
@@ -189,6 +197,8 @@ def image_transform(
                 antialias=True,
             )
         )
+    elif pre.backend == "pil":  # PIL resizes and crops, then the tensor (a tensor: as is)
+        steps = [*resize_steps(pre), v2.ToImage()]
     else:
         steps += resize_steps(pre)
     if train and data is not None:

@@ -200,6 +200,7 @@ def open_clip_preprocess(preprocess_cfg: dict[str, Any]) -> ImagePreprocess:
         resize=mode,
         crop_offset="round",
         fill=[int(v) for v in fill] if isinstance(fill, list | tuple) else [int(fill)] * len(mean),
+        backend="pil",  # open_clip resizes PIL images: the same pixels
     )
 
 
