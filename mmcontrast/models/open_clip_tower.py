@@ -13,6 +13,7 @@ names, :mod:`mmcontrast.models.pretrained_open_clip`) is split into the two towe
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,13 +112,27 @@ def create_open_clip_model(cfg: TowerConfig) -> Any:
             f"{cfg.name!r} brings its own weights: drop weights ({cfg.weights!r}), or use "
             "the model's config JSON with weights"
         )
-    return open_clip.create_model(
-        model_name,
-        pretrained=cfg.weights if cfg.pretrained else None,
-        load_weights=cfg.pretrained,  # local-dir:/hf-hub: weights only when pretrained
-        require_pretrained=schema and cfg.pretrained,
-        **cfg.config_overrides,
-    )
+    random_on_purpose = logging.getLogger()  # open_clip logs on the root logger
+    quiet = _DropRandomInitNote()
+    if not cfg.pretrained:  # built from config (the run's own weights come next): no alarm
+        random_on_purpose.addFilter(quiet)
+    try:
+        return open_clip.create_model(
+            model_name,
+            pretrained=cfg.weights if cfg.pretrained else None,
+            load_weights=cfg.pretrained,  # local-dir:/hf-hub: weights only when pretrained
+            require_pretrained=schema and cfg.pretrained,
+            **cfg.config_overrides,
+        )
+    finally:
+        random_on_purpose.removeFilter(quiet)
+
+
+class _DropRandomInitNote(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
 
 
 class OpenClipTower(Tower):

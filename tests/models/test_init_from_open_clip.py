@@ -6,6 +6,7 @@ with what to give; a run trained from one reloads."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -143,11 +144,16 @@ def test_training_options_apply(root: Path) -> None:
         method_from(specs(root)["file"][0], "model.vision.image_size=48")
 
 
-def test_trains_and_reloads(root: Path, shapes_dir: Path, tmp_path: Path) -> None:
+def test_trains_and_reloads(
+    root: Path, shapes_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     run = tmp_path / "run"
     image, text = embeddings(train_from(specs(root)["local-dir"][0], shapes_dir, run, steps=2))
     start_image, _ = embeddings(method_from(specs(root)["local-dir"][0]))
     assert not torch.allclose(image, start_image, atol=1e-4)  # it trained
-    again_image, again_text = embeddings(load_trained(run))
+    with caplog.at_level(logging.WARNING):
+        reloaded = load_trained(run)  # built from config, then its weights: no random-init alarm
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    again_image, again_text = embeddings(reloaded)
     torch.testing.assert_close(again_image, image, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(again_text, text, atol=1e-6, rtol=1e-5)
