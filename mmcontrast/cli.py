@@ -71,7 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if summary.get("eval"):
         print(json.dumps({"step": summary["step"], **summary["eval"]}, indent=2))
-    print(f"run saved in {cfg.train.output_dir}")
+    if not summary.get("stopped_early"):
+        print(f"run saved in {cfg.train.output_dir}")
     return 0
 
 

@@ -316,6 +316,7 @@ def train_stopped_and_resumed(
     full = train(load_recipe(recipe, [*overrides, f"train.output_dir={root / 'full'}"]))
     split = [*overrides, f"train.output_dir={root / 'split'}"]
     first = train(load_recipe(recipe, [*split, f"train.stop_at_step={stop_at}"]))
+    assert first.get("stopped_early") and "stopped_early" not in full
     if when_stopped is not None:
         when_stopped(first)
     second = train(load_recipe(recipe, split), resume="latest")

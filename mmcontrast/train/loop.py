@@ -391,6 +391,12 @@ def train(
         save_checkpoint(
             accelerator, cfg, state, cfg.train.keep_checkpoints, data_state, ema, scheduler
         )
+        summary["stopped_early"] = True
+        accelerator.print(
+            f"stopped at step {state.step} of {total_steps} (train.stop_at_step): the "
+            "checkpoint is saved; the same command with --resume (and without "
+            "train.stop_at_step) goes on"
+        )
     accelerator.end_training()
     return summary
 
