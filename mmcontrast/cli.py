@@ -82,12 +82,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mmcontrast.eval.tasks import EvalOptions
 
     set_max_image_pixels(args.max_image_pixels)
+    templates: str | list[str] | None = args.templates
+    if args.templates and "{" not in args.templates and Path(args.templates).is_file():
+        lines = Path(args.templates).read_text(encoding="utf-8").splitlines()  # one per line
+        templates = [line.strip() for line in lines if line.strip()]
     defaults = EvalOptions()
     options = EvalOptions(
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         ks=tuple(args.ks or defaults.ks),
-        templates=args.templates,
+        templates=templates,
         knn_k=tuple(args.knn_k or defaults.knn_k),
         knn_temperature=args.knn_temperature or defaults.knn_temperature,
         max_samples=args.max_samples,
@@ -387,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--templates",
-        help="zero-shot prompt set: openai_imagenet (80), simple, photo, name "
-        "(default: the data's own, else openai_imagenet)",
+        help="zero-shot prompts: a set (openai_imagenet (80), simple, photo, name), one "
+        "template with {c}, or a text file of templates, one per line (default: the data's "
+        "own, else openai_imagenet)",
     )
     p.add_argument("--class-names", help="text file, one prompt name per class in label order")
     p.add_argument(

@@ -555,6 +555,11 @@ RUN_ARTEFACTS = (
 def _claim_output_dir(output_dir: Path, overwrite: bool, is_main: bool) -> None:
     """Refuse to start a fresh run over an earlier run's files unless told to replace them
     (then they are removed first, so nothing of the old run mixes with the new one)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(
+            f"train.output_dir {output_dir} is a file, not a folder: choose another "
+            "train.output_dir (--output-dir)"
+        )
     found = [name for name in RUN_ARTEFACTS if (output_dir / name).exists()]
     if not found:
         return

@@ -318,3 +318,21 @@ def test_training_eval_sharded_over_two_processes(tiny_run: list[str], tmp_path:
     assert (run / "curves.png").is_file()
     history = (run / "eval_history.jsonl").read_text().splitlines()
     assert len(history) == 1 and json.loads(history[0])["step"] == 2
+
+
+def test_templates_from_a_file_equal_the_named_set(
+    hf_models: dict[str, Path], labelled_shapes: Path, tmp_path: Path
+) -> None:
+    """``--templates FILE``: one template per line (a FLYP run's own prompts, say)."""
+    from mmcontrast.eval.templates import TEMPLATE_SETS
+
+    photo = [t if isinstance(t, str) else t("{c}") for t in TEMPLATE_SETS["photo"]]
+    (tmp_path / "templates.txt").write_text("\n".join(photo) + "\n\n")
+    scored = {}
+    for name, templates in (("set", "photo"), ("file", str(tmp_path / "templates.txt"))):
+        args = ["eval", "--model", str(hf_models["clip"]), "--data", str(labelled_shapes)]
+        args += ["--task", "zeroshot", "--templates", templates, "--no-pictures"]
+        assert main([*args, "--output", str(tmp_path / name), "--batch-size", "4"]) == 0
+        scored[name] = json.loads((tmp_path / name / "zeroshot.json").read_text())
+    assert scored["file"]["templates"] == photo
+    assert scored["file"]["metrics"] == scored["set"]["metrics"]

@@ -291,3 +291,12 @@ def test_a_finished_run_is_not_replaced_without_asking(
     assert (output / "model.safetensors").read_bytes() == before  # untouched
     assert cli(["train", QUICKSTART, "--overwrite"], [*overrides, "train.seed=1"]) == 0
     assert (output / "model.safetensors").read_bytes() != before
+
+
+def test_an_output_dir_that_is_a_file_is_named(tiny_run: list[str], tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    cfg = load_recipe(QUICKSTART, [*tiny_run, f"train.output_dir={afile}"])
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        train(cfg)
+    assert afile.read_text() == "keep me"
