@@ -18,6 +18,7 @@ file and line (``metadata.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,29 @@ def load_labelled(
         base_dir=base_dir,
         skipped=skipped,
     )
+
+
+def folder_class_labels(cfg: DataConfig, splits: Sequence[str]) -> list[str] | None:
+    """The classes of a local labelled folder over those of ``splits`` it has, sorted: a
+    class one split lacks (no test image of it) is still a class, as in a benchmark's
+    class list. None for other sources and for integer labels. Reads labels only."""
+    if not cfg.path or cfg.path == BUILTIN or not Path(cfg.path).is_dir():
+        return None
+    found: set[str] = set()
+    for split in dict.fromkeys(splits):
+        try:
+            dataset, _, label_column, _, _ = _load_folder(Path(cfg.path), split, cfg)
+        except ValueError:  # no such split here
+            continue
+        feature = dataset.features[label_column]
+        if isinstance(feature, datasets.ClassLabel):
+            found.update(feature.names)
+            continue
+        present = [v for v in dataset[label_column] if not _missing(v)]
+        if not all(isinstance(v, str) for v in present):
+            return None
+        found.update(present)
+    return sorted(found) or None
 
 
 def _without_label(

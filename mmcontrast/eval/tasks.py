@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mmcontrast.data.labelled import load_labelled
+from mmcontrast.data.labelled import folder_class_labels, load_labelled
 from mmcontrast.data.pairs import PairTable, load_pairs
 from mmcontrast.eval.adapters.base import EvalModel
 from mmcontrast.eval.classification import confusion_matrix
@@ -192,7 +192,10 @@ def swap_test(run: TaskRun) -> dict[str, float]:
 
 @TASKS.register("zeroshot", "zero-shot classification from class names and prompt templates")
 def zeroshot(run: TaskRun) -> dict[str, float]:
-    images = run.labelled_features(run.data.split, run.data.class_labels)
+    classes = run.data.class_labels
+    if classes is None and run.data.class_names is None:  # every class a candidate
+        classes = folder_class_labels(run.data.config, [run.data.split, run.data.train_split])
+    images = run.labelled_features(run.data.split, classes)
     names = run.data.class_names or images.class_labels
     if len(names) != len(images.class_labels):
         raise ValueError(

@@ -336,3 +336,19 @@ def test_templates_from_a_file_equal_the_named_set(
         scored[name] = json.loads((tmp_path / name / "zeroshot.json").read_text())
     assert scored["file"]["templates"] == photo
     assert scored["file"]["metrics"] == scored["set"]["metrics"]
+
+
+def test_zeroshot_candidates_include_a_class_the_test_split_lacks(
+    hf_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A class with training images but none in the scored split is still a candidate (as in
+    a benchmark's class list): leaving it out would make the task easier than it is."""
+    from mmcontrast.data.imagefolder import write_imagefolder
+
+    root = tmp_path / "data"
+    write_imagefolder([{"image": draw("red", s), "label": s} for s in SHAPES], root, "train")
+    write_imagefolder([{"image": draw("blue", s), "label": s} for s in SHAPES[:-1]], root, "test")
+    args = ["eval", "--model", str(hf_models["clip"]), "--data", str(root), "--task", "zeroshot"]
+    assert main([*args, "--output", str(tmp_path / "out"), "--no-pictures"]) == 0
+    record = json.loads((tmp_path / "out" / "zeroshot.json").read_text())
+    assert record["class_names"] == sorted(SHAPES) and record["num_images"] == len(SHAPES) - 1
