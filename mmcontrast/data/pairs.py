@@ -46,6 +46,7 @@ from mmcontrast.data.webdataset import (
 )
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+KEY_BLOCK = 1024  # rows read at a time by PairTable.image_keys
 
 
 @dataclass
@@ -141,16 +142,20 @@ class PairTable:
         neither is known, as for a decoded picture). Rows with equal keys hold one image, as
         a table with one caption per row (COCO's five rows per image) has.
 
-        The column is read once, undecoded.
+        The column is read undecoded, a block of rows at a time (encoded images can be
+        larger than memory all together).
         """
         column = self.dataset.select_columns([self.image_column])
         feature = (column.features or {}).get(self.image_column)
         if isinstance(feature, datasets.Image) and feature.decode:
             column = column.cast_column(self.image_column, datasets.Image(decode=False))
-        cells = column[self.image_column]
         keys: list[Hashable | None] = []
+        block: tuple[int, list[Any]] = (-1, [])
         for row in rows:
-            value = cells[row]
+            start = row - row % KEY_BLOCK
+            if block[0] != start:
+                block = (start, column[start : start + KEY_BLOCK][self.image_column])
+            value = block[1][row - start]
             if isinstance(value, dict):  # datasets.Image undecoded: {"bytes", "path"}
                 value = value.get("bytes") or value.get("path")
             if isinstance(value, bytes | bytearray):
