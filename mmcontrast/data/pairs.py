@@ -392,7 +392,8 @@ def _check_columns(names: list[str], columns: list[str], source: str) -> None:
         if column not in names and column.split(".")[0] not in names:
             raise ValueError(
                 f"column {column!r} not found in {source} (columns: {', '.join(names)}); "
-                f"set data.image_column / data.caption_column"
+                f"set data.image_column / data.caption_column (mmcontrast eval: "
+                "--image-column / --caption-column)"
             )
 
 
