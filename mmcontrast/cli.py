@@ -86,6 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.templates and "{" not in args.templates and Path(args.templates).is_file():
         lines = Path(args.templates).read_text(encoding="utf-8").splitlines()  # one per line
         templates = [line.strip() for line in lines if line.strip()]
+        if not templates:
+            raise ValueError(f"--templates {args.templates}: the file holds no template")
     defaults = EvalOptions()
     options = EvalOptions(
         batch_size=args.batch_size,

@@ -15,7 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from mmcontrast.config import DataConfig
@@ -164,6 +166,17 @@ class PadToSize(v2.Transform):
         return self._call_kernel(v2.functional.pad, inpt, padding, fill=fill)
 
 
+class ArrayToPIL(v2.Transform):
+    """A NumPy ``H x W (x C)`` uint8 image as a PIL image (the ``pil`` backend resizes PIL
+    images; torchvision's v2 transforms would pass an array through unchanged)."""
+
+    def forward(self, *inputs: Any) -> Any:
+        image = inputs[0] if len(inputs) == 1 else inputs
+        if isinstance(image, np.ndarray):
+            return Image.fromarray(image)
+        return image
+
+
 def resize_steps(pre: ImagePreprocess) -> list[v2.Transform]:
     """The deterministic resize and crop (or pad) of ``pre``: what evaluation does.
 
@@ -198,7 +211,7 @@ def image_transform(
             )
         )
     elif pre.backend == "pil":  # PIL resizes and crops, then the tensor (a tensor: as is)
-        steps = [*resize_steps(pre), v2.ToImage()]
+        steps = [ArrayToPIL(), *resize_steps(pre), v2.ToImage()]
     else:
         steps += resize_steps(pre)
     if train and data is not None:

@@ -88,9 +88,9 @@ def true_class_ranks(
         raise ValueError("scores contain NaN")
     labels = labels.to(device=scores.device, dtype=torch.long)
     true = scores.gather(1, labels[:, None])  # the very numbers in `scores`, so no rounding issue
-    if ties == "optimistic":
-        return (scores > true).sum(1)
     if same_class is None:
+        if ties == "optimistic":
+            return (scores > true).sum(1)
         return (scores >= true).sum(1) - 1  # the true class itself is counted once
     if same_class.shape != (scores.shape[1],):
         raise ValueError(
@@ -99,8 +99,12 @@ def true_class_ranks(
     same_class = same_class.to(scores.device)
     classes = torch.arange(scores.shape[1], device=scores.device)
     copy = same_class[None, :] == same_class[labels][:, None]
+    tied = scores == true
+    if ties == "optimistic":  # ties lost only to earlier copies
+        earlier_copy = copy & (classes[None, :] < labels[:, None])
+        return (scores > true).sum(1) + (tied & earlier_copy).sum(1)
     later_copy = copy & (classes[None, :] > labels[:, None])
-    return (scores > true).sum(1) + ((scores == true) & ~later_copy).sum(1) - 1
+    return (scores > true).sum(1) + (tied & ~later_copy).sum(1) - 1
 
 
 @torch.no_grad()

@@ -104,20 +104,23 @@ def evaluate_models(
     columns: dict[str, str | None] | None = None,
     class_names: list[str] | None = None,
     device: str | None = None,
-    run_settings: Sequence[str] = RUN_SETTINGS,
+    run_settings: Sequence[str] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Scores every model on every task; returns ``{model: {task: metrics}}``.
 
     With one model, results go to ``output_dir`` (default: an mmcontrast run's ``eval``
     folder, else ``eval_results``); with several, to one subfolder per model, plus
     ``comparison.md`` and ``comparison.json`` in ``output_dir``. The ``options`` named in
-    ``run_settings`` (recall cutoffs, kNN k and temperature) come from an mmcontrast run's
-    recipe when scoring one; pass ``()`` to use ``options`` as given for every model.
+    ``run_settings`` (of ``ks``, ``knn_k``, ``knn_temperature``) come from an mmcontrast
+    run's recipe when scoring one; by default those ``options`` leaves at their defaults.
     """
+    options = options or EvalOptions()
+    if run_settings is None:
+        defaults = EvalOptions()
+        run_settings = [n for n in RUN_SETTINGS if getattr(options, n) == getattr(defaults, n)]
     unknown = sorted(set(run_settings) - set(RUN_SETTINGS))
     if unknown:
         raise ValueError(f"run_settings {unknown}: choose among {list(RUN_SETTINGS)}")
-    options = options or EvalOptions()
     for task in tasks or []:
         TASKS.get(task)  # unknown task names fail before any model loads
     if output_dir is None:
@@ -150,7 +153,14 @@ def evaluate_models(
                     model_options, max_samples=extra.max_samples, max_samples_by_split={},
                     templates=extra.templates or model_options.templates,
                 )  # fmt: skip
-                extra_run = TaskRun(model, extra.data, extra_options, folder / extra.name, details)
+                extra_details = {
+                    **details,
+                    "eval_data": extra.data.describe(),
+                    "options": dataclasses.asdict(extra_options),
+                }
+                extra_run = TaskRun(
+                    model, extra.data, extra_options, folder / extra.name, extra_details
+                )
                 metrics = TASKS.get(extra.task)(extra_run)
                 results[spec][f"{extra.name}/{extra.task}"] = metrics
                 print(f"{spec} | {extra.name} ({extra.task} on {extra.data.name}):")

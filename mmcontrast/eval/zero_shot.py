@@ -266,6 +266,17 @@ def zero_shot_metrics(
     return _metrics_from_ranks(ranks, labels, num_classes, ks)
 
 
+def _first_copy(copies: Tensor) -> Tensor | None:
+    """For each class, the first class with the same id (None when all ids differ)."""
+    groups = int(copies.max()) + 1 if copies.numel() else 0
+    if groups == copies.numel():
+        return None
+    classes = torch.arange(copies.numel(), device=copies.device)
+    first = torch.full((groups,), copies.numel(), dtype=torch.long, device=copies.device)
+    first.scatter_reduce_(0, copies, classes, reduce="amin")
+    return first[copies]
+
+
 @torch.no_grad()
 def zero_shot_evaluate(
     image_features: Tensor,
@@ -278,16 +289,17 @@ def zero_shot_evaluate(
     """Metrics and top-1 predictions straight from features, never holding all logits.
 
     Equivalent to ``zero_shot_metrics(zero_shot_logits(image_features,
-    classifier, scale), labels, ks)`` together with ``logits.argmax(1)``, but
-    each chunk of logits is ranked and dropped, so memory is ``O(N)`` plus one
-    chunk. The predictions feed
+    classifier, scale), labels, ks)`` together with ``logits.argmax(1)`` (but for
+    identical classifier rows, below), except that each chunk of logits is ranked
+    and dropped, so memory is ``O(N)`` plus one chunk. The predictions feed
     :func:`~mmcontrast.eval.classification.confusion_matrix`; note that
     ``argmax`` breaks exact ties towards the lowest class index, while the
     metrics use the pessimistic tie rule, so under ties the confusion matrix
     diagonal can exceed the counted hits. One exception: classes whose
     classifier rows are identical (a class name listed twice, as ``missile`` and
-    ``sunglasses`` are in the usual ImageNet list) tie on every image, and that
-    tie goes to the first of them, as CLIP_benchmark's ``argmax`` gives it.
+    ``sunglasses`` are in the usual ImageNet list) are given the first one's logit
+    (a matrix product may round them apart) and so tie on every image; the tie
+    goes to the first of them, as CLIP_benchmark's ``argmax`` gives it.
 
     Args:
         image_features: Image embeddings ``[N, D]``, N >= 1.
@@ -319,9 +331,12 @@ def zero_shot_evaluate(
     _check_labels(labels, n, num_classes)
     labels = labels.to(image_features.device)
     copies = torch.unique(classifier, dim=0, return_inverse=True)[1]  # same id: identical rows
+    first_copy = _first_copy(copies)
     ranks, predictions = [], []
     for start in range(0, n, rows):
         logits = chunk(start)
+        if first_copy is not None:  # a product may round copies apart: give them one score
+            logits = logits.index_select(1, first_copy.to(logits.device))
         ranks.append(true_class_ranks(logits, labels[start : start + rows], same_class=copies))
         predictions.append(logits.argmax(1))
     metrics = _metrics_from_ranks(torch.cat(ranks), labels, num_classes, ks)

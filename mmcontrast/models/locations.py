@@ -78,6 +78,7 @@ def absolute_source(name: str) -> str:
     parts = rest.split(":")
     for i, part in enumerate(parts):
         candidate = Path(part).expanduser()
-        if ("/" in part or part.endswith(_PATH_SUFFIXES)) and candidate.exists():
+        hub_repo = i > 0 and parts[i - 1] == "hf-hub"  # ORG/NAME, never a local path
+        if not hub_repo and ("/" in part or part.endswith(_PATH_SUFFIXES)) and candidate.exists():
             parts[i] = str(candidate.resolve())
     return f"{prefix}:{':'.join(parts)}"

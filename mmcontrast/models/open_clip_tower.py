@@ -85,7 +85,7 @@ def open_clip_folder(spec: str) -> str | None:
     ``open_clip_config.json``, as ``mmcontrast export`` writes for open_clip runs), else None."""
     folder = Path(spec).expanduser()
     if folder.is_dir() and (folder / "open_clip_config.json").is_file():
-        return f"{OPEN_CLIP_SCHEMAS[0]}{spec}"
+        return f"{OPEN_CLIP_SCHEMAS[0]}{folder}"
     return None
 
 

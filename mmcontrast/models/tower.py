@@ -99,7 +99,7 @@ def _check_image_size(tower: Tower, size: int, native: int, source: str) -> None
     try:
         with torch.no_grad():
             tower(pixel_values=probe)
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, AssertionError) as err:  # timm's PatchEmbed asserts
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"model.vision.image_size {size}: the vision tower of {source} takes {native} px "

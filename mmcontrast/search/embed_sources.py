@@ -258,10 +258,9 @@ def _file_collection(folder: Path, split: str | None) -> FileCollection:
             if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
         )
     files.sort()
-    listing = hashlib.sha256()  # a file added, removed, renamed or rewritten changes it
-    for name in files:
-        stat = (root / name).stat()
-        listing.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    listing = hashlib.sha256()  # a file added, removed, renamed or resized changes it
+    for name in files:  # (not the mtime: a copied or checked-out folder is the same data)
+        listing.update(f"{name}\0{(root / name).stat().st_size}\n".encode())
     identity = {
         "kind": "folder",
         "path": str(root.resolve()),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,9 @@ EMBED_AGAIN = "embed again into a new folder"
 RECOMPUTE = "rerun the same `mmcontrast embed` command to recompute it"
 SETTINGS = ("model", "data", "shard_size")  # what a rerun into the same folder must repeat
 SETTING_NAMES = {"model": "model", "data": "data", "shard_size": "shard size"}
+DATA_DIGESTS = ("files", "metadata")  # of the data's identity, not recorded by earlier versions
+
+logger = logging.getLogger(__name__)
 
 
 class Embeddings(NamedTuple):
@@ -129,7 +133,22 @@ class EmbeddingStore:
         Raises:
             ValueError: Naming each setting that differs, with both values.
         """
-        differ = [key for key in SETTINGS if manifest.get(key) != settings[key]]
+        recorded = manifest
+        data = manifest.get("data")
+        added = [
+            key
+            for key in DATA_DIGESTS
+            if isinstance(data, dict) and key in settings["data"] and key not in data
+        ]
+        if added and isinstance(data, dict):  # written before the digests were recorded
+            recorded = {**manifest, "data": {**data, **{k: settings["data"][k] for k in added}}}
+        differ = [key for key in SETTINGS if recorded.get(key) != settings[key]]
+        if added and not differ:
+            logger.warning(
+                "%s does not record its data's %s (an earlier version wrote it): resuming "
+                "without checking that the images are the ones it embedded",
+                self.manifest_path, " or ".join(added),
+            )  # fmt: skip
         if differ:
             details = "; ".join(
                 f"{SETTING_NAMES[key]}: {json.dumps(manifest.get(key))} there, "

@@ -394,8 +394,8 @@ def train(
         summary["stopped_early"] = True
         accelerator.print(
             f"stopped at step {state.step} of {total_steps} (train.stop_at_step): the "
-            "checkpoint is saved; the same command with --resume (and without "
-            "train.stop_at_step) goes on"
+            "checkpoint is saved; the same command with --resume, train.stop_at_step "
+            "raised or unset, goes on"
         )
     accelerator.end_training()
     return summary
@@ -415,11 +415,7 @@ def trainable_summary(method: nn.Module) -> str:
     ``print_trainable_parameters`` says it (locks, LiT and LoRA adapters counted); buffers
     (a memory bank, BatchNorm statistics) are not parameters."""
     total = trainable = 0
-    seen: set[int] = set()
-    for param in method.parameters():  # shared parameters (tied embeddings) once
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
+    for param in method.parameters():  # each once, shared ones (tied embeddings) too
         total += param.numel()
         trainable += param.numel() if param.requires_grad else 0
     share = 100 * trainable / total if total else 0.0

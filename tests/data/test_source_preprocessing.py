@@ -283,6 +283,7 @@ def test_open_clip_pixels_are_open_clips(resize_mode: str, interpolation: str) -
     for shape in SHAPES:  # PIL images: resized by PIL as open_clip does, the same pixels
         image = random_image(*shape)  # (normalised in float: within a rounding step)
         torch.testing.assert_close(ours(image), theirs(image), atol=2e-6, rtol=0)
+        assert torch.equal(ours(np.asarray(image)), ours(image))  # an array: the same
 
 
 def test_open_clip_refuses_an_unknown_resize_mode() -> None:

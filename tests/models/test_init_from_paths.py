@@ -28,6 +28,7 @@ def test_absolute_source_resolves_local_paths_only(tmp_path: Path, monkeypatch) 
     assert absolute_source("open_clip:local-dir:models/clip") == (
         f"open_clip:local-dir:{tmp_path / 'models' / 'clip'}"
     )
+    assert absolute_source("open_clip:hf-hub:models/clip") == "open_clip:hf-hub:models/clip"
     assert absolute_source("open_clip:oc.json:missing.safetensors") == (
         f"open_clip:{tmp_path / 'oc.json'}:missing.safetensors"
     )

@@ -169,7 +169,9 @@ def test_refuses_other_model_data_or_shard_size(
         embed_collection(str(clip_dir), shapes_dir, output, split="test", progress=False)
 
 
-def test_plain_folder_of_images(model: EvalModel, tmp_path: Path) -> None:
+def test_plain_folder_of_images(
+    model: EvalModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = tmp_path / "photos"
     (folder / "b").mkdir(parents=True)
     draw("red", "circle").save(folder / "z.png")
@@ -192,6 +194,15 @@ def test_plain_folder_of_images(model: EvalModel, tmp_path: Path) -> None:
     draw("green", "star").save(folder / "y.png")
     with pytest.raises(ValueError, match=r"different data .*--output"):
         embed_collection(model, folder, tmp_path / "out", progress=False)
+
+    # a manifest from before the file digest cannot tell: resumed, with a warning
+    path = tmp_path / "out" / "embeddings.json"
+    old = json.loads(path.read_text())
+    del old["data"]["files"]
+    path.write_text(json.dumps(old))
+    with caplog.at_level(logging.WARNING, logger="mmcontrast"):
+        assert embed_collection(model, folder, tmp_path / "out", progress=False).count == 3
+    assert any("does not record its data's files" in r.getMessage() for r in caplog.records)
 
 
 def test_metadata_without_captions(model: EvalModel, tmp_path: Path) -> None:

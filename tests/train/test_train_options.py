@@ -245,7 +245,7 @@ def test_weight_decay_follows_a_cosine_to_its_end() -> None:
         weight_decay_schedule(optimizer, total_steps=10, end=-1.0)
 
 
-def test_trainable_summary_counts_shared_parameters_once() -> None:
+def test_trainable_summary_counts_locked_and_shared_parameters() -> None:
     from torch import nn
 
     from mmcontrast.train.loop import trainable_summary
