@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import save_clip
+from helpers import save_clip, train_from
 
-from mmcontrast.config import load_recipe
 from mmcontrast.methods.trained import load_trained
 from mmcontrast.models.locations import absolute_source
-from mmcontrast.pipeline import train
 
 
 def test_absolute_source_resolves_local_paths_only(tmp_path: Path, monkeypatch) -> None:
@@ -40,18 +38,7 @@ def test_a_run_from_a_relative_source_loads_anywhere_and_names_a_moved_one(
     monkeypatch.chdir(tmp_path)
     save_clip(tmp_path / "models" / "clip", tokenizer_dir)
     run = tmp_path / "run"
-    overrides = [
-        "model.init_from=models/clip",
-        f"data.path={shapes_dir}",
-        f"train.output_dir={run}",
-        "train.batch_size=8",
-        "train.max_steps=1",
-        "train.progress_bar=false",
-        "train.trackers=[]",
-        "eval.at_start=false",
-        "eval.at_end=false",
-    ]
-    train(load_recipe(None, overrides))
+    train_from("models/clip", shapes_dir, run, steps=1)  # a relative source
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["init_from"] == str(tmp_path / "models" / "clip")
 
