@@ -62,6 +62,7 @@ from mmcontrast.data.workers import ignore_stop_signals
 from mmcontrast.distributed import all_reduce_max
 from mmcontrast.methods.base import Method, build_method
 from mmcontrast.methods.trained import WEIGHTS_FILE
+from mmcontrast.models.tower import count_parameters
 from mmcontrast.train.checkpoint import (
     TrainerState,
     find_resume_folder,
@@ -414,10 +415,7 @@ def trainable_summary(method: nn.Module) -> str:
     """``trainable parameters: 1,234 of 56,789 (2.17%)``, as peft's
     ``print_trainable_parameters`` says it (locks, LiT and LoRA adapters counted); buffers
     (a memory bank, BatchNorm statistics) are not parameters."""
-    total = trainable = 0
-    for param in method.parameters():  # each once, shared ones (tied embeddings) too
-        total += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
+    trainable, total = count_parameters(method)
     share = 100 * trainable / total if total else 0.0
     return f"trainable parameters: {trainable:,} of {total:,} ({share:.2f}%)"
 
