@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from mmcontrast.config import TrainConfig
+from mmcontrast.models.momentum import cosine_momentum
 from mmcontrast.models.tower import Tower, layer_ids
 
 
@@ -174,11 +175,9 @@ def weight_decay_schedule(
     start = max(bases)
 
     def apply(step: int) -> float:
-        progress = min(1.0, step / max(1, total_steps))
-        weight = 0.5 * (1 + math.cos(math.pi * progress))
         for group, base in zip(optimizer.param_groups, bases, strict=True):
-            if base > 0:
-                group["weight_decay"] = end + (base - end) * weight
-        return end + (start - end) * weight
+            if base > 0:  # the same half cosine as BYOL's momentum, base to end
+                group["weight_decay"] = cosine_momentum(step, total_steps, base, end)
+        return cosine_momentum(step, total_steps, start, end)
 
     return apply
